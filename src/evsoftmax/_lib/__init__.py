@@ -1,0 +1,1 @@
+"""Internals shared by the public layer, the core and the adapters."""
