@@ -2,8 +2,10 @@
 
 Adapters live in ``adapters/`` and are imported only when an array of their
 framework reaches a public function, so ``import evsoftmax`` never imports
-torch, jax or cupy. An adapter module defines any subset of the core's
-function names; the rest fall back to the array-API implementation.
+torch, jax or cupy. A framework may have several adapter modules (say, one
+for ev-softmax and one for the baselines); each defines any subset of the
+public function names, with the signatures of the array-API implementations,
+and whatever none defines falls back to those.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ._lib._compat import (
 )
 from ._lib._typing import Namespace
 
-__all__ = ["ADAPTER_MODULES", "adapter", "backend_name", "implementation"]
+__all__ = ["ADAPTER_MODULES", "adapters", "backend_name", "implementation"]
 
 # One lookup, one place: the framework a namespace belongs to.
 _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
@@ -36,8 +38,9 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ("array_api_strict", is_array_api_strict_namespace),
 )
 
-# Framework name -> adapter module, relative to this package (keeps it vendorable).
-ADAPTER_MODULES: dict[str, str] = {}
+# Framework name -> adapter modules, relative to this package (keeps it vendorable),
+# searched in order.
+ADAPTER_MODULES: dict[str, tuple[str, ...]] = {}
 
 
 def backend_name(xp: Namespace) -> str:
@@ -49,16 +52,16 @@ def backend_name(xp: Namespace) -> str:
 
 
 @functools.cache
-def adapter(backend: str) -> ModuleType | None:
-    """The adapter module registered for ``backend``, imported on first use."""
-    module = ADAPTER_MODULES.get(backend)
-    if module is None:
-        return None
-    return importlib.import_module(module, __package__)
+def adapters(backend: str) -> tuple[ModuleType, ...]:
+    """The adapter modules registered for ``backend``, imported on first use."""
+    names = ADAPTER_MODULES.get(backend, ())
+    return tuple(importlib.import_module(name, __package__) for name in names)
 
 
 def implementation(name: str, xp: Namespace, fallback: Callable[..., Any]) -> Callable[..., Any]:
-    """The adapter's ``name`` for ``xp``'s framework if it defines one, else ``fallback``."""
-    module = adapter(backend_name(xp))
-    found: Callable[..., Any] | None = getattr(module, name, None)
-    return fallback if found is None else found
+    """The first adapter function ``name`` for ``xp``'s framework, else ``fallback``."""
+    for module in adapters(backend_name(xp)):
+        found: Callable[..., Any] | None = getattr(module, name, None)
+        if found is not None:
+            return found
+    return fallback
