@@ -52,4 +52,6 @@ def lint(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation with mkdocs in strict mode."""
     session.install(".[docs]")
-    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"}
+    )

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from .backends import gpu_unavailable_reason, namespace, selected
 
-settings.register_profile("default", deadline=None, max_examples=40, derandomize=True)
-settings.register_profile("thorough", deadline=None, max_examples=400)
+# The xp fixture is a stateless namespace, safe to share across hypothesis examples.
+_SHARED = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+settings.register_profile("default", max_examples=40, derandomize=True, **_SHARED)
+settings.register_profile("thorough", max_examples=400, **_SHARED)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

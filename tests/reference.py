@@ -59,7 +59,11 @@ def ev_softmax(x, axis=-1, eps=0.0, where=None) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     valid = _valid(x, where)
     rows, vrows = _rows(x, axis), _rows(valid, axis).astype(bool)
-    out = np.stack([ev_softmax_row(r, m, eps) for r, m in zip(rows, vrows)]) if rows.size else rows
+    out = (
+        np.stack([ev_softmax_row(r, m, eps) for r, m in zip(rows, vrows, strict=False)])
+        if rows.size
+        else rows
+    )
     return _unrows(out, x.shape, axis)
 
 
@@ -69,7 +73,7 @@ def log_ev_softmax(x, axis=-1, eps=0.0, where=None) -> np.ndarray:
     valid = _valid(x, where)
     rows, vrows = _rows(x, axis), _rows(valid, axis).astype(bool)
     out = []
-    for v, m in zip(rows, vrows):
+    for v, m in zip(rows, vrows, strict=False):
         row = np.full(v.shape, -np.inf)
         vals = v[m]
         if m.any() and (np.isnan(vals).any() or np.isposinf(vals).any()):
@@ -88,7 +92,11 @@ def support(x, axis=-1, where=None) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     valid = _valid(x, where)
     rows, vrows = _rows(x, axis), _rows(valid, axis).astype(bool)
-    out = np.stack([support_row(r, m) for r, m in zip(rows, vrows)]) if rows.size else rows
+    out = (
+        np.stack([support_row(r, m) for r, m in zip(rows, vrows, strict=False)])
+        if rows.size
+        else rows
+    )
     return _unrows(out.astype(bool), x.shape, axis)
 
 

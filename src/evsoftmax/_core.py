@@ -52,14 +52,13 @@ def _valid_entries(x: Array, where: Array | None, xp: Namespace) -> Array:
 def row_statistics(
     x: Array, where: Array | None, axis: int, xp: Namespace
 ) -> tuple[Array, Array, Array]:
-    """Return ``(valid, shifted, below)`` for the rows of ``x`` along ``axis``.
+    """Return ``(valid, shifted, mean)`` for the rows of ``x`` along ``axis``.
 
     ``shifted`` is ``x`` minus the maximum over the valid entries of its row (0 on
-    invalid entries, NaN on every entry of a row holding a valid NaN or +inf);
-    ``below`` marks the entries strictly below their row's valid-entry mean.
-    The support is ``valid & ~below`` except in NaN rows, where it is empty:
-    weights are zeroed through ``below`` so that NaN comparisons (always false)
-    let the NaN through instead of hiding it.
+    invalid entries); ``mean`` is the mean of ``shifted`` over the valid entries
+    (keepdims). A row holding a valid NaN or +inf has a NaN mean, so every
+    comparison with it is false: its support ``shifted >= mean`` is empty, and
+    weights zeroed through ``shifted < mean`` keep their NaN.
     """
     valid = _valid_entries(x, where, xp)
     row_max = xp.max(xp.where(valid, x, -math.inf), axis=axis, keepdims=True)
@@ -68,7 +67,7 @@ def row_statistics(
     shifted = xp.where(valid, x, row_max) - row_max
     count = xp.sum(xp.astype(valid, x.dtype), axis=axis, keepdims=True)
     mean = xp.sum(shifted, axis=axis, keepdims=True) / xp.where(has_valid, count, 1.0)
-    return valid, shifted, shifted < mean
+    return valid, shifted, mean
 
 
 def _normalizer(weights: Array, axis: int, xp: Namespace) -> Array:
@@ -84,14 +83,12 @@ def _weights(exp: Array, below: Array, epsilon: float, xp: Namespace) -> Array:
     return xp.where(below, epsilon * exp, (1.0 + epsilon) * exp)
 
 
-def ev_softmax(
-    x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace
-) -> Array:
+def ev_softmax(x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace) -> Array:
     """ev-softmax (``epsilon == 0``) or its training-time family (``epsilon > 0``)."""
     out_dtype = x.dtype
     x = xp.astype(x, accumulation_dtype(out_dtype, xp), copy=False)
-    valid, shifted, below = row_statistics(x, where, axis, xp)
-    weights = _weights(xp.where(valid, xp.exp(shifted), 0.0), below, epsilon, xp)
+    valid, shifted, mean = row_statistics(x, where, axis, xp)
+    weights = _weights(xp.where(valid, xp.exp(shifted), 0.0), shifted < mean, epsilon, xp)
     probs = weights / _normalizer(weights, axis, xp)
     return xp.astype(probs, out_dtype, copy=False)
 
@@ -102,7 +99,8 @@ def log_ev_softmax(
     """Logarithm of :func:`ev_softmax`, computed in log space (finite for ``epsilon > 0``)."""
     out_dtype = x.dtype
     x = xp.astype(x, accumulation_dtype(out_dtype, xp), copy=False)
-    valid, shifted, below = row_statistics(x, where, axis, xp)
+    valid, shifted, mean = row_statistics(x, where, axis, xp)
+    below = shifted < mean
     weights = _weights(xp.where(valid, xp.exp(shifted), 0.0), below, epsilon, xp)
     log_off = -math.inf if epsilon == 0.0 else math.log(epsilon)
     log_weights = xp.where(below, shifted + log_off, shifted + math.log1p(epsilon))
@@ -115,9 +113,8 @@ def log_ev_softmax(
 def ev_softmax_support(x: Array, *, axis: int, where: Array | None, xp: Namespace) -> Array:
     """Boolean mask of the entries ev-softmax gives non-zero probability."""
     x = xp.astype(x, accumulation_dtype(x.dtype, xp), copy=False)
-    valid, shifted, below = row_statistics(x, where, axis, xp)
-    # A NaN row has NaN shifted scores and so no entry at or above its mean.
-    return valid & ~below & (shifted == shifted)
+    valid, shifted, mean = row_statistics(x, where, axis, xp)
+    return valid & (shifted >= mean)
 
 
 def ev_softmax_jvp(probs: Array, tangent: Array, *, axis: int, xp: Namespace) -> Array:

@@ -114,7 +114,7 @@ def log_ev_softmax(
     >>> import numpy as np
     >>> import evsoftmax as evs
     >>> evs.log_ev_softmax(np.array([1000.0, -1000.0, 0.0]), epsilon=1e-6).round(2)
-    array([    0.  , -2013.82, -1013.82])
+    array([    0.  , -2013.82, -1000.  ])
     """
     x, axis, where, xp = prepare(x, axis, where, xp)
     epsilon = validate_epsilon(epsilon)
@@ -201,7 +201,7 @@ def ev_softmax_jvp(
     >>> import numpy as np
     >>> import evsoftmax as evs
     >>> p = evs.ev_softmax(np.array([0.0, 0.0, -5.0]))
-    >>> evs.ev_softmax_jvp(p, np.array([1.0, 0.0, 0.0]))
+    >>> evs.ev_softmax_jvp(p, np.array([1.0, 0.0, 1.0]))
     array([ 0.25, -0.25,  0.  ])
     """
     xp = array_namespace(probs, tangent) if xp is None else xp
@@ -209,8 +209,7 @@ def ev_softmax_jvp(
     tangent = validate_input(tangent, xp, "tangent")
     if tuple(probs.shape) != tuple(tangent.shape):
         raise ValueError(
-            f"tangent must have the shape of probs {tuple(probs.shape)}, "
-            f"got {tuple(tangent.shape)}"
+            f"tangent must have the shape of probs {tuple(probs.shape)}, got {tuple(tangent.shape)}"
         )
     axis = normalize_axis(axis, probs.ndim)
     if is_empty(probs):

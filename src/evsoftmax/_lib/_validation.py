@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any
 
@@ -56,22 +57,21 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     if isinstance(axis, bool):
         raise TypeError(f"{name} must be an int, got a bool ({axis!r})")
     try:
-        axis = operator.index(axis)
+        index: int = operator.index(axis)
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(axis).__name__} ({axis!r})") from None
-    if not -ndim <= axis < ndim:
-        raise AxisError(axis, ndim, f"{name}={axis}")
-    return axis % ndim
+    if not -ndim <= index < ndim:
+        raise AxisError(index, ndim, f"{name}={index}")
+    return index % ndim
 
 
 def validate_epsilon(epsilon: Any, name: str = "epsilon") -> float:
     """Return ``epsilon`` as a Python float, raising ``ValueError`` unless finite and >= 0."""
-    if isinstance(epsilon, bool):
-        raise ValueError(f"{name} must be a finite float >= 0, got the bool {epsilon!r}")
-    try:
-        value = float(epsilon)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite float >= 0, got {epsilon!r}") from None
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise ValueError(
+            f"{name} must be a finite float >= 0, got {type(epsilon).__name__} {epsilon!r}"
+        )
+    value = float(epsilon)
     if not math.isfinite(value) or value < 0.0:
         raise ValueError(f"{name} must be a finite float >= 0, got {epsilon!r}")
     return value
@@ -82,7 +82,7 @@ def broadcast_shapes_to(shape: tuple[Any, ...], target: tuple[Any, ...]) -> bool
     if len(shape) > len(target):
         return False
     tail = target[len(target) - len(shape) :]
-    return all(s in (1, t) or t is None or s is None for s, t in zip(shape, tail))
+    return all(s in (1, t) or t is None or s is None for s, t in zip(shape, tail, strict=False))
 
 
 def validate_where(where: Any, x: Array, xp: Namespace, name: str = "where") -> Array | None:
