@@ -1,0 +1,74 @@
+"""NumPy fast path: in-place arithmetic on one fresh buffer, for unmasked rows.
+
+The array-API core builds about ten full-size temporaries. For the common case
+(no ``where`` mask, float32/float64, every row finite) this computes the same
+thing with one float buffer and one boolean mask, in place. The check costs one
+reduction over the per-row means: a row holding -inf, NaN or +inf has a
+non-finite mean of its shifted scores, and any such input, a mask, or another
+dtype goes to the core, which handles every rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from .._lib._typing import Array, Namespace
+
+__all__ = ["ev_softmax", "log_ev_softmax"]
+
+
+def _shifted_and_support(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``x - rowmax`` (a new buffer) and the entries at or above their row mean, or None."""
+    with np.errstate(invalid="ignore"):  # -inf - -inf: such rows go to the core
+        shifted = np.subtract(x, np.max(x, axis=axis, keepdims=True))
+        mean = np.sum(shifted, axis=axis, keepdims=True)
+    mean /= x.shape[axis]
+    if not np.isfinite(mean).all():
+        return None
+    return shifted, np.greater_equal(shifted, mean)
+
+
+def _weights(support: np.ndarray, epsilon: float, dtype: np.dtype[np.floating]) -> np.ndarray:
+    """``1{support} + epsilon`` as a new float array."""
+    weights = support.astype(dtype)
+    if epsilon != 0.0:
+        weights += epsilon
+    return weights
+
+
+def _fast(x: Array, where: Array | None) -> bool:
+    return where is None and isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64)
+
+
+def ev_softmax(x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace) -> Array:
+    """ev-softmax with NumPy's in-place ufuncs (see the module docstring)."""
+    parts = _shifted_and_support(x, axis) if _fast(x, where) else None
+    if parts is None:
+        return _core.ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
+    out, support = parts
+    np.exp(out, out=out)
+    # Multiplying by the mask is much faster than np.putmask / np.where here.
+    out *= _weights(support, epsilon, out.dtype)
+    out /= np.sum(out, axis=axis, keepdims=True)
+    return out
+
+
+def log_ev_softmax(
+    x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace
+) -> Array:
+    """Log ev-softmax with NumPy's in-place ufuncs (see the module docstring)."""
+    parts = _shifted_and_support(x, axis) if _fast(x, where) else None
+    if parts is None:
+        return _core.log_ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
+    out, support = parts
+    weights = _weights(support, epsilon, out.dtype)
+    exp = np.exp(out)
+    exp *= weights
+    # The row maximum is 0 after the shift and always in the support, so the
+    # normalizer is at least 1 + eps and its log is safe to take.
+    total = np.sum(exp, axis=axis, keepdims=True)
+    with np.errstate(divide="ignore"):  # log(0) = -inf outside the support (eps = 0)
+        out += np.log(weights, out=weights)
+    out -= np.log(total)
+    return out
