@@ -81,7 +81,8 @@ def log_ev_softmax(x, axis=-1, eps=0.0, where=None) -> np.ndarray:
         elif m.any():
             sup = support_row(v, m)[m]
             with np.errstate(divide="ignore"):
-                logw = np.log(sup + eps) + vals
+                # Shift by the maximum first so that log K survives at any magnitude.
+                logw = np.log(sup + eps) + (vals - vals.max())
             top = logw.max()
             row[m] = logw - (top + np.log(np.exp(logw - top).sum()))
         out.append(row)

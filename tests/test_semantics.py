@@ -360,3 +360,9 @@ def test_thread_safety(xp):
         outs = list(pool.map(lambda a: to_numpy(evs.ev_softmax(_asarray(xp, a))), xs * 3))
     for a, out in zip(xs * 3, outs, strict=False):
         np.testing.assert_allclose(out, ref.ev_softmax(a), rtol=1e-12)
+
+
+@pytest.mark.parametrize("value", [0.0, 1e30, -1e30])
+def test_constant_row_log_form_is_minus_log_length(xp, value):
+    x = xp.asarray(np.full((3, 10), value), dtype=xp.float64)
+    np.testing.assert_allclose(to_numpy(evs.log_ev_softmax(x)), np.full((3, 10), -math.log(10)))
