@@ -41,6 +41,7 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 # Framework name -> adapter modules, relative to this package (keeps it vendorable),
 # searched in order.
 ADAPTER_MODULES: dict[str, tuple[str, ...]] = {}
+ADAPTER_MODULES["cupy"] = (".adapters._cupy",)
 
 
 def backend_name(xp: Namespace) -> str:
