@@ -13,7 +13,10 @@ import numpy as np
 
 from evsoftmax.adapters._cupy_kernels import CACHE_ITEMS, MAX_THREADS
 
-__all__ = ["CASES", "Case", "TOLERANCES"]
+from . import reference
+from .cupy_emulation import from_storage, to_storage
+
+__all__ = ["CASES", "TOLERANCES", "Case", "expected_output", "stored"]
 
 LONG = CACHE_ITEMS * MAX_THREADS + 808  # past the register cache: the streamed tail runs
 
@@ -86,3 +89,30 @@ TOLERANCES = {
     "float32": (2e-5, 1e-7),
     "float64": (1e-12, 1e-15),
 }
+
+
+def stored(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` as a kernel sees them (rounded to ``dtype``), in float64."""
+    return from_storage(to_storage(values, dtype), dtype)
+
+
+def _shift_rows(x: np.ndarray, axis: int, where: np.ndarray | None) -> np.ndarray:
+    """``x`` minus the largest finite valid entry of its row (ev-softmax is shift invariant).
+
+    ``reference.log_ev_softmax`` adds log-weights to the raw scores, which loses
+    the log-normalizer next to scores such as 1e30; shifted rows keep it.
+    """
+    valid = np.isfinite(x) if where is None else np.isfinite(x) & where
+    top = np.max(np.where(valid, x, -np.inf), axis=axis, keepdims=True)
+    return x - np.where(np.isfinite(top), top, 0.0)
+
+
+def expected_output(case: Case, dtype: str, mode: str) -> np.ndarray:
+    """The float64 reference for a kernel ``mode`` on the case's input stored as ``dtype``."""
+    x = stored(case.x, dtype)
+    if mode == "support":
+        return reference.support(x, case.axis, case.where)
+    if mode == "log_probs":
+        shifted = _shift_rows(x, case.axis, case.where)
+        return reference.log_ev_softmax(shifted, case.axis, case.epsilon, case.where)
+    return reference.ev_softmax(x, case.axis, case.epsilon, case.where)

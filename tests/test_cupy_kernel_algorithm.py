@@ -27,40 +27,12 @@ from .cupy_emulation import (
     bfloat16_to_bits,
     emulate_forward,
     emulate_jvp,
-    from_storage,
-    to_storage,
 )
-from .kernel_cases import CASES, TOLERANCES, Case
+from .kernel_cases import CASES, TOLERANCES, Case, expected_output, stored
 from .nvrtc import compile_cuda, find_nvrtc
 
 _F32_MAX = float(np.finfo(np.float32).max)
 VARIANTS = [(d, m, w) for d in kernels.DTYPES for m in kernels.MODES for w in (False, True)]
-
-
-def _stored(case: Case, dtype: str) -> np.ndarray:
-    """The case's input as the kernel sees it (rounded to ``dtype``), in float64."""
-    return from_storage(to_storage(case.x, dtype), dtype)
-
-
-def _shift_rows(x: np.ndarray, axis: int, where: np.ndarray | None) -> np.ndarray:
-    """``x`` minus the largest finite valid entry of its row (ev-softmax is shift invariant).
-
-    ``reference.log_ev_softmax`` adds log-weights to the raw scores, which loses
-    the log-normalizer next to scores such as 1e30; shifted rows keep it.
-    """
-    valid = np.isfinite(x) if where is None else np.isfinite(x) & where
-    top = np.max(np.where(valid, x, -np.inf), axis=axis, keepdims=True)
-    return x - np.where(np.isfinite(top), top, 0.0)
-
-
-def _reference(case: Case, dtype: str, mode: str) -> np.ndarray:
-    x = _stored(case, dtype)
-    if mode == "support":
-        return reference.support(x, case.axis, case.where)
-    if mode == "log_probs":
-        shifted = _shift_rows(x, case.axis, case.where)
-        return reference.log_ev_softmax(shifted, case.axis, case.epsilon, case.where)
-    return reference.ev_softmax(x, case.axis, case.epsilon, case.where)
 
 
 # ---------------------------------------------------------------- templates
@@ -153,7 +125,8 @@ def test_kernels_compile_for_older_architectures() -> None:
 @needs_nvrtc
 def test_broken_source_fails_to_compile() -> None:
     """The compile check can fail: a kernel with a syntax error is reported."""
-    ok, log = compile_cuda(kernels.jvp_source("float32").replace(";", "", 1), ["-arch=sm_90"])
+    broken = kernels.jvp_source("float32").replace(";", "", 1)
+    ok, log = compile_cuda(broken, ["-arch=sm_90"])
     assert not ok
     assert "error" in log
 
@@ -191,7 +164,7 @@ def test_emulated_forward_matches_reference(case: Case, dtype: str, mode: str) -
     got = emulate_forward(
         case.x, axis=case.axis, epsilon=case.epsilon, where=case.where, mode=mode, dtype=dtype
     )
-    expected = _reference(case, dtype, mode)
+    expected = expected_output(case, dtype, mode)
     if mode == "support":
         np.testing.assert_array_equal(got, expected)
         return
@@ -203,9 +176,9 @@ def test_emulated_forward_matches_reference(case: Case, dtype: str, mode: str) -
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_emulated_jvp_matches_formula(case: Case, dtype: str) -> None:
     rng = np.random.default_rng(1)
-    probs = np.nan_to_num(reference.ev_softmax(_stored(case, dtype), case.axis, case.epsilon))
+    probs = np.nan_to_num(reference.ev_softmax(stored(case.x, dtype), case.axis, case.epsilon))
     tangent = rng.normal(size=case.x.shape)
-    p, t = _stored(Case("", probs), dtype), _stored(Case("", tangent), dtype)
+    p, t = stored(probs, dtype), stored(tangent, dtype)
     expected = p * (t - (p * t).sum(axis=case.axis, keepdims=True))
     got = emulate_jvp(probs, tangent, axis=case.axis, dtype=dtype)
     rtol, atol = TOLERANCES[dtype]
