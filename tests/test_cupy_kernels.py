@@ -186,3 +186,14 @@ def test_long_rows_use_the_streamed_tail() -> None:
     expected = reference.ev_softmax(host[:4].astype(np.float64))
     np.testing.assert_allclose(got[:4], expected, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(got.sum(axis=-1), 1.0, rtol=1e-4)
+
+
+def test_kernels_cover_the_design_dtypes_and_fall_back_otherwise() -> None:
+    """No device needed: which inputs the adapter hands to its kernels."""
+    from evsoftmax.adapters import _cupy
+
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        assert _cupy._supported(dtype, 12, 4)
+    assert not _cupy._supported("complex64", 12, 4)
+    assert not _cupy._supported("float32", 2**31 * 3, 3)  # more rows than a grid holds
+    assert _cupy._supported("float32", (2**31 - 1) * 3, 3)

@@ -4,8 +4,8 @@ Imported by the dispatcher only when a CuPy array reaches a public function.
 Each call launches one kernel with a thread block per row (see
 ``_cupy_kernels`` for the CUDA source and the algorithm). Kernels are built
 once per (dtype, variant) and cached; CuPy compiles them on first launch and
-keeps the binaries in its on-disk cache. Input of a dtype the kernels do not
-cover falls back to the array-API core.
+keeps the binaries in its on-disk cache. Input the kernels do not cover (other
+dtypes, more than 2**31 - 1 rows) falls back to the array-API core.
 """
 
 from __future__ import annotations
@@ -44,14 +44,23 @@ def _rows(x: Array, axis: int) -> tuple[Array, int, int, int]:
     return x, x.size // length, length, inner
 
 
+# The kernels give each row a block of a one-dimensional grid.
+_MAX_ROWS = 2**31 - 1
+
+
 def _launch(kernel: Any, rows: int, length: int, args: tuple[Any, ...]) -> None:
     kernel((rows,), (kernels.block_threads(length),), args)
+
+
+def _supported(dtype: Any, size: int, length: int) -> bool:
+    """Whether a kernel covers arrays of ``dtype`` with ``size`` entries in rows of ``length``."""
+    return str(dtype) in kernels.DTYPES and size // length <= _MAX_ROWS
 
 
 def _forward(x: Array, axis: int, epsilon: float, where: Array | None, mode: str) -> Array | None:
     """Run the forward kernel in ``mode``; None when no kernel covers ``x.dtype``."""
     dtype = str(x.dtype)
-    if dtype not in kernels.DTYPES:
+    if not _supported(dtype, x.size, x.shape[axis]):
         return None
     acc = np.dtype(kernels.accumulation_dtype_name(dtype)).type
     with x.device:
@@ -94,7 +103,7 @@ def ev_softmax_support(x: Array, *, axis: int, where: Array | None, xp: Namespac
 def ev_softmax_jvp(probs: Array, tangent: Array, *, axis: int, xp: Namespace) -> Array:
     """``p * (t - <p, t>)`` of CuPy arrays, in one fused kernel."""
     dtype = cupy.result_type(probs, tangent)
-    if str(dtype) not in kernels.DTYPES:
+    if not _supported(dtype, probs.size, probs.shape[axis]):
         return _core.ev_softmax_jvp(probs, tangent, axis=axis, xp=xp)
     with probs.device:
         probs, rows, length, inner = _rows(probs.astype(dtype, copy=False), axis)

@@ -47,6 +47,7 @@ __all__ = [
     "WARP",
     "accumulation_dtype_name",
     "block_threads",
+    "common_source",
     "forward_source",
     "jvp_source",
 ]
@@ -390,7 +391,14 @@ def accumulation_dtype_name(dtype: str) -> str:
     return "float64" if dtype == "float64" else "float32"
 
 
-def _prelude(dtype: str) -> str:
+def common_source(dtype: str) -> str:
+    """The CUDA code every kernel for ``dtype`` starts with: types, load/store, block sum.
+
+    Examples
+    --------
+    >>> "typedef float ev_acc_t;" in common_source("bfloat16")
+    True
+    """
     if dtype not in _CONVERSIONS:
         raise ValueError(f"no CUDA kernel for dtype {dtype!r}; expected one of {DTYPES}")
     storage, acc, load, store = _CONVERSIONS[dtype]
@@ -438,7 +446,7 @@ def forward_source(dtype: str, mode: str, masked: bool) -> str:
     if mode not in MODES:
         raise ValueError(f"unknown kernel mode {mode!r}; expected one of {MODES}")
     body = _FORWARD_BODY.replace("{mode}", str(MODES.index(mode)))
-    return _prelude(dtype) + "\n" + body.replace("{masked}", str(int(masked)))
+    return common_source(dtype) + "\n" + body.replace("{masked}", str(int(masked)))
 
 
 def jvp_source(dtype: str) -> str:
@@ -449,7 +457,7 @@ def jvp_source(dtype: str) -> str:
     >>> "ev_softmax_jvp" in jvp_source("float64")
     True
     """
-    return _prelude(dtype) + "\n" + _JVP_BODY
+    return common_source(dtype) + "\n" + _JVP_BODY
 
 
 def block_threads(length: int) -> int:
