@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +237,36 @@ def test_using_evsoftmax_does_not_import_cupy() -> None:
         "assert 'evsoftmax.adapters._cupy' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- GPU benchmark script
+
+
+def _cupy_bench_module() -> types.ModuleType:
+    path = Path(__file__).parents[1] / "benchmarks" / "gpu" / "cupy_bench.py"
+    spec = importlib.util.spec_from_file_location("evsoftmax_cupy_bench", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cupy_bench_parses_shapes_without_importing_cupy() -> None:
+    path = str(Path(__file__).parents[1] / "benchmarks" / "gpu" / "cupy_bench.py")
+    code = (
+        "import sys, importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('b', {path!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "assert m.parse_shapes('8192x8192, 64X128000') == ((8192, 8192), (64, 128000))\n"
+        "assert 'cupy' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("dtype", kernels.DTYPES)
+def test_cupy_bench_softmax_kernel_compiles(dtype: str) -> None:
+    """The like-for-like softmax the GPU benchmark times compiles for sm_90."""
+    ok, log = compile_cuda(_cupy_bench_module().softmax_source(dtype), ["--gpu-architecture=sm_90"])
+    assert ok, log

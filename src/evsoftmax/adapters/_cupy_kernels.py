@@ -5,9 +5,11 @@ is installed) on a machine without a GPU, which is how the test-suite checks
 them there. ``_cupy.py`` turns them into ``cupy.RawKernel`` objects.
 
 The forward kernel gives one thread block to each row (the entries along the
-normalized axis) and makes three passes over it; each thread keeps its first
-``CACHE_ITEMS`` entries in registers, so rows of up to ``CACHE_ITEMS *
-MAX_THREADS`` entries are read from global memory once:
+normalized axis) and makes three passes over it. Thread ``t`` of a block of
+``n`` visits the entries ``t, t + n, t + 2n, ...`` in that order; it keeps the
+first ``CACHE_ITEMS`` in registers, so rows of up to ``CACHE_ITEMS *
+MAX_THREADS`` entries are read from global memory once, and reads the rest
+again in each pass, ``TILE_ITEMS`` loads at a time:
 
 1. **statistics**: each thread folds its valid entries (``where`` true, not
    ``-inf``) into ``(max, count, shifted_sum)``, where ``shifted_sum`` is the
@@ -44,6 +46,7 @@ __all__ = [
     "JVP_KERNEL",
     "MAX_THREADS",
     "MODES",
+    "TILE_ITEMS",
     "WARP",
     "accumulation_dtype_name",
     "block_threads",
@@ -54,6 +57,9 @@ __all__ = [
 
 CACHE_ITEMS: Final = 8
 """Row entries each thread keeps in registers between the passes."""
+
+TILE_ITEMS: Final = 4
+"""Loads each thread issues at once when it streams entries past its register cache."""
 
 MAX_THREADS: Final = 1024
 """Threads in the block of a long row (the CUDA maximum)."""
@@ -112,6 +118,7 @@ typedef {acc} ev_acc_t;        // what they are computed in
 #define EV_EXP {exp}
 #define EV_LOG {log}
 #define EV_CACHE {cache}
+#define EV_TILE {tile}
 #define EV_WARP {warp}
 #define EV_MAX_THREADS {max_threads}
 
@@ -266,42 +273,86 @@ __device__ __forceinline__ ev_out_t ev_fill(int bad) {
 #endif
 }
 
+// Loads the entries first + threadIdx.x + j * blockDim.x (j < N) of a row into v
+// (-inf past its end) and returns their validity bits. All the loads are issued together.
+template <int N>
+__device__ __forceinline__ unsigned int ev_load_tile(
+    const ev_store_t* __restrict__ x, const unsigned char* __restrict__ mask, long long start,
+    long long inner, long long length, long long first, ev_acc_t (&v)[N]) {
+    unsigned int valid = 0u;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        const long long k = first + threadIdx.x + (long long)j * blockDim.x;
+        v[j] = -EV_INF;
+        if (k < length) {
+            const long long i = start + k * inner;
+            v[j] = ev_load(x[i]);
+            if (ev_is_valid(v[j], mask, i)) valid |= 1u << j;
+        }
+    }
+    return valid;
+}
+
+template <int N>
+__device__ __forceinline__ void ev_stats_push_tile(
+    ev_stats& st, const ev_acc_t (&v)[N], unsigned int valid) {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+        if (valid & (1u << j)) ev_stats_push(st, v[j]);
+}
+
+template <int N>
+__device__ __forceinline__ ev_acc_t ev_weight_tile(
+    const ev_acc_t (&v)[N], unsigned int valid, ev_acc_t row_max, ev_acc_t mean,
+    ev_acc_t epsilon, ev_acc_t total) {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+        if (valid & (1u << j)) total += ev_weight(v[j] - row_max, mean, epsilon);
+    return total;
+}
+
+template <int N>
+__device__ __forceinline__ void ev_write_tile(
+    ev_out_t* __restrict__ out, long long start, long long inner, long long length,
+    long long first, const ev_acc_t (&v)[N], unsigned int valid, ev_acc_t row_max,
+    ev_acc_t mean, ev_acc_t scale, ev_acc_t epsilon, ev_acc_t log_epsilon,
+    ev_acc_t log1p_epsilon) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        const long long k = first + threadIdx.x + (long long)j * blockDim.x;
+        if (k < length)
+            out[start + k * inner] = ev_output((valid >> j) & 1u, v[j] - row_max, mean, scale,
+                                               epsilon, log_epsilon, log1p_epsilon);
+    }
+}
+
+// One block per row. Each thread visits the entries threadIdx.x + j * blockDim.x for
+// j = 0, 1, ... in that order: the first EV_CACHE stay in registers across the three
+// passes, the rest are read again in each pass, EV_TILE loads at a time.
 extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forward(
     const ev_store_t* __restrict__ x, const unsigned char* __restrict__ mask,
     ev_out_t* __restrict__ out, const long long length, const long long inner,
     const ev_acc_t epsilon, const ev_acc_t log_epsilon, const ev_acc_t log1p_epsilon) {
     const long long row = blockIdx.x;
     const long long start = (row / inner) * length * inner + row % inner;
-    const long long nthreads = blockDim.x;
-    const long long first_streamed = threadIdx.x + EV_CACHE * nthreads;
+    const long long cached_span = (long long)EV_CACHE * blockDim.x;
+    const long long tile = (long long)EV_TILE * blockDim.x;
 
-    // Pass 1: statistics. Entry j * nthreads + threadIdx.x of the row is cached[j].
+    // Pass 1: statistics.
     ev_acc_t cached[EV_CACHE];
-    unsigned int cached_valid = 0u;
+    const unsigned int cached_valid = ev_load_tile(x, mask, start, inner, length, 0, cached);
     ev_stats st = ev_stats_empty();
-#pragma unroll
-    for (int j = 0; j < EV_CACHE; ++j) {
-        const long long k = threadIdx.x + j * nthreads;
-        cached[j] = -EV_INF;
-        if (k < length) {
-            const long long i = start + k * inner;
-            cached[j] = ev_load(x[i]);
-            if (ev_is_valid(cached[j], mask, i)) {
-                cached_valid |= 1u << j;
-                ev_stats_push(st, cached[j]);
-            }
-        }
-    }
-    for (long long k = first_streamed; k < length; k += nthreads) {
-        const long long i = start + k * inner;
-        const ev_acc_t v = ev_load(x[i]);
-        if (ev_is_valid(v, mask, i)) ev_stats_push(st, v);
+    ev_stats_push_tile(st, cached, cached_valid);
+    for (long long first = cached_span; first < length; first += tile) {
+        ev_acc_t v[EV_TILE];
+        const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
+        ev_stats_push_tile(st, v, valid);
     }
     st = ev_block_stats(st);
 
     if (st.bad || st.count == 0) {  // the same branch in every thread of the block
         const ev_out_t fill = ev_fill(st.bad);
-        for (long long k = threadIdx.x; k < length; k += nthreads) out[start + k * inner] = fill;
+        for (long long k = threadIdx.x; k < length; k += blockDim.x) out[start + k * inner] = fill;
         return;
     }
     const ev_acc_t row_max = st.max;
@@ -310,14 +361,11 @@ extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forwa
     // Pass 2: the normalizer Z (not needed for the support).
     ev_acc_t scale = (ev_acc_t)0;
 #if EV_MODE != EV_MODE_SUPPORT
-    ev_acc_t total = (ev_acc_t)0;
-#pragma unroll
-    for (int j = 0; j < EV_CACHE; ++j)
-        if (cached_valid & (1u << j)) total += ev_weight(cached[j] - row_max, mean, epsilon);
-    for (long long k = first_streamed; k < length; k += nthreads) {
-        const long long i = start + k * inner;
-        const ev_acc_t v = ev_load(x[i]);
-        if (ev_is_valid(v, mask, i)) total += ev_weight(v - row_max, mean, epsilon);
+    ev_acc_t total = ev_weight_tile(cached, cached_valid, row_max, mean, epsilon, (ev_acc_t)0);
+    for (long long first = cached_span; first < length; first += tile) {
+        ev_acc_t v[EV_TILE];
+        const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
+        total = ev_weight_tile(v, valid, row_max, mean, epsilon, total);
     }
     total = ev_block_sum(total);
 #if EV_MODE == EV_MODE_PROBS
@@ -328,59 +376,81 @@ extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forwa
 #endif
 
     // Pass 3: the output.
-#pragma unroll
-    for (int j = 0; j < EV_CACHE; ++j) {
-        const long long k = threadIdx.x + j * nthreads;
-        if (k < length)
-            out[start + k * inner] = ev_output((cached_valid >> j) & 1u, cached[j] - row_max,
-                                               mean, scale, epsilon, log_epsilon, log1p_epsilon);
-    }
-    for (long long k = first_streamed; k < length; k += nthreads) {
-        const long long i = start + k * inner;
-        const ev_acc_t v = ev_load(x[i]);
-        out[i] = ev_output(ev_is_valid(v, mask, i), v - row_max, mean, scale, epsilon,
-                           log_epsilon, log1p_epsilon);
+    ev_write_tile(out, start, inner, length, 0, cached, cached_valid, row_max, mean, scale,
+                  epsilon, log_epsilon, log1p_epsilon);
+    for (long long first = cached_span; first < length; first += tile) {
+        ev_acc_t v[EV_TILE];
+        const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
+        ev_write_tile(out, start, inner, length, first, v, valid, row_max, mean, scale, epsilon,
+                      log_epsilon, log1p_epsilon);
     }
 }
 """
 
 _JVP_BODY: Final = """\
-// p * (t - <p, t>) along each row: one pass for the inner product, one to write.
+// Loads entries first + threadIdx.x + j * blockDim.x (j < N) of a row of probs and tangent
+// (0 past its end), all loads issued together.
+template <int N>
+__device__ __forceinline__ void ev_load_pair_tile(
+    const ev_store_t* __restrict__ probs, const ev_store_t* __restrict__ tangent,
+    long long start, long long inner, long long length, long long first, ev_acc_t (&p)[N],
+    ev_acc_t (&t)[N]) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        const long long k = first + threadIdx.x + (long long)j * blockDim.x;
+        p[j] = (ev_acc_t)0;
+        t[j] = (ev_acc_t)0;
+        if (k < length) {
+            p[j] = ev_load(probs[start + k * inner]);
+            t[j] = ev_load(tangent[start + k * inner]);
+        }
+    }
+}
+
+template <int N>
+__device__ __forceinline__ ev_acc_t ev_dot_tile(
+    const ev_acc_t (&p)[N], const ev_acc_t (&t)[N], ev_acc_t dot) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) dot += p[j] * t[j];
+    return dot;
+}
+
+template <int N>
+__device__ __forceinline__ void ev_write_jvp_tile(
+    ev_store_t* __restrict__ out, long long start, long long inner, long long length,
+    long long first, const ev_acc_t (&p)[N], const ev_acc_t (&t)[N], ev_acc_t dot) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        const long long k = first + threadIdx.x + (long long)j * blockDim.x;
+        if (k < length) out[start + k * inner] = ev_store(p[j] * (t[j] - dot));
+    }
+}
+
+// p * (t - <p, t>) along each row: one pass for the inner product, one to write. As in
+// the forward kernel, each thread's first EV_CACHE entries stay in registers.
 extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_jvp(
     const ev_store_t* __restrict__ probs, const ev_store_t* __restrict__ tangent,
     ev_store_t* __restrict__ out, const long long length, const long long inner) {
     const long long row = blockIdx.x;
     const long long start = (row / inner) * length * inner + row % inner;
-    const long long nthreads = blockDim.x;
-    const long long first_streamed = threadIdx.x + EV_CACHE * nthreads;
+    const long long cached_span = (long long)EV_CACHE * blockDim.x;
+    const long long tile = (long long)EV_TILE * blockDim.x;
 
     ev_acc_t cached_p[EV_CACHE], cached_t[EV_CACHE];
-    ev_acc_t dot = (ev_acc_t)0;
-#pragma unroll
-    for (int j = 0; j < EV_CACHE; ++j) {
-        const long long k = threadIdx.x + j * nthreads;
-        cached_p[j] = (ev_acc_t)0;
-        cached_t[j] = (ev_acc_t)0;
-        if (k < length) {
-            cached_p[j] = ev_load(probs[start + k * inner]);
-            cached_t[j] = ev_load(tangent[start + k * inner]);
-            dot += cached_p[j] * cached_t[j];
-        }
-    }
-    for (long long k = first_streamed; k < length; k += nthreads) {
-        const long long i = start + k * inner;
-        dot += ev_load(probs[i]) * ev_load(tangent[i]);
+    ev_load_pair_tile(probs, tangent, start, inner, length, 0, cached_p, cached_t);
+    ev_acc_t dot = ev_dot_tile(cached_p, cached_t, (ev_acc_t)0);
+    for (long long first = cached_span; first < length; first += tile) {
+        ev_acc_t p[EV_TILE], t[EV_TILE];
+        ev_load_pair_tile(probs, tangent, start, inner, length, first, p, t);
+        dot = ev_dot_tile(p, t, dot);
     }
     dot = ev_block_sum(dot);
 
-#pragma unroll
-    for (int j = 0; j < EV_CACHE; ++j) {
-        const long long k = threadIdx.x + j * nthreads;
-        if (k < length) out[start + k * inner] = ev_store(cached_p[j] * (cached_t[j] - dot));
-    }
-    for (long long k = first_streamed; k < length; k += nthreads) {
-        const long long i = start + k * inner;
-        out[i] = ev_store(ev_load(probs[i]) * (ev_load(tangent[i]) - dot));
+    ev_write_jvp_tile(out, start, inner, length, 0, cached_p, cached_t, dot);
+    for (long long first = cached_span; first < length; first += tile) {
+        ev_acc_t p[EV_TILE], t[EV_TILE];
+        ev_load_pair_tile(probs, tangent, start, inner, length, first, p, t);
+        ev_write_jvp_tile(out, start, inner, length, first, p, t, dot);
     }
 }
 """
@@ -412,6 +482,7 @@ def common_source(dtype: str) -> str:
         exp=exp,
         log=log,
         cache=CACHE_ITEMS,
+        tile=TILE_ITEMS,
         warp=WARP,
         max_threads=MAX_THREADS,
         load=load,
