@@ -102,7 +102,13 @@ step_bench() {
   fi
   grep -q -- "--device" <<<"$help" && options+=(--device gpu)
   grep -q -- "--no-progress" <<<"$help" && options+=(--no-progress)
-  if grep -q -- "--dtype " <<<"$help" || grep -q -- "--dtype$" <<<"$help"; then
+  if grep -qE -- "--dtypes\b" <<<"$help"; then  # one run over both dtypes
+    run_step bench "$((2 * LIMIT_BENCH))" "$PY" -m evsoftmax bench --backends cupy,torch,jax \
+      --shapes "$SHAPES" --dtypes float32,bfloat16 "${options[@]}" \
+      --json "$OUT/bench.json" --plot "$OUT/bench.png"
+    return
+  fi
+  if grep -qE -- "--dtype\b" <<<"$help"; then
     dtypes=(float32 bfloat16)
   else
     note "== bench: this 'evsoftmax bench' has no --dtype option; float32 only"
@@ -140,7 +146,10 @@ for s in "${steps[@]}"; do
 done
 
 note "evsoftmax GPU checks, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+declare -A done_steps=()
 for s in "${expanded[@]}"; do
+  [[ -z ${done_steps[$s]:-} ]] || continue  # each step once, even when two groups name it
+  done_steps[$s]=1
   case $s in
     env) step_env ;;
     tests-cupy) step_tests cupy ;;
