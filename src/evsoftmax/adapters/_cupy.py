@@ -58,7 +58,7 @@ def _supported(dtype: Any, size: int, length: int) -> bool:
 
 
 def _forward(x: Array, axis: int, epsilon: float, where: Array | None, mode: str) -> Array | None:
-    """Run the forward kernel in ``mode``; None when no kernel covers ``x.dtype``."""
+    """Run the forward kernel in ``mode``; None when no kernel covers ``x``."""
     dtype = str(x.dtype)
     if not _supported(dtype, x.size, x.shape[axis]):
         return None
