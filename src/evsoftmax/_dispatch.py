@@ -42,6 +42,7 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 # searched in order.
 ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": (".adapters._numpy",),
+    "cupy": (".adapters._cupy",),
 }
 
 
