@@ -13,6 +13,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from ._reproduce.options import DEFAULT, NORMALIZERS, QUICK, SPARSE_LOSSES
+
 NAME = "reproduce"
 HELP = "Reproduce the paper's experiments at small scale on CPU (cvae: the CVAE of Sec. 4.1)."
 
@@ -23,32 +25,38 @@ _REQUIRED = {
     "matplotlib": "matplotlib",
     "rich": "rich",
 }
-_NORMALIZERS = ("softmax", "sparsemax", "entmax15", "ev_softmax")
-_SPARSE_LOSSES = ("smoothed-kl", "fenchel-young")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``evsoftmax reproduce``."""
     parser.add_argument("experiment", choices=EXPERIMENTS, help="the experiment to run")
     parser.add_argument(
-        "--quick", action="store_true", help="2 seeds, 600 steps: under a minute on 2 CPU cores"
+        "--quick",
+        action="store_true",
+        help=f"{QUICK.seeds} seeds, {QUICK.steps} steps: under a minute on 2 CPU cores",
     )
-    parser.add_argument("--seeds", type=int, help="number of seeds (default 5; 2 with --quick)")
-    parser.add_argument("--steps", type=int, help="training steps per normalizer (default 3000)")
+    parser.add_argument(
+        "--seeds", type=int, help=f"number of seeds (default {DEFAULT.seeds}; {QUICK.seeds} quick)"
+    )
+    parser.add_argument(
+        "--steps", type=int, help=f"training steps per normalizer (default {DEFAULT.steps})"
+    )
     parser.add_argument(
         "--normalizers",
         nargs="+",
-        choices=_NORMALIZERS,
+        choices=NORMALIZERS,
         metavar="NAME",
-        help=f"normalizers to compare (default all: {' '.join(_NORMALIZERS)})",
+        help=f"normalizers to compare (default all: {' '.join(NORMALIZERS)})",
     )
     parser.add_argument(
         "--sparse-loss",
-        choices=_SPARSE_LOSSES,
+        choices=SPARSE_LOSSES,
         help="stand-in for the KL of sparsemax/entmax-1.5: the paper's smoothed KL "
         "(default) or their Fenchel-Young losses",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--threads", type=int, help=f"torch CPU threads (default {DEFAULT.threads})"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write the PNG figures here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

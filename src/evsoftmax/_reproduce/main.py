@@ -15,21 +15,16 @@ from .options import DEFAULT, QUICK, CVAEOptions
 
 __all__ = ["main", "options_from", "run_and_report"]
 
-_OVERRIDES = {
-    "seeds": "seeds",
-    "steps": "steps",
-    "normalizers": "normalizers",
-    "sparse_loss": "sparse_loss",
-    "threads": "threads",
-}
+# Command-line options that override the preset's field of the same name.
+_OVERRIDES = ("seeds", "steps", "normalizers", "sparse_loss", "threads")
 
 
 def options_from(args: argparse.Namespace) -> CVAEOptions:
     """The preset (``--quick`` or the default) with the options given on the command line."""
     options = QUICK if args.quick else DEFAULT
     changes: dict[str, Any] = {}
-    for arg, field in _OVERRIDES.items():
-        value = getattr(args, arg, None)
+    for field in _OVERRIDES:
+        value = getattr(args, field, None)
         if value is not None:
             changes[field] = tuple(value) if isinstance(value, list) else value
     return options.replace(**changes)
