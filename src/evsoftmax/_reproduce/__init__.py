@@ -10,5 +10,6 @@ Modules: ``options`` (experiment settings and presets), ``data`` (the digits),
 (seed-stacked MLPs), ``losses`` (the per-normalizer ELBO terms), ``metric``
 (Wasserstein distance on digit classes, mode counts, mean and standard error),
 ``training`` (the training loop), ``experiment`` (the whole run),
-``figures`` (the PNGs) and ``report`` (table, progress bar, JSON).
+``figures`` (the PNGs), ``report`` (table, progress bar, JSON) and ``main``
+(the subcommand's body).
 """
