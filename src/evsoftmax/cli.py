@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_SUBCOMMANDS = ("._cli_demo",)
+_SUBCOMMANDS = ("._cli_demo", "._cli_bench")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
