@@ -118,7 +118,10 @@ def test_cli_parses_every_option():
     assert config.plan == TimingPlan(repeats=4, warmup=0, min_sample_s=2e-3, max_time_s=0.5)
     assert config.device == "cpu"
     assert (args.json, args.plot, args.no_progress) == ("out.json", "out.png", True)
-    assert config_from_args(_args("--backends", "all")).backends[:3] == ("numpy", "torch", "jax")
+    everything = config_from_args(_args("--backends", "all")).backends
+    assert set(everything) == {"numpy", "torch", "jax", "cupy", "dask", "array_api_strict"}
+    assert config_from_args(_args("--backends", "jax,all,numpy")).backends[0] == "jax"
+    assert len(config_from_args(_args("--backends", "jax,all,numpy")).backends) == 6
     assert config_from_args(_args("--sweep-total", "0")).sweep == ()
 
 

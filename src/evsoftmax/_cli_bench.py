@@ -58,7 +58,10 @@ def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _backends(text: str) -> tuple[str, ...]:
-    names = tuple(BACKENDS) if text == "all" else tuple(n.strip() for n in text.split(","))
+    items = (n.strip() for n in text.split(",") if n.strip())
+    names = tuple(
+        dict.fromkeys(n for item in items for n in (BACKENDS if item == "all" else (item,)))
+    )
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)} or all")
