@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_SUBCOMMANDS = ("._cli_demo", "._cli_reproduce")
+_SUBCOMMANDS = ("._cli_demo", "._cli_bench", "._cli_reproduce")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:

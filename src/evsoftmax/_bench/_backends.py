@@ -1,0 +1,332 @@
+"""One small class per array library: inputs, synchronisation, native ops, autodiff.
+
+Frameworks are imported in :meth:`Backend.setup`, never at module import, so
+``import evsoftmax`` stays light. ``BACKENDS`` is the registry ``--backends``
+picks from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._lib._compat import array_namespace
+
+__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "Backend", "composed_softmax"]
+
+Fn = Callable[[Any], Any]
+
+
+def composed_softmax(x: Any) -> Any:
+    """Softmax along the last axis from array-API calls (for libraries without one)."""
+    xp = array_namespace(x)
+    e = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+class Backend:
+    """An array library as the benchmark sees it; subclasses fill in the framework calls."""
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]]
+    native_softmax: ClassVar[str] = "array-API composition exp(x - max) / sum"
+    copy_op: ClassVar[str] = "copy"
+    autodiff: ClassVar[str | None] = None
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device_request = device
+        self.device = "cpu"
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run here (a missing package, no GPU), or None."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"not installed: {', '.join(missing)}"
+        if self.device_request == "gpu":
+            return self.no_gpu_reason()
+        return None
+
+    def no_gpu_reason(self) -> str | None:
+        """Why ``--device gpu`` cannot run on this backend, or None."""
+        return f"{self.name} runs on the CPU only"
+
+    def setup(self) -> None:
+        """Import the framework and choose the device."""
+
+    def version(self) -> str:
+        """The framework's version."""
+        return str(importlib.import_module(self.requires[0]).__version__)
+
+    def asarray(self, a: np.ndarray) -> Any:
+        """``a`` as an array of this library on the chosen device."""
+        raise NotImplementedError
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        """A NumPy copy of a result."""
+        return np.asarray(y)
+
+    def sync(self, y: Any) -> None:
+        """Block until ``y`` is computed (GPU queues, JAX dispatch, Dask graphs)."""
+
+    def softmax(self, x: Any) -> Any:
+        """The library's own softmax along the last axis."""
+        return composed_softmax(x)
+
+    def copy(self, x: Any) -> Any:
+        """A same-size copy: the bandwidth yardstick."""
+        return x.copy()
+
+    def forward(self, fn: Fn) -> Fn:
+        """``fn`` as the library runs it fastest (``jax.jit``; unchanged elsewhere)."""
+        return fn
+
+    def vjp(self, fn: Fn) -> Callable[[Any, Any], Any] | None:
+        """``(x, g) -> g``-weighted gradient of ``fn`` at ``x`` (forward + backward), if any."""
+        return None
+
+    def grad_input(self, x: Any) -> Any:
+        """``x`` prepared to be differentiated (``requires_grad`` for torch)."""
+        return x
+
+    def peers(self) -> dict[str, Fn]:
+        """Third-party normalizers to time alongside (the ``entmax`` package for torch)."""
+        return {}
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    requires = ("numpy", "scipy")
+    native_softmax = "scipy.special.softmax"
+
+    def asarray(self, a: np.ndarray) -> Any:
+        return a
+
+    def softmax(self, x: Any) -> Any:
+        from scipy.special import softmax
+
+        return softmax(x, axis=-1)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    requires = ("torch",)
+    native_softmax = "torch.softmax"
+    copy_op = "Tensor.clone"
+    autodiff = "torch.autograd.grad"
+
+    def no_gpu_reason(self) -> str | None:
+        import torch
+
+        return None if torch.cuda.is_available() else "no CUDA device visible to torch"
+
+    def setup(self) -> None:
+        import torch
+
+        gpu = self.device_request != "cpu" and torch.cuda.is_available()
+        self.device = "cuda" if gpu else "cpu"
+
+    def asarray(self, a: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(a).to(self.device)
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        return np.asarray(y.detach().cpu().numpy())
+
+    def sync(self, y: Any) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def softmax(self, x: Any) -> Any:
+        import torch
+
+        return torch.softmax(x, dim=-1)
+
+    def copy(self, x: Any) -> Any:
+        return x.clone()
+
+    def vjp(self, fn: Fn) -> Callable[[Any, Any], Any] | None:
+        import torch
+
+        def forward_backward(x: Any, g: Any) -> Any:
+            return torch.autograd.grad(fn(x), x, g)[0]
+
+        return forward_backward
+
+    def grad_input(self, x: Any) -> Any:
+        return x.detach().clone().requires_grad_(True)
+
+    def peers(self) -> dict[str, Fn]:
+        if importlib.util.find_spec("entmax") is None:
+            return {}
+        import entmax
+
+        return {
+            "entmax.sparsemax": lambda x: entmax.sparsemax(x, dim=-1),
+            "entmax.entmax15": lambda x: entmax.entmax15(x, dim=-1),
+        }
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    requires = ("jax",)
+    native_softmax = "jax.nn.softmax under jax.jit"
+    copy_op = "jnp.copy under jax.jit"
+    autodiff = "jax.vjp under jax.jit"
+
+    def no_gpu_reason(self) -> str | None:
+        import jax
+
+        try:
+            jax.devices("gpu")
+        except RuntimeError as exc:
+            return f"no GPU visible to jax ({str(exc).splitlines()[0]})"
+        return None
+
+    def setup(self) -> None:
+        import jax
+
+        kinds = {"cpu": "cpu", "gpu": "gpu"}
+        self._device = (
+            jax.devices(kinds[self.device_request])[0]
+            if self.device_request in kinds
+            else jax.devices()[0]
+        )
+        self.device = str(self._device)
+
+    def asarray(self, a: np.ndarray) -> Any:
+        import jax
+
+        return jax.device_put(a, self._device)
+
+    def sync(self, y: Any) -> None:
+        import jax
+
+        jax.block_until_ready(y)  # type: ignore[no-untyped-call]
+
+    def softmax(self, x: Any) -> Any:
+        import jax
+
+        return jax.nn.softmax(x, axis=-1)
+
+    def copy(self, x: Any) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.copy(x)
+
+    def forward(self, fn: Fn) -> Fn:
+        import jax
+
+        return jax.jit(fn)  # type: ignore[no-any-return]
+
+    def vjp(self, fn: Fn) -> Callable[[Any, Any], Any] | None:
+        import jax
+
+        def forward_backward(x: Any, g: Any) -> Any:
+            return jax.vjp(fn, x)[1](g)[0]
+
+        return jax.jit(forward_backward)  # type: ignore[no-any-return]
+
+
+class DaskBackend(Backend):
+    name = "dask"
+    requires = ("dask",)
+    copy_op = "Array.copy"
+
+    def asarray(self, a: np.ndarray) -> Any:
+        import os
+
+        import dask.array as da
+
+        rows = max(1, a.shape[0] // (os.cpu_count() or 1))
+        return da.from_array(a, chunks=(rows, *a.shape[1:]))  # type: ignore[no-untyped-call]
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        return np.asarray(y.compute())
+
+    def sync(self, y: Any) -> None:
+        y.compute()
+
+
+class ArrayApiStrictBackend(Backend):
+    name = "array_api_strict"
+    requires = ("array_api_strict",)
+    copy_op = "asarray(x, copy=True)"
+
+    def asarray(self, a: np.ndarray) -> Any:
+        import array_api_strict as xp
+
+        return xp.asarray(a)
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        return np.array(np.from_dlpack(y), copy=True)
+
+    def copy(self, x: Any) -> Any:
+        import array_api_strict as xp
+
+        return xp.asarray(x, copy=True)
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    requires = ("cupy",)
+    native_softmax = "cupyx.scipy.special.softmax"
+
+    def unavailable(self) -> str | None:
+        if self.device_request == "cpu":
+            return "cupy runs on a GPU only"
+        return super().unavailable() or self.no_gpu_reason()
+
+    def no_gpu_reason(self) -> str | None:
+        import cupy
+
+        try:
+            found = cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception as exc:  # CUDA driver or runtime missing
+            return f"no CUDA device ({type(exc).__name__})"
+        return None if found else "no CUDA device"
+
+    def setup(self) -> None:
+        self.device = "cuda"
+
+    def asarray(self, a: np.ndarray) -> Any:
+        import cupy
+
+        return cupy.asarray(a)
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        import cupy
+
+        return np.asarray(cupy.asnumpy(y))
+
+    def sync(self, y: Any) -> None:
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+    def softmax(self, x: Any) -> Any:
+        from cupyx.scipy.special import softmax
+
+        return softmax(x, axis=-1)
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    b.name: b
+    for b in (
+        NumpyBackend,
+        TorchBackend,
+        JaxBackend,
+        CupyBackend,
+        DaskBackend,
+        ArrayApiStrictBackend,
+    )
+}
+# What ``--backends`` means when not given: the libraries users pick for speed.
+# Dask and array-api-strict are for correctness and scale-out, not speed: on request.
+DEFAULT_BACKENDS = ("numpy", "torch", "jax", "cupy")

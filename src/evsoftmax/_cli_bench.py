@@ -1,0 +1,189 @@
+"""``evsoftmax bench``: ev-softmax against the native softmax and its peers, side by side.
+
+Same code as ``benchmarks/run.py``. ``rich`` (table, progress bar) and
+``matplotlib`` (``--plot``) come with ``pip install "evsoftmax[bench]"``; they
+and the array frameworks are imported only inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._bench._backends import BACKENDS, DEFAULT_BACKENDS
+from ._bench._shapes import (
+    QUICK_SHAPES,
+    QUICK_SWEEP_KS,
+    QUICK_SWEEP_TOTAL,
+    SWEEP_KS,
+    SWEEP_TOTAL,
+    Shape,
+    parse_ints,
+    parse_shapes,
+)
+from ._bench._suite import BenchConfig
+from ._bench._timing import TimingPlan
+
+__all__ = ["HELP", "NAME", "add_arguments", "config_from_args", "main", "run"]
+
+NAME = "bench"
+HELP = "Time ev-softmax against the native softmax and its peers on every installed backend."
+INSTALL_HINT = 'pip install "evsoftmax[bench]"'
+
+# (full run, --quick) defaults of the options that --quick shrinks.
+_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "shapes": (parse_shapes("default"), QUICK_SHAPES),
+    "sweep_total": (SWEEP_TOTAL, QUICK_SWEEP_TOTAL),
+    "sweep_ks": (SWEEP_KS, QUICK_SWEEP_KS),
+    "repeats": (10, 3),
+    "warmup": (2, 1),
+    "max_time": (1.0, 0.1),
+}
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` that reports the parser's own message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _backends(text: str) -> tuple[str, ...]:
+    items = (n.strip() for n in text.split(",") if n.strip())
+    names = tuple(
+        dict.fromkeys(n for item in items for n in (BACKENDS if item == "all" else (item,)))
+    )
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)} or all")
+    return names
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def positive(text: str) -> Any:
+        value = kind(text)
+        if not value >= 0:
+            raise ValueError(f"expected a number >= 0, got {text!r}")
+        return value
+
+    return positive
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``evsoftmax bench``."""
+    parser.add_argument(
+        "--backends",
+        type=_checked(_backends),
+        help=f"comma-separated, or 'all' (default: {','.join(DEFAULT_BACKENDS)} when installed)",
+    )
+    parser.add_argument(
+        "--shapes",
+        type=_checked(parse_shapes),
+        help="comma-separated RxK shapes and presets 'default' (4096x1024,64x32000,16x262144), "
+        "'gpu' (8192x8192,64x128000) or 'none'",
+    )
+    parser.add_argument(
+        "--sweep-total",
+        type=_checked(_positive(int)),
+        help=f"elements per K-sweep shape, 0 for no sweep (default {SWEEP_TOTAL})",
+    )
+    parser.add_argument(
+        "--sweep-ks",
+        type=_checked(lambda t: parse_ints(t, "--sweep-ks")),
+        help="comma-separated row lengths K of the sweep (default 16,64,...,262144)",
+    )
+    parser.add_argument("--repeats", type=_checked(_positive(int)), help="samples per method (10)")
+    parser.add_argument("--warmup", type=_checked(_positive(int)), help="warm-up calls (2)")
+    parser.add_argument(
+        "--max-time",
+        type=_checked(_positive(float)),
+        help="seconds after which a slow method stops sampling, past 3 samples (1.0)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="where torch and jax run: auto uses a GPU when one is visible",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small shapes and few repeats (under a minute)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="write results, machine and versions")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG: ratio vs K, time per method")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _default_backends(device: str) -> tuple[str, ...]:
+    return tuple(n for n in DEFAULT_BACKENDS if BACKENDS[n](device).unavailable() is None)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The :class:`BenchConfig` the parsed options ask for (``--quick`` fills the defaults)."""
+    picked = {
+        name: getattr(args, name) if getattr(args, name) is not None else pair[args.quick]
+        for name, pair in _DEFAULTS.items()
+    }
+    shapes: tuple[Shape, ...] = picked["shapes"]
+    return BenchConfig(
+        backends=args.backends or _default_backends(args.device),
+        shapes=shapes,
+        sweep_total=picked["sweep_total"],
+        sweep_ks=picked["sweep_ks"],
+        plan=TimingPlan(
+            repeats=max(picked["repeats"], 1),
+            warmup=picked["warmup"],
+            max_time_s=picked["max_time"],
+            min_sample_s=5e-4 if args.quick else 2e-3,
+        ),
+        device=args.device,
+        quick=args.quick,
+    )
+
+
+def _missing_packages(args: argparse.Namespace) -> list[str]:
+    needed = ["rich"] + (["matplotlib"] if args.plot else [])
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the tables and write the JSON and plot asked for."""
+    missing = _missing_packages(args)
+    if missing:
+        print(
+            f"evsoftmax bench needs {' and '.join(missing)}, which are not installed; "
+            f"install the benchmark extras with: {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    from ._bench._document import header, machine, write_json
+    from ._bench._report import print_tables, progress_bar
+    from ._bench._suite import config_dict, run_suite
+
+    config = config_from_args(args)
+    with progress_bar(enabled=not args.no_progress) as progress:
+        doc = run_suite(config, progress, header(config_dict(config)))
+    doc["machine"] = machine()
+    print_tables(doc)
+    if args.json:
+        write_json(doc, args.json)
+    if args.plot:
+        from ._bench._plot import write_plot
+
+        write_plot(doc, args.plot)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``evsoftmax bench`` as a function (used by ``benchmarks/run.py``)."""
+    parser = argparse.ArgumentParser(prog="evsoftmax bench", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

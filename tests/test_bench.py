@@ -1,0 +1,370 @@
+"""The benchmark suite behind ``evsoftmax bench``: options, arithmetic, and a tiny end-to-end run.
+
+No test here asserts a time: only that the suite runs, what it writes, and
+that its derived numbers (ratios, bandwidths) follow from its measurements.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evsoftmax import cli
+from evsoftmax._bench._document import command_line, write_json
+from evsoftmax._bench._methods import reference_composition
+from evsoftmax._bench._shapes import parse_shapes, sweep_shapes
+from evsoftmax._bench._suite import (
+    FORWARD,
+    FORWARD_BACKWARD,
+    BenchConfig,
+    _away_from_mean,
+    _records,
+    config_dict,
+    run_suite,
+)
+from evsoftmax._bench._timing import Measurement, TimingPlan, interleaved
+from evsoftmax._cli_bench import config_from_args
+
+from . import reference
+from .backends import gpu_unavailable_reason, selected, to_numpy
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DIFFERENTIABLE = {"torch", "jax"}
+TOP_KEYS = {
+    "schema",
+    "created",
+    "command",
+    "config",
+    "versions",
+    "machine",
+    "backends",
+    "results",
+    "checks",
+    "elapsed_s",
+}
+RECORD_KEYS = {
+    "backend",
+    "shape",
+    "k",
+    "method",
+    "mode",
+    "median_s",
+    "min_s",
+    "samples_s",
+    "calls_per_sample",
+    "ratio",
+    "bytes",
+    "bandwidth_gbs",
+    "copy_fraction",
+    "error",
+}
+CORE_METHODS = {"softmax", "ev_softmax", "ev_softmax_eps", "reference", "reference_eps", "copy"}
+
+
+def _args(*argv: str):
+    parser, _ = cli._parser()
+    return parser.parse_args(["bench", *argv])
+
+
+def _needs_extras() -> None:
+    for name in ("rich", "matplotlib"):
+        if importlib.util.find_spec(name) is None:
+            pytest.skip(f"{name} is not installed (pip install 'evsoftmax[bench]')")
+
+
+# ---------------------------------------------------------------- options
+
+
+def test_default_config_is_the_issue_plan():
+    config = config_from_args(_args())
+    assert config.shapes == ((4096, 1024), (64, 32000), (16, 262144))
+    assert config.sweep_total == 2**22
+    assert [k for _, k in config.sweep] == [16, 64, 256, 1024, 4096, 16384, 65536, 262144]
+    assert all(r * k == 2**22 for r, k in config.sweep)
+    # (4096, 1024) and (16, 262144) are sweep points too and are timed once.
+    assert len(config.all_shapes) == 9
+    assert (config.plan.repeats, config.plan.warmup) == (10, 2)
+    assert not config.quick
+
+
+def test_quick_shrinks_and_options_override_it():
+    quick = config_from_args(_args("--quick"))
+    assert quick.quick
+    assert max(math.prod(s) for s in quick.all_shapes) <= 2**16
+    assert quick.plan.repeats < 10
+    custom = config_from_args(_args("--quick", "--repeats", "7", "--shapes", "8x16"))
+    assert custom.plan.repeats == 7
+    assert custom.shapes == ((8, 16),)
+
+
+def test_cli_parses_every_option():
+    args = _args(
+        "--backends", "numpy,torch", "--shapes", "gpu,2x3x5", "--sweep-total", "1024",
+        "--sweep-ks", "16,256,4096", "--repeats", "4", "--warmup", "0", "--max-time", "0.5",
+        "--device", "cpu", "--json", "out.json", "--plot", "out.png", "--no-progress",
+    )  # fmt: skip
+    config = config_from_args(args)
+    assert config.backends == ("numpy", "torch")
+    assert config.shapes == ((8192, 8192), (64, 128000), (2, 3, 5))
+    assert config.sweep == ((64, 16), (4, 256))
+    assert config.plan == TimingPlan(repeats=4, warmup=0, min_sample_s=2e-3, max_time_s=0.5)
+    assert config.device == "cpu"
+    assert (args.json, args.plot, args.no_progress) == ("out.json", "out.png", True)
+    everything = config_from_args(_args("--backends", "all")).backends
+    assert set(everything) == {"numpy", "torch", "jax", "cupy", "dask", "array_api_strict"}
+    assert config_from_args(_args("--backends", "jax,all,numpy")).backends[0] == "jax"
+    assert len(config_from_args(_args("--backends", "jax,all,numpy")).backends) == 6
+    assert config_from_args(_args("--sweep-total", "0")).sweep == ()
+
+
+def test_recorded_command_reproduces_the_config():
+    config = config_from_args(_args("--backends", "numpy", "--shapes", "8x16", "--repeats", "4"))
+    command = command_line(config_dict(config)).split()
+    assert command[:2] == ["evsoftmax", "bench"]
+    again = config_from_args(_args(*command[2:]))
+    assert config_dict(again) == config_dict(config)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shapes", "12xA"], "4096x1024"),
+        (["--shapes", "0x5"], "4096x1024"),
+        (["--backends", "numpy,nope"], "unknown backends"),
+        (["--repeats", "-1"], ">= 0"),
+        (["--sweep-ks", "16,x"], "--sweep-ks"),
+        (["--device", "tpu"], "invalid choice"),
+    ],
+)
+def test_cli_rejects_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        _args(*argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_extras_say_how_to_install(monkeypatch, capsys):
+    from evsoftmax import _cli_bench
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        _cli_bench.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("rich", "matplotlib") else real(name, *a),
+    )
+    assert cli.main(["bench", "--quick", "--plot", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "evsoftmax[bench]"' in err
+    assert "rich" in err
+    assert "matplotlib" in err
+
+
+def test_shape_helpers():
+    assert parse_shapes("default")[0] == (4096, 1024)
+    assert parse_shapes("none") == ()
+    assert parse_shapes(" 8X16 , 4x2 ") == ((8, 16), (4, 2))
+    # K larger than the total is left out; rows = total // K.
+    assert sweep_shapes(100, (10, 30, 1000)) == ((10, 10), (3, 30))
+
+
+def test_import_evsoftmax_stays_light():
+    code = (
+        "import sys, evsoftmax, evsoftmax.cli, evsoftmax._cli_bench, evsoftmax._bench._suite;"
+        "evsoftmax.cli._parser();"
+        "heavy = {'rich', 'matplotlib', 'torch', 'jax', 'scipy', 'entmax', 'dask'};"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_benchmarks_entry_script_is_the_same_command():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--quick" in out
+    assert "--plot" in out
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def test_interleaved_samples_every_method_and_survives_errors():
+    calls = {"a": 0, "b": 0, "bad": 0}
+
+    def counter(name):
+        def fn():
+            calls[name] += 1
+            if name == "bad" and calls[name] > 3:
+                raise RuntimeError("boom\nsecond line")
+
+        return fn
+
+    plan = TimingPlan(repeats=5, warmup=1, min_sample_s=0.0, max_time_s=math.inf)
+    rounds = []
+    out = interleaved({n: counter(n) for n in calls}, plan, lambda: rounds.append(1))
+    assert len(rounds) == plan.repeats + 1
+    assert [len(out[n].samples) for n in ("a", "b")] == [5, 5]
+    assert out["a"].number == 1
+    # warm-up (1) + calibration (1) + one sample: the fourth call raises.
+    assert out["bad"].samples != []
+    assert out["bad"].error == "RuntimeError: boom"
+    assert calls["bad"] == 4
+
+
+def test_interleaved_stops_a_slow_method_after_three_samples():
+    plan = TimingPlan(repeats=10, warmup=0, min_sample_s=0.0, max_time_s=0.0)
+    out = interleaved({"x": lambda: None}, plan)
+    assert len(out["x"].samples) == 3
+
+
+def test_ratio_and_bandwidth_follow_from_the_medians():
+    from evsoftmax._bench._backends import NumpyBackend
+
+    shape = (4, 8)  # 32 float32 = 128 bytes
+    measured = {
+        ("softmax", FORWARD): Measurement(samples=[2e-3, 1e-3, 3e-3]),
+        ("ev_softmax", FORWARD): Measurement(samples=[5e-3]),
+        ("copy", FORWARD): Measurement(samples=[1e-3, 1e-3]),
+        ("softmax", FORWARD_BACKWARD): Measurement(samples=[4e-3]),
+        ("ev_softmax", FORWARD_BACKWARD): Measurement(samples=[6e-3]),
+    }
+    rows = {(r["method"], r["mode"]): r for r in _records(NumpyBackend(), shape, 4, measured)}
+    ev = rows["ev_softmax", FORWARD]
+    assert ev["ratio"] == pytest.approx(5e-3 / 2e-3)
+    assert ev["bytes"] == 2 * 128
+    assert ev["bandwidth_gbs"] == pytest.approx(256 / 5e-3 / 1e9)
+    assert ev["copy_fraction"] == pytest.approx(1e-3 / 5e-3)
+    assert rows["softmax", FORWARD]["ratio"] == 1.0
+    grad = rows["ev_softmax", FORWARD_BACKWARD]
+    assert grad["ratio"] == pytest.approx(6e-3 / 4e-3)
+    assert grad["bytes"] == 5 * 128
+    assert grad["copy_fraction"] == pytest.approx((640 / 6e-3) / (256 / 1e-3))
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1e-6, 0.5])
+def test_reference_composition_is_ev_softmax(xp, epsilon):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 17))
+    x[0, :] = 3.0  # constant row: uniform
+    softmax = lambda a: xp.exp(a) / xp.sum(xp.exp(a), axis=-1, keepdims=True)  # noqa: E731
+    got = reference_composition(xp.asarray(x), epsilon=epsilon, softmax=softmax)
+    expected = reference.ev_softmax(x, eps=epsilon)
+    np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_check_input_keeps_entries_away_from_the_row_mean():
+    x = np.random.default_rng(2).standard_normal((64, 1000)).astype(np.float32)
+    x[0, :3] = x[0].mean()  # exact ties
+    moved = _away_from_mean(x, gap=1e-2).astype(np.float64)
+    gaps = np.abs(moved - moved.mean(axis=-1, keepdims=True))
+    assert gaps.min() > 5e-3
+    far = np.abs(x - x.astype(np.float64).mean(axis=-1, keepdims=True)) >= 1e-2
+    np.testing.assert_array_equal(moved[far], x[far])
+
+
+def test_check_flags_a_wrong_ev_softmax(monkeypatch, capsys):
+    pytest.importorskip("scipy")
+    from scipy.special import softmax
+
+    import evsoftmax
+
+    # A "fast path" that forgot the support: plain softmax.
+    monkeypatch.setattr(evsoftmax, "ev_softmax", lambda x, axis=-1, epsilon=0.0: softmax(x, axis))
+    config = BenchConfig(
+        backends=("numpy",),
+        shapes=((8, 64),),
+        sweep_total=0,
+        sweep_ks=(),
+        plan=TimingPlan(repeats=1, warmup=0, min_sample_s=0.0, max_time_s=0.0),
+    )
+    doc = run_suite(config)
+    assert [c["method"] for c in doc["checks"]] == ["ev_softmax", "ev_softmax_eps"]
+    assert all(c["max_abs_diff"] > 1e-3 for c in doc["checks"])
+    _needs_extras()
+    from evsoftmax._bench._report import print_tables
+
+    print_tables(doc)
+    assert "ev_softmax disagrees with reference" in capsys.readouterr().out
+
+
+def test_json_is_strict(tmp_path):
+    path = tmp_path / "r.json"
+    write_json({"a": [1.0, math.nan], "b": {"c": math.inf}}, path)
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    assert json.loads(path.read_text(), parse_constant=no_constants) == {
+        "a": [1.0, None],
+        "b": {"c": None},
+    }
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("name", selected())
+def test_bench_runs_end_to_end(name, tmp_path, capsys):
+    _needs_extras()
+    reason = gpu_unavailable_reason(name)
+    if reason is not None:
+        pytest.skip(reason)
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    device = "auto" if name == "cupy" else "cpu"
+    status = cli.main(
+        ["bench", "--backends", name, "--shapes", "16x16", "--sweep-total", "256",
+         "--sweep-ks", "16,128", "--repeats", "2", "--warmup", "1", "--max-time", "0",
+         "--device", device, "--no-progress", "--json", str(json_path), "--plot", str(png_path)]
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "time ÷" in out
+
+    assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+    doc = json.loads(json_path.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert set(doc) == TOP_KEYS
+    assert doc["schema"] == "evsoftmax-bench/1"
+    assert doc["command"].startswith("evsoftmax bench --backends " + name)
+    assert doc["versions"]["numpy"] == np.__version__
+    assert doc["machine"]["cpu_count"] >= 1
+    assert doc["config"]["sweep_shapes"] == [[16, 16], [2, 128]]
+    info = doc["backends"][name]
+    assert info["status"] == "ok"
+    assert set(info["methods"]) >= CORE_METHODS
+
+    modes = {FORWARD, FORWARD_BACKWARD} if name in DIFFERENTIABLE else {FORWARD}
+    shapes = {(16, 16), (2, 128)}  # the main shape is a sweep point too: timed once
+    rows = doc["results"]
+    assert all(set(r) == RECORD_KEYS for r in rows)
+    assert {(tuple(r["shape"]), r["mode"]) for r in rows} == {(s, m) for s in shapes for m in modes}
+    for shape in shapes:
+        for mode in modes:
+            found = {r["method"] for r in rows if tuple(r["shape"]) == shape and r["mode"] == mode}
+            expected = set(info["methods"]) - ({"copy"} if mode == FORWARD_BACKWARD else set())
+            assert found == expected
+    for r in rows:
+        assert r["error"] is None, r
+        assert r["k"] == r["shape"][-1]
+        assert len(r["samples_s"]) == 2
+        assert r["median_s"] == pytest.approx(float(np.median(r["samples_s"])))
+        assert r["median_s"] > 0
+        assert r["bytes"] == math.prod(r["shape"]) * 4 * (5 if r["mode"] == FORWARD_BACKWARD else 2)
+        if r["method"] == "softmax":
+            assert r["ratio"] == 1.0
+    checks = doc["checks"]
+    assert len(checks) == 2 * len(shapes)
+    assert all(c["error"] is None and c["max_abs_diff"] < 1e-5 for c in checks)
