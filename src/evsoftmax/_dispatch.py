@@ -40,7 +40,10 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 
 # Framework name -> adapter modules, relative to this package (keeps it vendorable),
 # searched in order.
-ADAPTER_MODULES: dict[str, tuple[str, ...]] = {}
+ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": (".adapters._torch_baselines",),
+    "jax": (".adapters._jax_baselines",),
+}
 
 
 def backend_name(xp: Namespace) -> str:
