@@ -2,7 +2,7 @@
 
 Independent of the library's algorithms: sparsemax uses the classic support-size
 rule of Held et al. (the library takes the maximum of the prefix thresholds),
-α-entmax solves its threshold equation with SciPy's ``brentq`` (the library
+alpha-entmax solves its threshold equation with SciPy's ``brentq`` (the library
 sorts or bisects), and the post-hoc evidential sparsification loops over
 classes and features one at a time.
 """
@@ -26,7 +26,7 @@ def by_rows(
     valid = _valid(x, where)
     rows, vrows = _rows(x, axis), _rows(valid, axis).astype(bool)
     out = np.full(rows.shape, empty)
-    for row, v, m in zip(out, rows, vrows):
+    for row, v, m in zip(out, rows, vrows, strict=True):
         vals = v[m]
         if np.isnan(vals).any() or np.isposinf(vals).any():
             row[:] = np.nan
@@ -46,7 +46,7 @@ def log_softmax_vals(v: np.ndarray) -> np.ndarray:
 
 
 def sparsemax_vals(v: np.ndarray) -> np.ndarray:
-    """Held et al.: k(z) = max{k : 1 + k z_(k) > sum_{j<=k} z_(j)}, tau = (sum_{j<=k} z_(j) - 1)/k."""
+    """Held et al.: k = max{k : 1 + k z_(k) > S_k}, tau = (S_k - 1) / k, S_k = sum_{j<=k} z_(j)."""
     z = np.sort(v)[::-1]
     total, k_star, s_star = 0.0, 0, 0.0
     for k, zk in enumerate(z, start=1):
@@ -106,7 +106,7 @@ def evidential_sparsification(features, weight, bias) -> np.ndarray:
         w_plus, w_minus = np.maximum(w, 0.0), np.maximum(-w, 0.0)
         mass = np.empty(n_classes)
         for k in range(n_classes):
-            prod = math.prod(1.0 - math.exp(-w_minus[l]) for l in range(n_classes) if l != k)
+            prod = math.prod(1.0 - math.exp(-w_minus[i]) for i in range(n_classes) if i != k)
             mass[k] = math.exp(-w_minus[k]) * (math.exp(w_plus[k]) - 1.0 + prod)
         weights = (mass != 0.0) * np.exp(w - w.max())
         out[idx] = weights / weights.sum()

@@ -172,7 +172,7 @@ def test_sparsemax_kkt(xp):
     """KKT of min ||p - z||^2 on the simplex: p = z - tau on the support, z <= tau off it."""
     x = scores()
     p = run("sparsemax", xp, x)
-    for z, q in zip(x, p):
+    for z, q in zip(x, p, strict=True):
         support = q > 0
         tau = (z[support] - q[support]).mean()
         np.testing.assert_allclose(z[support] - q[support], tau, atol=1e-12)
@@ -184,7 +184,7 @@ def test_entmax15_optimality(xp):
     """1.5-entmax: sqrt(p) = z/2 - tau on the support, z/2 <= tau off it."""
     x = scores()
     p = run("entmax15", xp, x)
-    for z, q in zip(x, p):
+    for z, q in zip(x, p, strict=True):
         support = q > 0
         tau = (z[support] / 2 - np.sqrt(q[support])).mean()
         np.testing.assert_allclose(z[support] / 2 - np.sqrt(q[support]), tau, atol=1e-12)

@@ -243,7 +243,7 @@ def entmax_bisect(
     where: Any = None,
     xp: Namespace | None = None,
 ) -> Array:
-    r"""α-entmax along ``axis``, its threshold found by bisection (Peters et al. 2019).
+    r"""alpha-entmax along ``axis``, its threshold found by bisection (Peters et al. 2019).
 
     .. math::
 

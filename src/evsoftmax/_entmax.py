@@ -1,6 +1,6 @@
-r"""Array-API α-entmax (Peters, Niculae & Martins 2019): 1.5-entmax exactly, any α by bisection.
+r"""Array-API alpha-entmax: exact 1.5-entmax, any alpha by bisection.
 
-α-entmax maximizes the score plus a Tsallis entropy over the simplex:
+alpha-entmax maximizes the score plus a Tsallis entropy over the simplex:
 
 .. math::
 
@@ -9,8 +9,8 @@ r"""Array-API α-entmax (Peters, Niculae & Martins 2019): 1.5-entmax exactly, an
     H^T_\alpha(p) = \frac{1 - \sum_k p_k^\alpha}{\alpha(\alpha - 1)},
 
 whose solution is :math:`p_k = [(\alpha - 1) z_k - \tau]_+^{1/(\alpha - 1)}` with
-:math:`\tau` the threshold that makes it sum to one. α → 1 gives softmax and
-α = 2 sparsemax. Its Jacobian is symmetric:
+:math:`\tau` the threshold that makes it sum to one. alpha -> 1 gives softmax and
+alpha = 2 sparsemax. Its Jacobian is symmetric:
 :math:`J = \operatorname{diag}(s) - s s^\top / \sum_k s_k` with
 :math:`s_k = p_k^{2 - \alpha}` on the support and 0 elsewhere, so one formula
 (:func:`entmax_jvp`) gives both the JVP and the VJP.
@@ -54,7 +54,7 @@ def entmax15(x: Array, *, axis: int, where: Array | None, xp: Namespace) -> Arra
 
 
 def _entmax_weights(gap: Array, alpha: float, xp: Namespace) -> Array:
-    """:math:`[g]_+^{1/(\\alpha-1)}` for ``g = (α-1) z - τ``."""
+    """:math:`[g]_+^{1/(\\alpha-1)}` for ``g = (alpha - 1) z - tau``."""
     return xp.maximum(gap, 0.0) ** (1.0 / (alpha - 1.0))
 
 
@@ -75,7 +75,7 @@ def entmax_bisect(
     xp: Namespace,
     fori_loop: Callable[..., Any] = python_fori_loop,
 ) -> Array:
-    """α-entmax by ``n_iter`` bisection steps on the threshold, then renormalized.
+    """alpha-entmax by ``n_iter`` bisection steps on the threshold, then renormalized.
 
     ``fori_loop`` runs the steps (``jax.lax.fori_loop`` keeps a traced loop small).
     """
@@ -103,10 +103,8 @@ def entmax_bisect(
     return finish(probs / xp.where(total > 0, total, 1.0), valid, bad, out_dtype, xp)
 
 
-def entmax_jvp(
-    probs: Array, tangent: Array, *, alpha: float, axis: int, xp: Namespace
-) -> Array:
-    r"""JVP (and VJP) of α-entmax at output ``probs``: :math:`s t - s \langle s, t\rangle / \sum s`.
+def entmax_jvp(probs: Array, tangent: Array, *, alpha: float, axis: int, xp: Namespace) -> Array:
+    r"""JVP (and VJP) of alpha-entmax at ``probs``: :math:`s t - s \langle s, t\rangle / \sum s`.
 
     ``s = probs^(2 - alpha)`` on the support (1 for sparsemax, ``sqrt(p)`` for
     1.5-entmax); rows without support (fully masked) get 0, NaN rows stay NaN.
@@ -122,4 +120,3 @@ def entmax_jvp(
     total = xp.sum(s, axis=axis, keepdims=True)
     mean = xp.sum(weighted, axis=axis, keepdims=True) / xp.where(total == 0.0, 1.0, total)
     return xp.astype(weighted - mean * s, out_dtype, copy=False)
-

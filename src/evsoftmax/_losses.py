@@ -1,4 +1,4 @@
-r"""Training losses: ev-softmax NLL and KL, and the Fenchel-Young losses of sparsemax and 1.5-entmax.
+r"""Training losses: ev-softmax NLL and KL; Fenchel-Young losses of sparsemax and 1.5-entmax.
 
 Each normalizer has its natural loss. ev-softmax is trained with the
 log-likelihood of its ε-family (paper Eq. 10), whose gradient tends to the
@@ -57,10 +57,13 @@ def _validate_ignore_index(ignore_index: Any) -> int | None:
     return ignore_index
 
 
+def _require_array(value: Any, name: str, what: str) -> None:
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"{name} must be an array of {what}, got {type(value).__name__}")
+
+
 def _validate_target(target: Any, logits: Array, axis: int, xp: Namespace) -> Array:
     """Class indices of the logits' shape without ``axis``, of an integer dtype."""
-    if not hasattr(target, "shape") or not hasattr(target, "dtype"):
-        raise TypeError(f"target must be an array of class indices, got {type(target).__name__}")
     if xp.isdtype(target.dtype, "bool") or not xp.isdtype(target.dtype, "integral"):
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1 :])
@@ -104,6 +107,7 @@ def _prepare_class_loss(
     logits: Any, target: Any, axis: Any, where: Any, ignore_index: Any, reduction: Any, xp: Any
 ) -> tuple[Array, Array, int, Array | None, int | None, str, Namespace]:
     """Validate the arguments every class-index loss shares."""
+    _require_array(target, "target", "class indices")
     xp = array_namespace(logits, target) if xp is None else xp
     logits, axis, where, xp = prepare(logits, axis, where, xp)
     target = _validate_target(target, logits, axis, xp)
@@ -116,7 +120,9 @@ def _prepare_class_loss(
 # -- array-API implementations (validated arguments) ------------------------------------
 
 
-def _normalized(name: str, fallback: Callable[..., Array], x: Array, xp: Namespace, **kw: Any) -> Array:
+def _normalized(
+    name: str, fallback: Callable[..., Array], x: Array, xp: Namespace, **kw: Any
+) -> Array:
     """The public normalizer ``name`` (adapter or array-API fallback) of validated ``x``."""
     if is_empty(x):
         return empty_like(x, xp)
@@ -227,11 +233,17 @@ def _fenchel_young(
     logits: Array,
     target: Array,
     axis: int,
+    where: Array | None,
     xp: Namespace,
 ) -> Array:
-    """Per-position :math:`H(p) + \\langle p, z \\rangle - z_y` (before reduction)."""
+    """Per-position :math:`H(p) + \\langle p, z \\rangle - z_y` (before reduction).
+
+    Excluded classes count as ``z = -inf``: a target there has an infinite loss.
+    """
     p = _accumulate(probs, xp)
     z = _accumulate(logits, xp)
+    if where is not None:
+        z = xp.where(where, z, -math.inf)
     # Off the support p = 0 while z may be -inf (excluded): keep 0 * -inf out of the sum.
     on_support = p > 0.0
     inner = xp.sum(p * xp.where(on_support, z, 0.0), axis=axis)
@@ -249,7 +261,7 @@ def _sparsemax_loss(
     xp: Namespace,
 ) -> Array:
     probs = _normalized("sparsemax", _sparsemax.sparsemax, logits, xp, axis=axis, where=where)
-    loss = _fenchel_young(probs, _tsallis_sparsemax, logits, target, axis, xp)
+    loss = _fenchel_young(probs, _tsallis_sparsemax, logits, target, axis, where, xp)
     n_classes = logits.shape[axis]
     return _class_loss(loss, target, n_classes, ignore_index, reduction, logits.dtype, xp)
 
@@ -265,7 +277,7 @@ def _entmax15_loss(
     xp: Namespace,
 ) -> Array:
     probs = _normalized("entmax15", _entmax.entmax15, logits, xp, axis=axis, where=where)
-    loss = _fenchel_young(probs, _tsallis_entmax15, logits, target, axis, xp)
+    loss = _fenchel_young(probs, _tsallis_entmax15, logits, target, axis, where, xp)
     n_classes = logits.shape[axis]
     return _class_loss(loss, target, n_classes, ignore_index, reduction, logits.dtype, xp)
 
@@ -367,7 +379,7 @@ def ev_softmax_kl_div(
     reduction: str = "mean",
     xp: Namespace | None = None,
 ) -> Array:
-    r"""KL divergence :math:`\mathrm{KL}(q \,\|\, p_\varepsilon)` from target probabilities to ev-softmax.
+    r"""KL divergence :math:`\mathrm{KL}(q \,\|\, p_\varepsilon)` of ev-softmax from a target.
 
     .. math::
 
@@ -411,6 +423,7 @@ def ev_softmax_kl_div(
     >>> evs.ev_softmax_kl_div(np.array([1.0, 1.0, -2.0]), q).round(6)
     np.float64(0.0)
     """
+    _require_array(target_probs, "target_probs", "probabilities")
     xp = array_namespace(logits, target_probs) if xp is None else xp
     logits, axis, where, xp = prepare(logits, axis, where, xp)
     target_probs = check_floating(target_probs, xp, "target_probs")

@@ -20,10 +20,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .. import _entmax, _sparsemax
+from .. import _entmax, _evidential, _sparsemax
 from .._lib._typing import Namespace
 
-__all__ = ["entmax15", "entmax_bisect", "log_softmax", "softmax", "sparsemax"]
+__all__ = [
+    "entmax15",
+    "entmax_bisect",
+    "evidential_sparsification",
+    "log_softmax",
+    "softmax",
+    "sparsemax",
+]
 
 
 def _masked(x: jax.Array, where: jax.Array | None) -> jax.Array:
@@ -31,28 +38,49 @@ def _masked(x: jax.Array, where: jax.Array | None) -> jax.Array:
     return x if where is None else jnp.where(where, x, -math.inf)
 
 
-def _native_inputs(
-    x: jax.Array, where: jax.Array | None, axis: int
-) -> tuple[jax.Array, jax.Array]:
-    """``(scores, has_valid)``: rows without a valid entry replaced by zeros, half upcast."""
+def _native_inputs(x: jax.Array, where: jax.Array | None, axis: int) -> tuple[jax.Array, jax.Array]:
+    """``(scores, valid)``: rows without a valid entry replaced by zeros, half upcast."""
     x = _masked(x, where)
-    has_valid = jnp.any(x != -math.inf, axis=axis, keepdims=True)
-    if jnp.finfo(x.dtype).bits < 32:
+    valid = x != -math.inf
+    if x.dtype.itemsize < 4:
         x = x.astype(jnp.float32)
-    return jnp.where(has_valid, x, 0.0), has_valid
+    return jnp.where(jnp.any(valid, axis=axis, keepdims=True), x, 0.0), valid
 
 
-def softmax(x: jax.Array, *, axis: int, where: jax.Array | None, xp: Namespace) -> jax.Array:
-    """``jax.nn.softmax`` over the valid entries; rows without any give zeros."""
-    scores, has_valid = _native_inputs(x, where, axis)
-    return jnp.where(has_valid, jax.nn.softmax(scores, axis=axis), 0.0).astype(x.dtype)
+@functools.partial(jax.jit, static_argnames=("axis",))
+def _softmax(x: jax.Array, where: jax.Array | None, axis: int) -> Any:
+    scores, valid = _native_inputs(x, where, axis)
+    return jnp.where(valid, jax.nn.softmax(scores, axis=axis), 0.0).astype(x.dtype)
 
 
-def log_softmax(x: jax.Array, *, axis: int, where: jax.Array | None, xp: Namespace) -> jax.Array:
-    """``jax.nn.log_softmax`` over the valid entries; rows without any give ``-inf``."""
-    scores, has_valid = _native_inputs(x, where, axis)
+@functools.partial(jax.jit, static_argnames=("axis",))
+def _log_softmax(x: jax.Array, where: jax.Array | None, axis: int) -> Any:
+    scores, valid = _native_inputs(x, where, axis)
+    # Selecting by entry (not by row) gives the -inf outputs a zero derivative.
     log_probs = jax.nn.log_softmax(scores, axis=axis)
-    return jnp.where(has_valid, log_probs, -math.inf).astype(x.dtype)
+    return jnp.where(valid, log_probs, -math.inf).astype(x.dtype)
+
+
+def softmax(x: jax.Array, *, axis: int, where: jax.Array | None, xp: Namespace) -> Any:
+    """``jax.nn.softmax`` over the valid entries; rows without any give zeros."""
+    return _softmax(x, where, axis=axis)
+
+
+def log_softmax(x: jax.Array, *, axis: int, where: jax.Array | None, xp: Namespace) -> Any:
+    """``jax.nn.log_softmax`` over the valid entries; rows without any give ``-inf``."""
+    return _log_softmax(x, where, axis=axis)
+
+
+@jax.jit
+def _evidential_jit(features: jax.Array, weight: jax.Array, bias: jax.Array) -> Any:
+    return _evidential.evidential_sparsification(features, weight, bias, xp=jnp)
+
+
+def evidential_sparsification(
+    features: jax.Array, weight: jax.Array, bias: jax.Array, *, xp: Namespace
+) -> Any:
+    """The array-API implementation, compiled as one unit."""
+    return _evidential_jit(features, weight, bias)
 
 
 # Compiled as one unit: op-by-op dispatch of the sort-based forward is slower on
@@ -107,5 +135,5 @@ def entmax_bisect(
     where: jax.Array | None,
     xp: Namespace,
 ) -> Any:
-    """α-entmax by bisection with its closed-form derivative (``s = p^(2-alpha)``)."""
+    """alpha-entmax by bisection with its closed-form derivative (``s = p^(2-alpha)``)."""
     return _entmax_family(_masked(x, where), "bisect", alpha, axis, n_iter)

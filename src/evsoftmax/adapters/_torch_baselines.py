@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .. import _entmax, _sparsemax
-from .._lib._typing import Namespace
+from .._lib._typing import Array, Namespace
 
 __all__ = ["entmax15", "entmax_bisect", "log_softmax", "softmax", "sparsemax"]
 
@@ -36,48 +36,49 @@ def _masked(x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
 def _native_inputs(
     x: torch.Tensor, where: torch.Tensor | None, axis: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype | None]:
-    """``(scores, has_valid, acc)`` for ``torch.(log_)softmax``.
+    """``(scores, valid, acc)`` for ``torch.(log_)softmax``.
 
     Rows without a valid entry are replaced by zeros so the native op (and its
-    backward) stays finite there; the caller overwrites their output.
+    backward) stays finite there; the caller overwrites the excluded entries,
+    which also gives their outputs a zero derivative.
     """
     x = _masked(x, where)
-    has_valid = (x != -math.inf).any(dim=axis, keepdim=True)
+    valid = x != -math.inf
     acc = torch.float32 if torch.finfo(x.dtype).bits < 32 else None
-    return torch.where(has_valid, x, 0.0), has_valid, acc
+    return torch.where(valid.any(dim=axis, keepdim=True), x, 0.0), valid, acc
 
 
 def softmax(
     x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace
 ) -> torch.Tensor:
     """``torch.softmax`` over the valid entries; rows without any give zeros."""
-    scores, has_valid, acc = _native_inputs(x, where, axis)
+    scores, valid, acc = _native_inputs(x, where, axis)
     probs = torch.softmax(scores, dim=axis, dtype=acc)
-    return torch.where(has_valid, probs, 0.0).to(x.dtype)
+    return torch.where(valid, probs, 0.0).to(x.dtype)
 
 
 def log_softmax(
     x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace
 ) -> torch.Tensor:
     """``torch.log_softmax`` over the valid entries; rows without any give ``-inf``."""
-    scores, has_valid, acc = _native_inputs(x, where, axis)
+    scores, valid, acc = _native_inputs(x, where, axis)
     log_probs = torch.log_softmax(scores, dim=axis, dtype=acc)
-    return torch.where(has_valid, log_probs, -math.inf).to(x.dtype)
+    return torch.where(valid, log_probs, -math.inf).to(x.dtype)
 
 
 class _EntmaxFunction(torch.autograd.Function):
-    """An α-entmax map with the closed-form JVP/VJP ``s t - s <s, t> / sum(s)``."""
+    """An alpha-entmax map with the closed-form JVP/VJP ``s t - s <s, t> / sum(s)``."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(  # type: ignore[override]
         x: torch.Tensor,
-        forward: Callable[[torch.Tensor], torch.Tensor],
+        forward: Callable[[torch.Tensor], Array],
         alpha: float,
         axis: int,
         xp: Namespace,
-    ) -> torch.Tensor:
+    ) -> Array:
         return forward(x)
 
     @staticmethod
@@ -93,7 +94,7 @@ class _EntmaxFunction(torch.autograd.Function):
         return vjp, None, None, None, None
 
     @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> Array:
         (probs,) = ctx.saved_tensors
         return _entmax.entmax_jvp(probs, tangent, alpha=ctx.alpha, axis=ctx.axis, xp=ctx.xp)
 
@@ -101,32 +102,27 @@ class _EntmaxFunction(torch.autograd.Function):
 def _entmax_apply(
     x: torch.Tensor,
     where: torch.Tensor | None,
-    forward: Callable[[torch.Tensor], torch.Tensor],
+    forward: Callable[[torch.Tensor], Array],
     alpha: float,
     axis: int,
     xp: Namespace,
-) -> torch.Tensor:
-    out: torch.Tensor = _EntmaxFunction.apply(_masked(x, where), forward, alpha, axis, xp)
-    return out
+) -> Array:
+    return _EntmaxFunction.apply(_masked(x, where), forward, alpha, axis, xp)  # type: ignore[no-untyped-call]
 
 
-def sparsemax(
-    x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace
-) -> torch.Tensor:
+def sparsemax(x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace) -> Array:
     """Sparsemax with backward ``g_S - mean(g_S)`` on the support ``S``."""
 
-    def forward(z: torch.Tensor) -> torch.Tensor:
+    def forward(z: torch.Tensor) -> Array:
         return _sparsemax.sparsemax(z, axis=axis, where=None, xp=xp)
 
     return _entmax_apply(x, where, forward, 2.0, axis, xp)
 
 
-def entmax15(
-    x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace
-) -> torch.Tensor:
+def entmax15(x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace) -> Array:
     """1.5-entmax with its closed-form backward (``s = sqrt(p)``)."""
 
-    def forward(z: torch.Tensor) -> torch.Tensor:
+    def forward(z: torch.Tensor) -> Array:
         return _entmax.entmax15(z, axis=axis, where=None, xp=xp)
 
     return _entmax_apply(x, where, forward, 1.5, axis, xp)
@@ -140,10 +136,10 @@ def entmax_bisect(
     n_iter: int,
     where: torch.Tensor | None,
     xp: Namespace,
-) -> torch.Tensor:
-    """α-entmax by bisection with its closed-form backward (``s = p^(2-alpha)``)."""
+) -> Array:
+    """alpha-entmax by bisection with its closed-form backward (``s = p^(2-alpha)``)."""
 
-    def forward(z: torch.Tensor) -> torch.Tensor:
+    def forward(z: torch.Tensor) -> Array:
         return _entmax.entmax_bisect(z, alpha=alpha, axis=axis, n_iter=n_iter, where=None, xp=xp)
 
     return _entmax_apply(x, where, forward, alpha, axis, xp)
