@@ -250,36 +250,51 @@ def _fenchel_young(
     return entropy(p, axis, xp) + inner - _pick(z, target, axis, xp)
 
 
-def _sparsemax_loss(
-    logits: Array,
-    target: Array,
-    *,
-    axis: int,
-    where: Array | None,
-    ignore_index: int | None,
-    reduction: str,
-    xp: Namespace,
-) -> Array:
-    probs = _normalized("sparsemax", _sparsemax.sparsemax, logits, xp, axis=axis, where=where)
-    loss = _fenchel_young(probs, _tsallis_sparsemax, logits, target, axis, where, xp)
-    n_classes = logits.shape[axis]
-    return _class_loss(loss, target, n_classes, ignore_index, reduction, logits.dtype, xp)
+def _fenchel_young_loss(
+    name: str, fallback: Callable[..., Array], entropy: Callable[[Array, int, Namespace], Array]
+) -> Callable[..., Array]:
+    """The array-API Fenchel-Young loss of the normalizer ``name`` with Tsallis ``entropy``."""
+
+    def loss(
+        logits: Array,
+        target: Array,
+        *,
+        axis: int,
+        where: Array | None,
+        ignore_index: int | None,
+        reduction: str,
+        xp: Namespace,
+    ) -> Array:
+        probs = _normalized(name, fallback, logits, xp, axis=axis, where=where)
+        per_position = _fenchel_young(probs, entropy, logits, target, axis, where, xp)
+        n_classes = logits.shape[axis]
+        return _class_loss(
+            per_position, target, n_classes, ignore_index, reduction, logits.dtype, xp
+        )
+
+    return loss
 
 
-def _entmax15_loss(
-    logits: Array,
-    target: Array,
-    *,
-    axis: int,
-    where: Array | None,
-    ignore_index: int | None,
-    reduction: str,
-    xp: Namespace,
+_sparsemax_loss = _fenchel_young_loss("sparsemax", _sparsemax.sparsemax, _tsallis_sparsemax)
+_entmax15_loss = _fenchel_young_loss("entmax15", _entmax.entmax15, _tsallis_entmax15)
+
+
+def _class_loss_call(
+    name: str, fallback: Callable[..., Array], args: tuple[Any, ...], **options: Any
 ) -> Array:
-    probs = _normalized("entmax15", _entmax.entmax15, logits, xp, axis=axis, where=where)
-    loss = _fenchel_young(probs, _tsallis_entmax15, logits, target, axis, where, xp)
-    n_classes = logits.shape[axis]
-    return _class_loss(loss, target, n_classes, ignore_index, reduction, logits.dtype, xp)
+    """Validate ``(logits, target, axis, where, ignore_index, reduction, xp)`` and dispatch."""
+    logits, target, axis, where, ignore_index, reduction, xp = _prepare_class_loss(*args)
+    impl = implementation(name, xp, fallback)
+    return impl(
+        logits,
+        target,
+        axis=axis,
+        where=where,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        xp=xp,
+        **options,
+    )
 
 
 # -- public functions ----------------------------------------------------------------------
@@ -351,21 +366,9 @@ def ev_softmax_nll_loss(
     >>> evs.ev_softmax_nll_loss(logits, np.array([1, 2]), reduction="none").round(3)
     array([0.313, 0.   ])
     """
-    logits, target, axis, where, ignore_index, reduction, xp = _prepare_class_loss(
-        logits, target, axis, where, ignore_index, reduction, xp
-    )
+    args = (logits, target, axis, where, ignore_index, reduction, xp)
     epsilon = validate_epsilon(epsilon)
-    impl = implementation("ev_softmax_nll_loss", xp, _nll)
-    return impl(
-        logits,
-        target,
-        axis=axis,
-        epsilon=epsilon,
-        where=where,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        xp=xp,
-    )
+    return _class_loss_call("ev_softmax_nll_loss", _nll, args, epsilon=epsilon)
 
 
 def ev_softmax_kl_div(
@@ -494,19 +497,8 @@ def sparsemax_loss(
     >>> evs.sparsemax_loss(logits, np.array([1, 0]), reduction="none")
     array([0., 1.])
     """
-    logits, target, axis, where, ignore_index, reduction, xp = _prepare_class_loss(
-        logits, target, axis, where, ignore_index, reduction, xp
-    )
-    impl = implementation("sparsemax_loss", xp, _sparsemax_loss)
-    return impl(
-        logits,
-        target,
-        axis=axis,
-        where=where,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        xp=xp,
-    )
+    args = (logits, target, axis, where, ignore_index, reduction, xp)
+    return _class_loss_call("sparsemax_loss", _sparsemax_loss, args)
 
 
 def entmax15_loss(
@@ -562,16 +554,5 @@ def entmax15_loss(
     >>> evs.entmax15_loss(np.array([[0.0, 3.0, -1.0]]), np.array([1])).round(6)
     np.float64(0.0)
     """
-    logits, target, axis, where, ignore_index, reduction, xp = _prepare_class_loss(
-        logits, target, axis, where, ignore_index, reduction, xp
-    )
-    impl = implementation("entmax15_loss", xp, _entmax15_loss)
-    return impl(
-        logits,
-        target,
-        axis=axis,
-        where=where,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        xp=xp,
-    )
+    args = (logits, target, axis, where, ignore_index, reduction, xp)
+    return _class_loss_call("entmax15_loss", _entmax15_loss, args)

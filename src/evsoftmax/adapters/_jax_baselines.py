@@ -50,7 +50,9 @@ def _native_inputs(x: jax.Array, where: jax.Array | None, axis: int) -> tuple[ja
 @functools.partial(jax.jit, static_argnames=("axis",))
 def _softmax(x: jax.Array, where: jax.Array | None, axis: int) -> Any:
     scores, valid = _native_inputs(x, where, axis)
-    return jnp.where(valid, jax.nn.softmax(scores, axis=axis), 0.0).astype(x.dtype)
+    probs = jax.nn.softmax(scores, axis=axis)
+    # NaN rows (NaN or +inf inside) stay NaN throughout.
+    return jnp.where(valid | jnp.isnan(probs), probs, 0.0).astype(x.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))
@@ -58,7 +60,7 @@ def _log_softmax(x: jax.Array, where: jax.Array | None, axis: int) -> Any:
     scores, valid = _native_inputs(x, where, axis)
     # Selecting by entry (not by row) gives the -inf outputs a zero derivative.
     log_probs = jax.nn.log_softmax(scores, axis=axis)
-    return jnp.where(valid, log_probs, -math.inf).astype(x.dtype)
+    return jnp.where(valid | jnp.isnan(log_probs), log_probs, -math.inf).astype(x.dtype)
 
 
 def softmax(x: jax.Array, *, axis: int, where: jax.Array | None, xp: Namespace) -> Any:

@@ -39,8 +39,8 @@ def _native_inputs(
     """``(scores, valid, acc)`` for ``torch.(log_)softmax``.
 
     Rows without a valid entry are replaced by zeros so the native op (and its
-    backward) stays finite there; the caller overwrites the excluded entries,
-    which also gives their outputs a zero derivative.
+    backward) stays finite there; the caller overwrites the excluded entries
+    (except in NaN rows, NaN throughout), which gives their outputs a zero derivative.
     """
     x = _masked(x, where)
     valid = x != -math.inf
@@ -54,7 +54,7 @@ def softmax(
     """``torch.softmax`` over the valid entries; rows without any give zeros."""
     scores, valid, acc = _native_inputs(x, where, axis)
     probs = torch.softmax(scores, dim=axis, dtype=acc)
-    return torch.where(valid, probs, 0.0).to(x.dtype)
+    return torch.where(valid | probs.isnan(), probs, 0.0).to(x.dtype)
 
 
 def log_softmax(
@@ -63,7 +63,7 @@ def log_softmax(
     """``torch.log_softmax`` over the valid entries; rows without any give ``-inf``."""
     scores, valid, acc = _native_inputs(x, where, axis)
     log_probs = torch.log_softmax(scores, dim=axis, dtype=acc)
-    return torch.where(valid, log_probs, -math.inf).to(x.dtype)
+    return torch.where(valid | log_probs.isnan(), log_probs, -math.inf).to(x.dtype)
 
 
 class _EntmaxFunction(torch.autograd.Function):
