@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import numpy as np
@@ -11,9 +12,9 @@ torch = pytest.importorskip("torch")
 
 import evsoftmax as evs  # noqa: E402
 
-# torch's forward-mode AD loads decompositions through the deprecated torch.jit.script.
+# torch loads forward-mode AD decompositions and compiles through the deprecated torch.jit.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+    "ignore:`torch.jit.script[_a-z]*` is deprecated:DeprecationWarning"
 )
 
 MAPS = {
@@ -111,3 +112,72 @@ def test_half_precision_backward(name, dtype):
     ref_out = MAPS[name](ref)
     (torch.where(torch.isfinite(ref_out), ref_out, 0) * weights.double()).sum().backward()
     np.testing.assert_allclose(x.grad.double().numpy(), ref.grad.numpy(), atol=5e-2)
+
+
+# Warnings raised inside torch.compile by code that is not ours: array_api_compat's
+# functools-cached array_namespace (public layer), and torch 2.13's own handling of
+# autograd.Function (it instantiates the class).
+compile_warnings = [
+    pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools"),
+    pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning"),
+]
+
+
+@pytest.mark.parametrize(
+    "name", ["softmax", "log_softmax", "sparsemax", "entmax15", "entmax_bisect"]
+)
+def test_adapters_trace_without_graph_breaks(name):
+    """The torch paths are plain torch operations: one graph, no break, under torch.compile."""
+    import array_api_compat.torch as xpt
+
+    from evsoftmax.adapters import _torch_baselines
+
+    fn = getattr(_torch_baselines, name)
+    kwargs = {"alpha": 1.25, "n_iter": 8} if name == "entmax_bisect" else {}
+    where = torch.rand(4, 7, generator=torch.Generator().manual_seed(6)) > 0.3
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*should not be instantiated", DeprecationWarning)
+        explanation = torch._dynamo.explain(lambda x: fn(x, axis=1, where=where, xp=xpt, **kwargs))(
+            randn(4, 7, seed=6)
+        )
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@compile_warnings[0]
+@compile_warnings[1]
+def test_torch_compile_forward_and_backward():
+    x = randn(4, 7, seed=7)
+    compiled = torch.compile(evs.sparsemax)
+    out = compiled(x)
+    torch.testing.assert_close(out, evs.sparsemax(x))
+    weights = torch.linspace(-1, 1, 7, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    (expected,) = torch.autograd.grad((evs.sparsemax(x) * weights).sum(), x)
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_torch_paths_agree_with_the_array_api_core(dtype):
+    """The adapters' torch-native forwards and the array-API core, on the same tensors."""
+    from array_api_compat import array_namespace
+
+    from evsoftmax import _entmax, _softmax, _sparsemax
+
+    x = (3 * randn(5, 8, seed=8).detach()).to(dtype)
+    x[1, 2], x[2] = float("nan"), -torch.inf
+    where = torch.rand(5, 8, generator=torch.Generator().manual_seed(8)) > 0.3
+    xp = array_namespace(x)
+    pairs = [
+        (evs.softmax, _softmax.softmax, {}),
+        (evs.log_softmax, _softmax.log_softmax, {}),
+        (evs.sparsemax, _sparsemax.sparsemax, {}),
+        (evs.entmax15, _entmax.entmax15, {}),
+        (evs.entmax_bisect, _entmax.entmax_bisect, {"alpha": 1.25, "n_iter": 50}),
+    ]
+    for public, core, kwargs in pairs:
+        expected = core(x, axis=1, where=where, xp=xp, **kwargs)
+        got = public(x, where=where, **kwargs)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, expected, equal_nan=True, atol=1e-6, rtol=1e-6)

@@ -14,7 +14,7 @@ import evsoftmax as evs  # noqa: E402
 from . import reference  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+    "ignore:`torch.jit.script[_a-z]*` is deprecated:DeprecationWarning"
 )
 
 CLASS_LOSSES = {

@@ -1,12 +1,14 @@
-"""PyTorch autodiff hooks for the baselines: native softmax, closed-form entmax backward.
+"""PyTorch paths for the baselines: native forwards and closed-form entmax derivatives.
 
 ``softmax``/``log_softmax`` call ``torch.softmax``/``torch.log_softmax`` (native
 autograd and speed) with the masking rules of the array-API versions.
-``sparsemax``, ``entmax15`` and ``entmax_bisect`` run the array-API forward
-inside a ``torch.autograd.Function`` whose backward and forward-mode JVP are
-the closed form :func:`evsoftmax._entmax.entmax_jvp`; being written in torch
-operations on the saved output, they are differentiable again (double
-backward), and ``generate_vmap_rule`` makes the Function work under
+``sparsemax``, ``entmax15`` and ``entmax_bisect`` run the same algorithms as
+the array-API versions (``_sparsemax``, ``_entmax``), written in plain torch
+operations so that ``torch.compile`` traces them without graph breaks, inside
+a ``torch.autograd.Function`` whose backward and forward-mode JVP are the
+closed form :func:`evsoftmax._entmax.entmax_jvp`. Being written in torch
+operations on the saved output, the derivatives are differentiable again
+(double backward), and ``generate_vmap_rule`` makes the Function work under
 ``torch.func`` (``grad``, ``vmap``, ``jvp``).
 
 Masks are applied by filling excluded entries with ``-inf`` first (which the
@@ -22,8 +24,9 @@ from typing import Any
 
 import torch
 
-from .. import _entmax, _sparsemax
+from .. import _entmax
 from .._lib._typing import Array, Namespace
+from .._rows import CLIP
 
 __all__ = ["entmax15", "entmax_bisect", "log_softmax", "softmax", "sparsemax"]
 
@@ -33,41 +36,131 @@ def _masked(x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
     return x if where is None else x.masked_fill(~where, -math.inf)
 
 
-def _native_inputs(
-    x: torch.Tensor, where: torch.Tensor | None, axis: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.dtype | None]:
-    """``(scores, valid, acc)`` for ``torch.(log_)softmax``.
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype.itemsize < 4 else x.dtype
 
-    Rows without a valid entry are replaced by zeros so the native op (and its
-    backward) stays finite there; the caller overwrites the excluded entries
-    (except in NaN rows, NaN throughout), which gives their outputs a zero derivative.
+
+# -- softmax ---------------------------------------------------------------------------------
+
+
+def _known_false(flag: torch.Tensor) -> bool:
+    """Whether ``flag`` (a 0-d bool) is False and eager code may branch on it.
+
+    Under ``torch.compile`` or a functorch transform (``vmap``) data-dependent
+    branching is not possible: the answer is then False and callers take their
+    general path.
     """
-    x = _masked(x, where)
-    valid = x != -math.inf
-    acc = torch.float32 if torch.finfo(x.dtype).bits < 32 else None
-    return torch.where(valid.any(dim=axis, keepdim=True), x, 0.0), valid, acc
+    if torch.compiler.is_compiling():
+        return False
+    try:
+        return not bool(flag)
+    except RuntimeError:  # a batched tensor under torch.func.vmap
+        return False
 
 
-def softmax(
-    x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace
-) -> torch.Tensor:
+def _native_inputs(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, empty_rows)`` for ``torch.(log_)softmax`` of ``-inf``-masked ``x``.
+
+    ``-inf`` entries already get 0 (``-inf``) from the native ops; only rows
+    without any valid entry need care: they are computed as zeros, so the op
+    and its backward stay finite, and overwritten by the caller.
+    """
+    empty_rows = x.amax(dim=axis, keepdim=True) == -math.inf
+    return x.masked_fill(empty_rows, 0.0), empty_rows
+
+
+def softmax(x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace) -> Array:
     """``torch.softmax`` over the valid entries; rows without any give zeros."""
-    scores, valid, acc = _native_inputs(x, where, axis)
+    x = _masked(x, where)
+    acc = _accumulation_dtype(x)
+    if _known_false((x.amax(dim=axis) == -math.inf).any()):
+        # No empty row (the common case): the native op alone, one output buffer.
+        return torch.softmax(x, dim=axis, dtype=acc).to(x.dtype)
+    scores, empty_rows = _native_inputs(x, axis)
     probs = torch.softmax(scores, dim=axis, dtype=acc)
-    return torch.where(valid | probs.isnan(), probs, 0.0).to(x.dtype)
+    return probs.masked_fill(empty_rows, 0.0).to(x.dtype)
 
 
-def log_softmax(
-    x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace
-) -> torch.Tensor:
+def log_softmax(x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace) -> Array:
     """``torch.log_softmax`` over the valid entries; rows without any give ``-inf``."""
-    scores, valid, acc = _native_inputs(x, where, axis)
+    x = _masked(x, where)
+    acc = _accumulation_dtype(x)
+    # A row minimum of -inf marks a row with excluded entries (a NaN row has a NaN
+    # minimum, but its output is NaN throughout either way).
+    if _known_false((x.amin(dim=axis) == -math.inf).any()):
+        # No excluded entry (the common case): the native op alone.
+        return torch.log_softmax(x, dim=axis, dtype=acc).to(x.dtype)
+    scores, _ = _native_inputs(x, axis)
     log_probs = torch.log_softmax(scores, dim=axis, dtype=acc)
-    return torch.where(valid | log_probs.isnan(), log_probs, -math.inf).to(x.dtype)
+    # Selecting per entry gives the -inf outputs a zero derivative (NaN rows stay NaN).
+    keep = (x != -math.inf) | log_probs.isnan()
+    return torch.where(keep, log_probs, -math.inf).to(x.dtype)
+
+
+# -- sparsemax and entmax: the algorithms of _sparsemax and _entmax in torch ops --------------
+
+
+def _clipped_scores(
+    x: torch.Tensor, axis: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(valid, z, bad)`` as in ``_rows.clipped_scores`` (excluded entries are -inf)."""
+    x = x.to(_accumulation_dtype(x))
+    row_max = x.amax(dim=axis, keepdim=True)
+    bad = row_max.isnan() | (row_max == math.inf)
+    row_max = torch.where(bad | (row_max == -math.inf), 0.0, row_max)
+    z = ((x - row_max) * scale).clamp_min(CLIP)
+    return x != -math.inf, z, bad
+
+
+def _finish(probs: torch.Tensor, valid: torch.Tensor, bad: torch.Tensor, dtype: Any) -> Any:
+    probs = torch.where(valid, probs, 0.0)
+    return torch.where(bad, math.nan, probs).to(dtype)
+
+
+def _ranks(z: torch.Tensor, axis: int) -> torch.Tensor:
+    shape = [1] * z.ndim
+    shape[axis] = z.shape[axis]
+    return torch.arange(1, z.shape[axis] + 1, dtype=z.dtype, device=z.device).reshape(shape)
+
+
+def _sparsemax_forward(x: torch.Tensor, axis: int) -> Any:
+    valid, z, bad = _clipped_scores(x, axis, 1.0)
+    ordered = z.sort(dim=axis, descending=True).values
+    tau = ((ordered.cumsum(dim=axis) - 1.0) / _ranks(z, axis)).amax(dim=axis, keepdim=True)
+    return _finish((z - tau).clamp_min(0.0), valid, bad, x.dtype)
+
+
+def _entmax15_forward(x: torch.Tensor, axis: int) -> Any:
+    valid, z, bad = _clipped_scores(x, axis, 0.5)
+    ordered = z.sort(dim=axis, descending=True).values
+    rank = _ranks(z, axis)
+    mean = ordered.cumsum(dim=axis) / rank
+    mean_sq = (ordered * ordered).cumsum(dim=axis) / rank
+    delta = ((1.0 - rank * (mean_sq - mean * mean)) / rank).clamp_min(0.0)
+    candidates = mean - delta.sqrt()
+    size = (candidates <= ordered).sum(dim=axis, keepdim=True)
+    # NaN rows have no support (size 0); their output is NaN anyway.
+    tau = candidates.gather(axis, (size - 1).clamp_min(0))
+    return _finish((z - tau).clamp_min(0.0) ** 2, valid, bad, x.dtype)
+
+
+def _bisect_forward(x: torch.Tensor, axis: int, alpha: float, n_iter: int) -> Any:
+    valid, z, bad = _clipped_scores(x, axis, alpha - 1.0)
+    count = valid.sum(dim=axis, keepdim=True).clamp_min(1).to(z.dtype)
+    tau_lo = torch.full_like(count, -1.0)
+    width = 1.0 - count.reciprocal() ** (alpha - 1.0)
+    for _ in range(n_iter):
+        width = width / 2.0
+        tau_mid = tau_lo + width
+        mass = (z - tau_mid).clamp_min(0.0) ** (1.0 / (alpha - 1.0))
+        tau_lo = torch.where(mass.sum(dim=axis, keepdim=True) >= 1.0, tau_mid, tau_lo)
+    probs = (z - tau_lo).clamp_min(0.0) ** (1.0 / (alpha - 1.0))
+    total = probs.sum(dim=axis, keepdim=True)  # >= 1 unless the row is fully masked
+    return _finish(probs / torch.where(total > 0, total, 1.0), valid, bad, x.dtype)
 
 
 class _EntmaxFunction(torch.autograd.Function):
-    """An alpha-entmax map with the closed-form JVP/VJP ``s t - s <s, t> / sum(s)``."""
+    """An alpha-entmax map with the closed-form VJP ``s g - s <s, g> / sum(s)``."""
 
     generate_vmap_rule = True
 
@@ -85,13 +178,24 @@ class _EntmaxFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         _, _, ctx.alpha, ctx.axis, ctx.xp = inputs
         ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         (probs,) = ctx.saved_tensors
         vjp = _entmax.entmax_jvp(probs, grad, alpha=ctx.alpha, axis=ctx.axis, xp=ctx.xp)
         return vjp, None, None, None, None
+
+
+class _EntmaxFunctionWithJvp(_EntmaxFunction):
+    """The same map with forward-mode AD (the same formula: the Jacobian is symmetric).
+
+    Kept apart because ``torch.compile`` cannot trace a Function that defines ``jvp``.
+    """
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        _EntmaxFunction.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> Array:
@@ -107,25 +211,18 @@ def _entmax_apply(
     axis: int,
     xp: Namespace,
 ) -> Array:
-    return _EntmaxFunction.apply(_masked(x, where), forward, alpha, axis, xp)  # type: ignore[no-untyped-call]
+    function = _EntmaxFunction if torch.compiler.is_compiling() else _EntmaxFunctionWithJvp
+    return function.apply(_masked(x, where), forward, alpha, axis, xp)  # type: ignore[no-untyped-call]
 
 
 def sparsemax(x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace) -> Array:
     """Sparsemax with backward ``g_S - mean(g_S)`` on the support ``S``."""
-
-    def forward(z: torch.Tensor) -> Array:
-        return _sparsemax.sparsemax(z, axis=axis, where=None, xp=xp)
-
-    return _entmax_apply(x, where, forward, 2.0, axis, xp)
+    return _entmax_apply(x, where, lambda z: _sparsemax_forward(z, axis), 2.0, axis, xp)
 
 
 def entmax15(x: torch.Tensor, *, axis: int, where: torch.Tensor | None, xp: Namespace) -> Array:
     """1.5-entmax with its closed-form backward (``s = sqrt(p)``)."""
-
-    def forward(z: torch.Tensor) -> Array:
-        return _entmax.entmax15(z, axis=axis, where=None, xp=xp)
-
-    return _entmax_apply(x, where, forward, 1.5, axis, xp)
+    return _entmax_apply(x, where, lambda z: _entmax15_forward(z, axis), 1.5, axis, xp)
 
 
 def entmax_bisect(
@@ -139,7 +236,7 @@ def entmax_bisect(
 ) -> Array:
     """alpha-entmax by bisection with its closed-form backward (``s = p^(2-alpha)``)."""
 
-    def forward(z: torch.Tensor) -> Array:
-        return _entmax.entmax_bisect(z, alpha=alpha, axis=axis, n_iter=n_iter, where=None, xp=xp)
+    def forward(z: torch.Tensor) -> Any:
+        return _bisect_forward(z, axis, alpha, n_iter)
 
     return _entmax_apply(x, where, forward, alpha, axis, xp)
