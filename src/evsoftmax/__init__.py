@@ -13,14 +13,33 @@ Examples
 array([0.27, 0.73, 0.  ])
 """
 
+from ._baselines import (
+    entmax15,
+    entmax_bisect,
+    evidential_sparsification,
+    log_softmax,
+    softmax,
+    sparsemax,
+)
 from ._evsoftmax import ev_softmax, ev_softmax_jvp, ev_softmax_support, log_ev_softmax
+from ._losses import entmax15_loss, ev_softmax_kl_div, ev_softmax_nll_loss, sparsemax_loss
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "__version__",
+    "entmax15",
+    "entmax15_loss",
+    "entmax_bisect",
     "ev_softmax",
     "ev_softmax_jvp",
+    "ev_softmax_kl_div",
+    "ev_softmax_nll_loss",
     "ev_softmax_support",
+    "evidential_sparsification",
     "log_ev_softmax",
+    "log_softmax",
+    "softmax",
+    "sparsemax",
+    "sparsemax_loss",
 ]

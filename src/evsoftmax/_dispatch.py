@@ -43,6 +43,8 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": (".adapters._numpy",),
     "cupy": (".adapters._cupy",),
+    "torch": (".adapters._torch_baselines",),
+    "jax": (".adapters._jax_baselines",),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,16 +46,20 @@ def reference_composition(x: Any, *, epsilon: float, softmax: Callable[[Any], An
     return weights / xp.sum(weights, axis=-1, keepdims=True)
 
 
-def _evsoftmax(name: str, **kwargs: Any) -> Callable[[Any], Any]:
-    import evsoftmax
+def _package() -> Any:
+    """The evsoftmax package itself, by relative name (so a vendored copy uses itself)."""
+    return importlib.import_module("..", __package__)
 
+
+def _evsoftmax(name: str, **kwargs: Any) -> Callable[[Any], Any]:
+    evsoftmax = _package()
     function = getattr(evsoftmax, name)
     return functools.partial(function, axis=-1, **kwargs)
 
 
 def methods(backend: Backend, epsilon: float) -> list[Method]:
     """Every method to time on ``backend``: native softmax first, the copy yardstick last."""
-    import evsoftmax
+    evsoftmax = _package()
 
     def reference(epsilon: float) -> Callable[[Any], Any]:
         return functools.partial(reference_composition, epsilon=epsilon, softmax=backend.softmax)
