@@ -1,16 +1,13 @@
 """The four normalizers, looked up in ONE place.
 
-Each name maps to a function of torch logits along the last axis. ev-softmax
-always comes from evsoftmax. softmax, sparsemax and entmax-1.5 come from
-evsoftmax when it exports them (``getattr(evsoftmax, name)``); otherwise from
-the peer implementations in the fallback section below, which can be dropped
-once evsoftmax ships all of them.
+Each name maps to a function of torch logits along the last axis, all of them
+evsoftmax's own public functions (so the torch adapters' closed-form
+gradients are what the experiment trains with).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable
 
 import torch
@@ -22,7 +19,6 @@ __all__ = [
     "log_ev_softmax",
     "log_softmax",
     "lookup",
-    "missing_peers",
 ]
 
 Normalizer = Callable[[torch.Tensor], torch.Tensor]
@@ -43,18 +39,15 @@ def lookup(name: str) -> Normalizer:
     """Probabilities along the last axis for the normalizer ``name`` (``epsilon = 0``)."""
     if name == "ev_softmax":
         return lambda logits: ev_softmax(logits, 0.0)
-    native = getattr(_package, name, None)
-    if native is not None:
-        return lambda logits: native(logits, axis=-1)  # type: ignore[no-any-return]
-    return _FALLBACK[name]
+    if name not in LABELS:
+        raise ValueError(f"unknown normalizer {name!r}; choose from {sorted(LABELS)}")
+    function = getattr(_package, name)
+    return lambda logits: function(logits, axis=-1)  # type: ignore[no-any-return]
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Log-softmax along the last axis (evsoftmax's when it has one)."""
-    native = getattr(_package, "log_softmax", None)
-    if native is not None:
-        return native(logits, axis=-1)  # type: ignore[no-any-return]
-    return torch.log_softmax(logits, dim=-1)
+    """Log-softmax along the last axis."""
+    return _package.log_softmax(logits, axis=-1)  # type: ignore[no-any-return]
 
 
 def ev_softmax(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -65,35 +58,3 @@ def ev_softmax(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
 def log_ev_softmax(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
     """Log of :func:`ev_softmax`, computed in log space (finite for ``epsilon > 0``)."""
     return _package.log_ev_softmax(logits, axis=-1, epsilon=epsilon)  # type: ignore[no-any-return]
-
-
-# --- Fallback: peer implementations while evsoftmax lacks the baselines. ------------
-# Used only when ``getattr(evsoftmax, name)`` finds nothing. The ``entmax`` package
-# (Peters et al.) is torch-native; it is a peer library, not part of evsoftmax.
-
-
-def _entmax_peer(name: str) -> Normalizer:
-    def normalize(logits: torch.Tensor) -> torch.Tensor:
-        try:
-            import entmax
-        except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                f"the {name} baseline needs evsoftmax.{name} or the 'entmax' package "
-                "(pip install entmax)"
-            ) from error
-        return getattr(entmax, name)(logits, dim=-1)  # type: ignore[no-any-return]
-
-    return normalize
-
-
-def missing_peers(names: tuple[str, ...]) -> list[str]:
-    """The peer packages the fallback needs for ``names`` and cannot import."""
-    needed = [n for n in names if n in ("sparsemax", "entmax15") and not hasattr(_package, n)]
-    return ["entmax"] if needed and importlib.util.find_spec("entmax") is None else []
-
-
-_FALLBACK: dict[str, Normalizer] = {
-    "softmax": lambda logits: torch.softmax(logits, dim=-1),
-    "sparsemax": _entmax_peer("sparsemax"),
-    "entmax15": _entmax_peer("entmax15"),
-}
