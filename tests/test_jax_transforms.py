@@ -186,7 +186,10 @@ def test_fully_masked_rows_have_zero_gradient_without_nan():
     where = jnp.asarray([[True, True, True], [False, False, False]])
     c = jnp.asarray([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]])
     for mask, epsilon in ((None, 0.0), (where, 0.3)):
-        loss = lambda x, m=mask, e=epsilon: jnp.sum(evs.ev_softmax(x, where=m, epsilon=e) * c)
+
+        def loss(x, m=mask, e=epsilon):
+            return jnp.sum(evs.ev_softmax(x, where=m, epsilon=e) * c)
+
         grad = np.asarray(jax.grad(loss)(x))
         assert not np.any(np.isnan(grad))
         empty = 0 if mask is None else 1

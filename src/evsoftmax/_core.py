@@ -84,7 +84,9 @@ def _weights(exp: Array, below: Array, epsilon: float, xp: Namespace) -> Array:
     return xp.where(below, epsilon * exp, (1.0 + epsilon) * exp)
 
 
-def ev_softmax(x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace) -> Array:
+def ev_softmax(
+    x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace
+) -> Array:
     """ev-softmax (``epsilon == 0``) or its training-time family (``epsilon > 0``)."""
     out_dtype = x.dtype
     x = xp.astype(x, accumulation_dtype(out_dtype, xp), copy=False)

@@ -209,7 +209,8 @@ def ev_softmax_jvp(
     tangent = validate_input(tangent, xp, "tangent")
     if tuple(probs.shape) != tuple(tangent.shape):
         raise ValueError(
-            f"tangent must have the shape of probs {tuple(probs.shape)}, got {tuple(tangent.shape)}"
+            f"tangent must have the shape of probs {tuple(probs.shape)}, "
+            f"got {tuple(tangent.shape)}"
         )
     axis = normalize_axis(axis, probs.ndim)
     if is_empty(probs):
