@@ -152,14 +152,31 @@ _scores = st.sampled_from([-np.inf, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 
 
 @given(
     x=st.lists(st.lists(_scores, min_size=5, max_size=5), min_size=3, max_size=3),
-    mask=st.lists(st.booleans(), min_size=5, max_size=5),
+    mask=st.none() | st.lists(st.booleans(), min_size=5, max_size=5),
     epsilon=st.sampled_from(EPSILONS),
 )
 def test_agrees_with_core_on_exact_inputs(x, mask, epsilon):
-    xj, where = jnp.asarray(x), jnp.asarray(mask)
+    # Without a mask and without -inf this takes the adapter's fast path;
+    # otherwise the path that skips invalid entries.
+    xj = jnp.asarray(x)
+    where = None if mask is None else jnp.asarray(mask)
     for name in ("ev_softmax", "log_ev_softmax"):
         got = getattr(evs, name)(xj, where=where, epsilon=epsilon)
         expected = core(name, xj, where=where, epsilon=epsilon)
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-300)
     support = evs.ev_softmax(xj, where=where) > 0
     np.testing.assert_array_equal(support, evs.ev_softmax_support(xj, where=where))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_both_paths_agree(dtype):
+    # An all-true mask forces the path that skips invalid entries; no mask
+    # takes the fast path. Same rows, same answer.
+    x = jnp.asarray(rows_away_from_ties((6, 50)), dtype=dtype)
+    everything = jnp.ones(x.shape, bool)
+    rtol = 1e-12 if dtype == "float64" else 2e-6
+    for name in ("ev_softmax", "log_ev_softmax"):
+        for epsilon in EPSILONS:
+            fast = getattr(evs, name)(x, epsilon=epsilon)
+            careful = getattr(evs, name)(x, where=everything, epsilon=epsilon)
+            np.testing.assert_allclose(fast, careful, rtol=rtol, atol=0)

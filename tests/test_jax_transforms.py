@@ -267,3 +267,14 @@ def test_derivatives_go_through_the_custom_jvp(name):
     x = jnp.asarray(rows_away_from_ties((2, 5)))
     jaxpr = str(jax.make_jaxpr(getattr(evs, name))(x))
     assert "custom_jvp_call" in jaxpr
+
+
+def test_vmap_of_a_mask_over_a_shared_input_and_nested_vmap():
+    x, where = masked_example()
+    row = x[2]
+    got = jax.vmap(lambda w: evs.ev_softmax(jnp.asarray(row), where=w))(jnp.asarray(where))
+    expected = ref.ev_softmax(np.broadcast_to(row, x.shape), where=where)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    stacked = np.stack([x, x[::-1]])
+    nested = jax.vmap(jax.vmap(lambda r: evs.log_ev_softmax(r, epsilon=0.3)))(jnp.asarray(stacked))
+    np.testing.assert_allclose(nested, ref.log_ev_softmax(stacked, eps=0.3), rtol=1e-12)

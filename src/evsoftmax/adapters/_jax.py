@@ -14,36 +14,39 @@ outside ``V`` (``where`` false or ``-inf``) get exactly zero tangents and
 cotangents because ``p`` is exactly zero there; a row with no valid entry has
 ``p = 0`` everywhere and hence zero gradient, never NaN.
 
-Why the arithmetic looks unusual
---------------------------------
-On CPU, XLA hands reductions and the elementwise arithmetic around them to
-YNNPACK fusions, which accept only arithmetic (add, sub, mul, div, min, max,
-floor, exp, log, ...), not comparisons or selects. ``jnp.where`` between two
-reductions therefore splits the computation into several passes over memory,
-each writing a full-size temporary: that is why a plain composition costs
-2.6-2.9x ``jax.nn.softmax``. Everything between the input and the output is
-thus written with arithmetic only, exactly:
+How it is shaped for XLA on CPU
+-------------------------------
+XLA:CPU hands reductions, and the arithmetic around them, to YNNPACK fusions,
+which take arithmetic only (add, sub, mul, div, min, max, floor, exp, ...),
+never a comparison or a select. A ``jnp.where`` between two reductions
+therefore splits the work into several passes, each writing a full-size
+temporary: that is why a plain composition costs 2.6-2.9x ``jax.nn.softmax``.
+Hence:
 
-* the support indicator ``1{z >= 0}`` is ``max(a, 0) / max(a, 1)`` with
-  ``a = floor(z) + 1`` (``a <= 0`` exactly when ``z < 0``; ``-inf`` gives 0,
-  NaN stays NaN). The obvious ``min(max(a, 0), 1)`` is rewritten by XLA into
-  a ``clamp``, which YNNPACK does not take;
-* the validity mask is ``max(x - max(x, -big) + 1, 0)``: 1 for finite ``x``,
-  0 for ``-inf``;
-* a row without valid entries has ``max = -inf``; clamping it to ``-big``
-  keeps ``x - max`` at ``-inf`` (weight 0) instead of NaN, and the row total
-  is clamped to ``>= 1`` (a valid row's maximum alone contributes exactly 1),
-  so empty rows give 0 without a select.
+* **Two paths, one ``lax.cond``.** The row maximum and the mean of the
+  shifted scores are computed first, assuming every entry is valid. Their
+  means are all finite exactly when no row holds ``-inf``, NaN or ``+inf``;
+  then a softmax-shaped pass finishes the job. Otherwise (and always when a
+  ``where`` mask is given, applied once as ``-inf``) the path that skips
+  invalid entries runs instead; it costs one more pass over memory. Only row
+  vectors cross into the branches, so nothing full-size is materialized
+  before the switch, and only one branch runs.
+* **Exact indicators from arithmetic.** ``floor(z) >= 0`` exactly when
+  ``z >= 0``, so ``gate = big * min(floor(z), 0)`` is 0 on the support and
+  ``<= -big`` off it, and ``exp(shifted + gate)`` is exactly 0 there. The
+  validity of ``x`` is ``max(x - max(x, -big) + 1, 0)`` (1, or 0 for ``-inf``);
+  invalid entries are encoded as ``+1`` next to the valid shifted scores
+  (all ``<= 0``), so ``sum(d)`` and ``sum(|d|)`` give both the valid sum and
+  the invalid count. Row totals are clamped to ``>= 1`` (a valid row's
+  maximum alone contributes exactly 1), so empty rows give 0 without a select.
+* **vmap keeps one branch.** Rows are independent, so a ``custom_vmap`` rule
+  moves the batch into the array (``axis + 1``) instead of letting ``vmap``
+  turn the ``cond`` into a select of both branches.
 
-A ``where`` mask is applied once, up front, as ``-inf``: masked entries then
-behave exactly like ``-inf`` entries (DESIGN §4), and a masked NaN cannot
-poison its row. NaN or ``+inf`` among the valid entries make the row NaN
-through ordinary arithmetic (the row maximum or the count becomes NaN).
+NaN or ``+inf`` among the valid entries make their row NaN through ordinary
+arithmetic (the row maximum or the count becomes NaN); a masked NaN cannot
+poison its row.
 
-Half precision is computed in float32 and rounded once at the end. Only public
-JAX APIs are used, and nothing is registered globally, so the module can be
-vendored; the named scope that labels the computation in profiles derives
-from the package's ``__name__``.
 """
 
 from __future__ import annotations
@@ -51,11 +54,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_batching import custom_vmap
 
 from .._lib._typing import Array, Namespace
 
@@ -69,61 +73,107 @@ def _accumulation_dtype(dtype: Any) -> Any:
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
 
 
-def _indicator(z: Array) -> Array:
-    """Exactly ``1.0`` where ``z >= 0`` and ``0.0`` where ``z < 0`` (NaN stays NaN)."""
-    a = jnp.floor(z) + 1.0
-    return jnp.maximum(a, 0.0) / jnp.maximum(a, 1.0)
+def _gate(z: Array, big: float) -> Array:
+    """Exactly 0 where ``z >= 0`` and ``<= -big`` where ``z < 0`` (NaN stays NaN).
 
-
-def _statistics(x: Array, where: Array | None, axis: int) -> tuple[Array, Array, Array]:
-    """Return ``(shifted, valid, support)`` for the rows of ``x`` (already accumulation dtype).
-
-    ``shifted`` is ``x`` minus the row maximum of the valid entries (``-inf`` on
-    invalid entries), ``valid`` is 1.0/0.0, and ``support`` is 1.0 on the valid
-    entries at or above the valid-entry mean of ``shifted``. As in the core, the
-    maximum (``shifted = 0``) always passes: the mean of non-positive numbers is
-    non-positive under any rounding.
+    ``floor(z)`` is ``>= 0`` exactly when ``z >= 0`` and ``<= -1`` otherwise, so
+    ``exp(s + gate)`` is ``exp(s)`` on the support and exactly 0 off it.
     """
-    if where is not None:
-        x = jnp.where(where, x, -jnp.inf)
-    big = float(np.finfo(x.dtype).max)
-    row_max = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), -big)
+    return big * jnp.minimum(jnp.floor(z), 0.0)
+
+
+class _Rows(NamedTuple):
+    """Per-entry quantities every output is finished from.
+
+    ``shifted``: score minus the row maximum of the valid entries, exactly
+    ``-inf`` on invalid entries; ``gate``: :func:`_gate` of the distance to the
+    valid-entry mean of ``shifted``.
+    """
+
+    shifted: Array
+    gate: Array
+
+
+def _row_max_and_mean(x: Array, axis: int) -> tuple[Array, Array]:
+    """Row maximum and mean of the shifted scores, assuming every entry is valid.
+
+    The mean is non-finite exactly when a row holds -inf, NaN or +inf.
+    """
+    row_max = jnp.max(x, axis=axis, keepdims=True)
+    # A computed divisor: XLA turns division by a constant into an inexact
+    # multiplication by its reciprocal, and the core divides by a computed count.
+    count = x.shape[axis] + 0.0 * row_max
+    return row_max, jnp.sum(x - row_max, axis=axis, keepdims=True) / count
+
+
+def _rows_without_invalid(x: Array, row_max: Array, mean: Array, big: float) -> _Rows:
+    """Row quantities from :func:`_row_max_and_mean` (rows known to be all valid)."""
     shifted = x - row_max
-    valid = jnp.maximum(x - jnp.maximum(x, -big) + 1.0, 0.0)
-    count = jnp.sum(valid, axis=axis, keepdims=True)
-    total = jnp.sum(jnp.maximum(shifted, -big) * valid, axis=axis, keepdims=True)
-    mean = total / jnp.maximum(count, 1.0)
-    return shifted, valid, _indicator(shifted - mean)
+    return _Rows(shifted, _gate(shifted - mean, big))
 
 
-def _weights(shifted: Array, support: Array, epsilon: float) -> Array:
-    """Unnormalized probabilities ``(1{support} + epsilon) * exp(shifted)``."""
-    scale = support if epsilon == 0.0 else support + epsilon
-    return scale * jnp.exp(shifted)
+def _rows_with_invalid(x: Array, axis: int, big: float) -> _Rows:
+    """Row statistics over the entries that are not ``-inf``, written without selects."""
+    row_max = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), -big)
+    valid = jnp.maximum(x - jnp.maximum(x, -big) + 1.0, 0.0)  # 1 if x > -inf else 0
+    # Valid entries hold their shifted score (<= 0), invalid ones +1: the sums of
+    # d and |d| then give both the valid sum and the invalid count in two plain
+    # reductions over one array.
+    d = jnp.maximum(x - row_max, -big) * valid + (1.0 - valid)
+    total = jnp.sum(d, axis=axis, keepdims=True)
+    absolute = jnp.sum(jnp.abs(d), axis=axis, keepdims=True)
+    invalid = jnp.round(0.5 * (total + absolute))
+    mean = 0.5 * (total - absolute) / jnp.maximum(x.shape[axis] - invalid, 1.0)
+    return _Rows(d + jnp.log(valid), _gate(d - mean, big))
 
 
-def _normalizer(weights: Array, axis: int) -> Array:
-    """Row sums, at least 1: a valid row's maximum alone contributes exactly 1."""
-    return jnp.maximum(jnp.sum(weights, axis=axis, keepdims=True), 1.0)
-
-
-def _probabilities(x: Array, where: Array | None, axis: int, epsilon: float) -> Array:
-    acc = _accumulation_dtype(x.dtype)
-    shifted, _, support = _statistics(x.astype(acc), where, axis)
-    weights = _weights(shifted, support, epsilon)
-    return (weights / _normalizer(weights, axis)).astype(x.dtype)
-
-
-def _log_probabilities(x: Array, where: Array | None, axis: int, epsilon: float) -> Array:
-    acc = _accumulation_dtype(x.dtype)
-    shifted, _, support = _statistics(x.astype(acc), where, axis)
+def _finish(rows: _Rows, axis: int, epsilon: float, log: bool) -> Array:
+    """Probabilities (or log-probabilities) from the row quantities."""
+    shifted, gate = rows
     if epsilon == 0.0:
-        log_scale = jnp.log(support)  # 0 on the support, -inf elsewhere
+        weights = jnp.exp(shifted + gate)
     else:
-        # support is exactly 0 or 1, so this picks log1p(eps) or log(eps) exactly.
-        log_scale = support * math.log1p(epsilon) + (1.0 - support) * math.log(epsilon)
-    weights = _weights(shifted, support, epsilon)
-    out = shifted + log_scale - jnp.log(_normalizer(weights, axis))
+        weights = jnp.exp(shifted) * (jnp.exp(gate) + epsilon)  # exp(gate) is 1 or 0
+    # A valid row's maximum alone contributes exactly 1; empty rows (sum 0) give 0.
+    total = jnp.maximum(jnp.sum(weights, axis=axis, keepdims=True), 1.0)
+    if not log:
+        return weights / total
+    # (Selects are fine here: the log form has no speed target, and XLA would
+    # simplify log(exp(gate)) back to the finite gate.)
+    off = -math.inf if epsilon == 0.0 else math.log(epsilon)
+    log_scale = jnp.where(gate < 0.0, off, math.log1p(epsilon))
+    return shifted + log_scale - jnp.log(total)
+
+
+def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bool) -> Array:
+    """ev-softmax or its log along ``axis``, in the accumulation dtype, cast back once.
+
+    Without a mask, rows are first assumed free of ``-inf``/NaN/``+inf``: if any
+    row mean comes out non-finite, the whole call switches (``lax.cond``, one
+    branch runs) to the statistics that skip invalid entries, which cost an
+    extra pass over memory. A mask always takes that path.
+    """
+    acc = _accumulation_dtype(x.dtype)
+    big = float(np.finfo(acc).max)
+    xa = x.astype(acc)
+
+    def careful(xa: Array) -> Array:
+        return _finish(_rows_with_invalid(xa, axis, big), axis, epsilon, log)
+
+    if where is not None:
+        out = careful(jnp.where(where, xa, -jnp.inf))
+    else:
+        # Only row vectors cross into the branches, so nothing full-size is
+        # materialized before the switch.
+        row_max, mean = _row_max_and_mean(xa, axis)
+        out = jax.lax.cond(
+            jnp.all(jnp.isfinite(mean)),
+            lambda xa, m, mu: _finish(_rows_without_invalid(xa, m, mu, big), axis, epsilon, log),
+            lambda xa, m, mu: careful(xa),
+            xa,
+            row_max,
+            mean,
+        )
     return out.astype(x.dtype)
 
 
@@ -132,9 +182,42 @@ def _inner(probs: Array, tangent: Array, axis: int) -> Array:
     return jnp.sum(probs * tangent, axis=axis, keepdims=True)
 
 
+def _expand_mask(where: Array, batched: bool, rank: int) -> Array:
+    """Give a batched mask (batch dimension first) the rank of the batched input."""
+    if not batched:
+        return where
+    missing = rank - where.ndim
+    return where.reshape(where.shape[:1] + (1,) * missing + where.shape[1:])
+
+
+@functools.cache
+def _batched(axis: int, epsilon: float, log: bool) -> Callable[[Array, Array | None], Array]:
+    """:func:`_normalize` for one static ``(axis, epsilon, log)``, with a ``vmap`` rule.
+
+    Rows are independent, so a ``vmap`` just moves the batch into the array
+    (``axis + 1``). Besides being cheap, this keeps the ``lax.cond`` predicate
+    unbatched: a batched predicate would make ``vmap`` run both branches.
+    """
+
+    @custom_vmap
+    def normalize(x: Array, where: Array | None) -> Array:
+        return _normalize(x, where, axis, epsilon, log)
+
+    @normalize.def_vmap
+    def _(axis_size: int, in_batched: list[Any], x: Array, where: Array | None) -> Any:
+        x_batched, where_batched = in_batched
+        if not x_batched:
+            x = jnp.broadcast_to(x, (axis_size, *x.shape))
+        if where is not None:
+            where = _expand_mask(where, bool(where_batched), x.ndim)
+        return _batched(axis + 1, epsilon, log)(x, where), True
+
+    return normalize  # type: ignore[no-any-return]
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _ev_softmax(x: Array, where: Array | None, axis: int, epsilon: float) -> Array:
-    return _probabilities(x, where, axis, epsilon)
+    return _batched(axis, epsilon, False)(x, where)
 
 
 @_ev_softmax.defjvp
@@ -151,7 +234,7 @@ def _ev_softmax_jvp(
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _log_ev_softmax(x: Array, where: Array | None, axis: int, epsilon: float) -> Array:
-    return _log_probabilities(x, where, axis, epsilon)
+    return _batched(axis, epsilon, True)(x, where)
 
 
 @_log_ev_softmax.defjvp
@@ -165,9 +248,11 @@ def _log_ev_softmax_jvp(
     # p_eps through its own custom_jvp keeps every higher derivative closed-form;
     # under jit XLA shares the row statistics of the two calls.
     p = _ev_softmax(x, where, axis, epsilon).astype(acc)
-    valid = jax.lax.stop_gradient(_statistics(x.astype(acc), where, axis)[1])
+    valid = x != -jnp.inf
+    if where is not None:
+        valid = valid & where
     t = x_dot.astype(acc)
-    return log_probs, (valid * (t - _inner(p, t, axis))).astype(x.dtype)
+    return log_probs, jnp.where(valid, t - _inner(p, t, axis), 0.0).astype(x.dtype)
 
 
 def _scoped(name: str, fun: Callable[..., Array]) -> Callable[..., Array]:
