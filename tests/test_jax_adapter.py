@@ -94,16 +94,23 @@ def test_fully_masked_rows_are_zero_and_finite():
     assert np.array_equal(np.asarray(masked), np.zeros((2, 3)))
 
 
-def test_nan_and_plus_inf_poison_only_their_row():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_nan_and_plus_inf_poison_only_their_row(masked, dtype):
     x = np.array([[0.1, np.nan, 0.3], [0.2, np.inf, -1.0], [0.5, -0.5, 2.0], [1.0, 2.0, 3.0]])
     where = np.array([[True] * 3, [True] * 3, [True] * 3, [True, False, True]])
-    x[3, 1] = np.nan  # a masked NaN is ignored
+    if masked:
+        x[3, 1] = np.nan  # a masked NaN is ignored
+    wj = jnp.asarray(where) if masked else None
+    xj = jnp.asarray(x, dtype=dtype)
     for fun in (evs.ev_softmax, evs.log_ev_softmax):
-        out = np.asarray(fun(jnp.asarray(x), where=jnp.asarray(where), epsilon=1e-6))
-        assert np.all(np.isnan(out[:2]))
-        assert not np.any(np.isnan(out[2:]))
-    p = np.asarray(evs.ev_softmax(jnp.asarray(x), where=jnp.asarray(where)))
-    np.testing.assert_allclose(p[2:], ref.ev_softmax(x[2:], where=where[2:]), rtol=1e-12)
+        for epsilon in (0.0, 1e-6):
+            out = np.asarray(fun(xj, where=wj, epsilon=epsilon))
+            assert np.all(np.isnan(out[:2]))
+            assert not np.any(np.isnan(out[2:]))
+    p = np.asarray(evs.ev_softmax(xj, where=wj), dtype=np.float64)
+    expected = ref.ev_softmax(x[2:], where=where[2:] if masked else None)
+    np.testing.assert_allclose(p[2:], expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("value", [0.0, 1e30, -1e30, 3e38, 1e-30])
@@ -180,3 +187,30 @@ def test_both_paths_agree(dtype):
             fast = getattr(evs, name)(x, epsilon=epsilon)
             careful = getattr(evs, name)(x, where=everything, epsilon=epsilon)
             np.testing.assert_allclose(fast, careful, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_many_rows_take_the_single_fusion_path(masked, dtype):
+    # From 4096 rows on, the CPU adapter uses the formulation it uses on
+    # accelerators; check its semantics on every kind of row.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4100, 6))
+    x[0, 2] = -np.inf
+    x[1] = -np.inf
+    x[2, 1] = np.nan
+    x[3, 4] = np.inf
+    x[4] = 7.0
+    where = rng.random(x.shape) > 0.2 if masked else None
+    wj = None if where is None else jnp.asarray(where)
+    for epsilon in (0.0, 1e-3):
+        for name in ("ev_softmax", "log_ev_softmax"):
+            got = getattr(evs, name)(jnp.asarray(x, dtype=dtype), where=wj, epsilon=epsilon)
+            got = np.asarray(got, dtype=np.float64)
+            expected = getattr(ref, name)(x.astype(dtype), eps=epsilon, where=where)
+            rtol, atol = (1e-9, 1e-14) if dtype == "float64" else (1e-5, 1e-6)
+            np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
+            if name == "ev_softmax":
+                assert np.all(got[expected == 0.0] == 0.0)
+    grad = jax.grad(lambda x: jnp.sum(evs.ev_softmax(x, where=wj)[:, 0]))(jnp.asarray(x, dtype))
+    assert not np.any(np.isnan(np.asarray(grad)[[0, 1, 4]]))

@@ -14,38 +14,42 @@ outside ``V`` (``where`` false or ``-inf``) get exactly zero tangents and
 cotangents because ``p`` is exactly zero there; a row with no valid entry has
 ``p = 0`` everywhere and hence zero gradient, never NaN.
 
-How it is shaped for XLA on CPU
--------------------------------
+How it is shaped for XLA
+------------------------
 XLA:CPU hands reductions, and the arithmetic around them, to YNNPACK fusions,
 which take arithmetic only (add, sub, mul, div, min, max, floor, exp, ...),
-never a comparison or a select. A ``jnp.where`` between two reductions
-therefore splits the work into several passes, each writing a full-size
-temporary: that is why a plain composition costs 2.6-2.9x ``jax.nn.softmax``.
-Hence:
+never a comparison or a select, and whose ``max``/``min`` drop NaN instead of
+propagating it. A ``jnp.where`` between two reductions therefore splits the
+work into several passes that each write a full-size temporary: that is why a
+plain composition costs 2.6-2.9x ``jax.nn.softmax``. Hence:
 
-* **Two paths, one ``lax.cond``.** The row maximum and the mean of the
-  shifted scores are computed first, assuming every entry is valid. Their
-  means are all finite exactly when no row holds ``-inf``, NaN or ``+inf``;
-  then a softmax-shaped pass finishes the job. Otherwise (and always when a
-  ``where`` mask is given, applied once as ``-inf``) the path that skips
-  invalid entries runs instead; it costs one more pass over memory. Only row
-  vectors cross into the branches, so nothing full-size is materialized
-  before the switch, and only one branch runs.
 * **Exact indicators from arithmetic.** ``floor(z) >= 0`` exactly when
   ``z >= 0``, so ``gate = big * min(floor(z), 0)`` is 0 on the support and
   ``<= -big`` off it, and ``exp(shifted + gate)`` is exactly 0 there. The
-  validity of ``x`` is ``max(x - max(x, -big) + 1, 0)`` (1, or 0 for ``-inf``);
-  invalid entries are encoded as ``+1`` next to the valid shifted scores
-  (all ``<= 0``), so ``sum(d)`` and ``sum(|d|)`` give both the valid sum and
-  the invalid count. Row totals are clamped to ``>= 1`` (a valid row's
-  maximum alone contributes exactly 1), so empty rows give 0 without a select.
+  validity of ``x`` is ``max(x - max(x, -big) + 1, 0)`` (1, or 0 for
+  ``-inf``). Row totals below 1 (only empty rows: a valid row's maximum alone
+  contributes exactly 1) are lifted to 1 without ``max``, so empty rows give 0
+  and a NaN total stays NaN.
+* **One expression where XLA fuses everything** (accelerators, and XLA:CPU
+  from ``_FUSED_ROWS`` rows on): the select-free statistics above, in one
+  pass of arithmetic.
+* **Two paths and one ``lax.cond`` where XLA:CPU splits the work** (fewer
+  rows): the row maximum and the mean of the shifted scores are computed
+  assuming every entry is valid; their means are all finite exactly when no
+  row holds ``-inf``, NaN or ``+inf``, and then a softmax-shaped pass
+  finishes. Otherwise, and always with a ``where`` mask, statistics that skip
+  invalid entries run instead (invalid entries encoded as ``+1`` next to the
+  valid shifted scores, all ``<= 0``, so ``sum(d)`` and ``sum(|d|)`` give the
+  valid sum and the invalid count); they cost one more pass over memory.
+  Only row vectors cross into the branches and only one branch runs.
 * **vmap keeps one branch.** Rows are independent, so a ``custom_vmap`` rule
   moves the batch into the array (``axis + 1``) instead of letting ``vmap``
   turn the ``cond`` into a select of both branches.
 
-NaN or ``+inf`` among the valid entries make their row NaN through ordinary
-arithmetic (the row maximum or the count becomes NaN); a masked NaN cannot
-poison its row.
+A ``where`` mask is applied once, up front, as ``-inf``: masked entries then
+behave exactly like ``-inf`` entries (DESIGN §4) and a masked NaN cannot poison
+its row. NaN or ``+inf`` among the valid entries reach the row total through
+plain subtraction and ``exp``, which makes the whole row NaN.
 
 """
 
@@ -112,8 +116,12 @@ def _rows_without_invalid(x: Array, row_max: Array, mean: Array, big: float) -> 
     return _Rows(shifted, _gate(shifted - mean, big))
 
 
-def _rows_with_invalid(x: Array, axis: int, big: float) -> _Rows:
-    """Row statistics over the entries that are not ``-inf``, written without selects."""
+def _rows_skipping_invalid(x: Array, axis: int, big: float) -> _Rows:
+    """Row statistics over the entries that are not ``-inf``: few full-size temporaries.
+
+    For XLA:CPU graphs split into several fusions (fewer than ``_FUSED_ROWS``
+    rows), where every array feeding two reductions is written to memory.
+    """
     row_max = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), -big)
     valid = jnp.maximum(x - jnp.maximum(x, -big) + 1.0, 0.0)  # 1 if x > -inf else 0
     # Valid entries hold their shifted score (<= 0), invalid ones +1: the sums of
@@ -124,7 +132,23 @@ def _rows_with_invalid(x: Array, axis: int, big: float) -> _Rows:
     absolute = jnp.sum(jnp.abs(d), axis=axis, keepdims=True)
     invalid = jnp.round(0.5 * (total + absolute))
     mean = 0.5 * (total - absolute) / jnp.maximum(x.shape[axis] - invalid, 1.0)
-    return _Rows(d + jnp.log(valid), _gate(d - mean, big))
+    # The statistics may lose a NaN (YNNPACK's max drops it), but the shifted
+    # scores carry it to the row total through plain subtraction.
+    return _Rows((x - row_max) + jnp.log(valid), _gate(d - mean, big))
+
+
+def _rows_skipping_invalid_fused(x: Array, axis: int, big: float) -> _Rows:
+    """Row statistics over the entries that are not ``-inf``: fewest operations.
+
+    For graphs XLA keeps in one fusion (accelerators; XLA:CPU from
+    ``_FUSED_ROWS`` rows on), where the cost is the arithmetic, not the traffic.
+    """
+    row_max = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), -big)
+    shifted = x - row_max
+    valid = jnp.maximum(x - jnp.maximum(x, -big) + 1.0, 0.0)  # 1 if x > -inf else 0
+    count = jnp.sum(valid, axis=axis, keepdims=True)
+    total = jnp.sum(jnp.maximum(shifted, -big) * valid, axis=axis, keepdims=True)
+    return _Rows(shifted, _gate(shifted - total / jnp.maximum(count, 1.0), big))
 
 
 def _finish(rows: _Rows, axis: int, epsilon: float, log: bool) -> Array:
@@ -134,8 +158,11 @@ def _finish(rows: _Rows, axis: int, epsilon: float, log: bool) -> Array:
         weights = jnp.exp(shifted + gate)
     else:
         weights = jnp.exp(shifted) * (jnp.exp(gate) + epsilon)  # exp(gate) is 1 or 0
-    # A valid row's maximum alone contributes exactly 1; empty rows (sum 0) give 0.
-    total = jnp.maximum(jnp.sum(weights, axis=axis, keepdims=True), 1.0)
+    # A valid row's maximum alone contributes exactly 1, so only empty rows have
+    # a total below 1 (namely 0): lift those to 1. Not max(total, 1): inside
+    # YNNPACK fusions max/min drop NaN instead of propagating it.
+    total = jnp.sum(weights, axis=axis, keepdims=True)
+    total = total + (1.0 - jnp.minimum(total, 1.0))
     if not log:
         return weights / total
     # (Selects are fine here: the log form has no speed target, and XLA would
@@ -145,35 +172,50 @@ def _finish(rows: _Rows, axis: int, epsilon: float, log: bool) -> Array:
     return shifted + log_scale - jnp.log(total)
 
 
+# XLA:CPU keeps a whole chain of row reductions in one YNNPACK fusion only when
+# the row statistics have at least this many elements (its minimum size for
+# preferring YNNPACK); with fewer rows the chain is split into several fusions.
+_FUSED_ROWS = 4096
+
+
 def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bool) -> Array:
     """ev-softmax or its log along ``axis``, in the accumulation dtype, cast back once.
 
-    Without a mask, rows are first assumed free of ``-inf``/NaN/``+inf``: if any
-    row mean comes out non-finite, the whole call switches (``lax.cond``, one
-    branch runs) to the statistics that skip invalid entries, which cost an
-    extra pass over memory. A mask always takes that path.
+    Accelerators, and XLA:CPU with many rows, get one select-free expression
+    that XLA compiles into a single fusion. XLA:CPU with few rows first assumes
+    that no entry is ``-inf``/NaN/``+inf`` (two cheap reductions) and, if some
+    row mean comes out non-finite, switches with a ``lax.cond`` (one branch
+    runs) to statistics that skip invalid entries; a mask always takes that
+    path. A ``cond`` is avoided on accelerators, where it would wait for the
+    device to hand the predicate to the host.
     """
     acc = _accumulation_dtype(x.dtype)
     big = float(np.finfo(acc).max)
     xa = x.astype(acc)
+    if where is not None:
+        xa = jnp.where(where, xa, -jnp.inf)
+
+    def fused(xa: Array) -> Array:
+        return _finish(_rows_skipping_invalid_fused(xa, axis, big), axis, epsilon, log)
 
     def careful(xa: Array) -> Array:
-        return _finish(_rows_with_invalid(xa, axis, big), axis, epsilon, log)
+        return _finish(_rows_skipping_invalid(xa, axis, big), axis, epsilon, log)
 
-    if where is not None:
-        out = careful(jnp.where(where, xa, -jnp.inf))
-    else:
+    def fast(xa: Array, row_max: Array, mean: Array) -> Array:
+        return _finish(_rows_without_invalid(xa, row_max, mean, big), axis, epsilon, log)
+
+    def cpu(xa: Array) -> Array:
+        if xa.size >= _FUSED_ROWS * xa.shape[axis]:
+            return fused(xa)
+        if where is not None:
+            return careful(xa)
         # Only row vectors cross into the branches, so nothing full-size is
         # materialized before the switch.
         row_max, mean = _row_max_and_mean(xa, axis)
-        out = jax.lax.cond(
-            jnp.all(jnp.isfinite(mean)),
-            lambda xa, m, mu: _finish(_rows_without_invalid(xa, m, mu, big), axis, epsilon, log),
-            lambda xa, m, mu: careful(xa),
-            xa,
-            row_max,
-            mean,
-        )
+        ok = jnp.all(jnp.isfinite(mean))
+        return jax.lax.cond(ok, fast, lambda xa, m, mu: careful(xa), xa, row_max, mean)
+
+    out = jax.lax.platform_dependent(xa, cpu=cpu, default=fused)
     return out.astype(x.dtype)
 
 
