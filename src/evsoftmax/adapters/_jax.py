@@ -28,8 +28,8 @@ plain composition costs 2.6-2.9x ``jax.nn.softmax``. Hence:
   ``<= -big`` off it, and ``exp(shifted + gate)`` is exactly 0 there. The
   validity of ``x`` is ``max(x - max(x, -big) + 1, 0)`` (1, or 0 for
   ``-inf``). Row totals below 1 (only empty rows: a valid row's maximum alone
-  contributes exactly 1) are lifted to 1 without ``max``, so empty rows give 0
-  and a NaN total stays NaN.
+  contributes exactly 1) are lifted to 1 so that empty rows give 0, in a way
+  that keeps a NaN total NaN (see :func:`_finish`).
 * **One expression where XLA fuses everything** (accelerators, and XLA:CPU
   from ``_FUSED_ROWS`` rows on): the select-free statistics above, in one
   pass of arithmetic.
@@ -151,25 +151,37 @@ def _rows_skipping_invalid_fused(x: Array, axis: int, big: float) -> _Rows:
     return _Rows(shifted, _gate(shifted - total / jnp.maximum(count, 1.0), big))
 
 
-def _finish(rows: _Rows, axis: int, epsilon: float, log: bool) -> Array:
-    """Probabilities (or log-probabilities) from the row quantities."""
+def _finish(rows: _Rows, axis: int, epsilon: float, log: bool, fused: bool) -> Array:
+    """Probabilities (or log-probabilities) from the row quantities.
+
+    A valid row's maximum alone contributes exactly 1 to the row total, so only
+    empty rows have a total below 1 (namely 0), lifted to 1 here. A NaN total
+    must survive that lift, and inside YNNPACK fusions ``max``/``min`` drop NaN:
+    in a graph XLA fuses whole (``fused``), a sum of ``0 * weights`` carries
+    the NaN (an extra reduction is nearly free there, and reusing the total
+    would split the fusion); otherwise ``total - min(total - 1, 0)`` keeps it
+    under either behaviour of ``min``.
+    """
     shifted, gate = rows
     if epsilon == 0.0:
         weights = jnp.exp(shifted + gate)
     else:
         weights = jnp.exp(shifted) * (jnp.exp(gate) + epsilon)  # exp(gate) is 1 or 0
-    # A valid row's maximum alone contributes exactly 1, so only empty rows have
-    # a total below 1 (namely 0): lift those to 1. Not max(total, 1): inside
-    # YNNPACK fusions max/min drop NaN instead of propagating it.
     total = jnp.sum(weights, axis=axis, keepdims=True)
-    total = total + (1.0 - jnp.minimum(total, 1.0))
+    nan_carrier: Array | float
+    if fused:
+        nan_carrier = jnp.sum(0.0 * weights, axis=axis, keepdims=True)
+        total = jnp.maximum(total, 1.0)
+    else:
+        nan_carrier = 0.0
+        total = total - jnp.minimum(total - 1.0, 0.0)
     if not log:
-        return weights / total
+        return weights / total + nan_carrier
     # (Selects are fine here: the log form has no speed target, and XLA would
     # simplify log(exp(gate)) back to the finite gate.)
     off = -math.inf if epsilon == 0.0 else math.log(epsilon)
     log_scale = jnp.where(gate < 0.0, off, math.log1p(epsilon))
-    return shifted + log_scale - jnp.log(total)
+    return shifted + log_scale - jnp.log(total) + nan_carrier
 
 
 # XLA:CPU keeps a whole chain of row reductions in one YNNPACK fusion only when
@@ -196,13 +208,13 @@ def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bo
         xa = jnp.where(where, xa, -jnp.inf)
 
     def fused(xa: Array) -> Array:
-        return _finish(_rows_skipping_invalid_fused(xa, axis, big), axis, epsilon, log)
+        return _finish(_rows_skipping_invalid_fused(xa, axis, big), axis, epsilon, log, True)
 
     def careful(xa: Array) -> Array:
-        return _finish(_rows_skipping_invalid(xa, axis, big), axis, epsilon, log)
+        return _finish(_rows_skipping_invalid(xa, axis, big), axis, epsilon, log, False)
 
     def fast(xa: Array, row_max: Array, mean: Array) -> Array:
-        return _finish(_rows_without_invalid(xa, row_max, mean, big), axis, epsilon, log)
+        return _finish(_rows_without_invalid(xa, row_max, mean, big), axis, epsilon, log, False)
 
     def cpu(xa: Array) -> Array:
         if xa.size >= _FUSED_ROWS * xa.shape[axis]:
