@@ -24,12 +24,13 @@ work into several passes that each write a full-size temporary: that is why a
 plain composition costs 2.6-2.9x ``jax.nn.softmax``. Hence:
 
 * **Exact indicators from arithmetic.** ``floor(z) >= 0`` exactly when
-  ``z >= 0``, so ``gate = big * min(floor(z), 0)`` is 0 on the support and
-  ``<= -big`` off it, and ``exp(shifted + gate)`` is exactly 0 there. The
+  ``z >= 0``, so ``gate = big * floor(z)`` is ``>= 0`` on the support and
+  ``<= -big`` off it; shifted scores are ``<= 0``, so ``exp(min(shifted, gate))``
+  is ``exp(shifted)`` on the support and exactly 0 off it. The
   validity of ``x`` is ``max(x - max(x, -big) + 1, 0)`` (1, or 0 for
   ``-inf``). Row totals below 1 (only empty rows: a valid row's maximum alone
   contributes exactly 1) are lifted to 1 so that empty rows give 0, in a way
-  that keeps a NaN total NaN (see :func:`_finish`).
+  that keeps a NaN total NaN (see :func:`_lift_empty`).
 * **One expression where XLA fuses everything** (accelerators, and XLA:CPU
   from ``_FUSED_ROWS`` rows on): the select-free statistics above, in one
   pass of arithmetic.
@@ -78,20 +79,21 @@ def _accumulation_dtype(dtype: Any) -> Any:
 
 
 def _gate(z: Array, big: float) -> Array:
-    """Exactly 0 where ``z >= 0`` and ``<= -big`` where ``z < 0`` (NaN stays NaN).
+    """``>= 0`` where ``z >= 0`` and ``<= -big`` where ``z < 0``, exactly (NaN stays NaN).
 
-    ``floor(z)`` is ``>= 0`` exactly when ``z >= 0`` and ``<= -1`` otherwise, so
-    ``exp(s + gate)`` is ``exp(s)`` on the support and exactly 0 off it.
+    ``floor(z)`` is ``>= 0`` exactly when ``z >= 0`` and ``<= -1`` otherwise.
+    Shifted scores are ``<= 0``, so ``exp(min(shifted, gate))`` is ``exp(shifted)``
+    on the support and exactly 0 off it.
     """
-    return big * jnp.minimum(jnp.floor(z), 0.0)
+    return big * jnp.floor(z)
 
 
 class _Rows(NamedTuple):
     """Per-entry quantities every output is finished from.
 
-    ``shifted``: score minus the row maximum of the valid entries, exactly
-    ``-inf`` on invalid entries; ``gate``: :func:`_gate` of the distance to the
-    valid-entry mean of ``shifted``.
+    ``shifted``: score minus the row maximum of the valid entries (so ``<= 0``),
+    exactly ``-inf`` on invalid entries; ``gate``: :func:`_gate` of the distance
+    to the valid-entry mean of ``shifted``.
     """
 
     shifted: Array
@@ -151,37 +153,33 @@ def _rows_skipping_invalid_fused(x: Array, axis: int, big: float) -> _Rows:
     return _Rows(shifted, _gate(shifted - total / jnp.maximum(count, 1.0), big))
 
 
-def _finish(rows: _Rows, axis: int, epsilon: float, log: bool, fused: bool) -> Array:
-    """Probabilities (or log-probabilities) from the row quantities.
+def _lift_empty(total: Array) -> Array:
+    """``max(total, 1)`` for totals that are 0 or ``>= 1``, keeping NaN.
 
-    A valid row's maximum alone contributes exactly 1 to the row total, so only
-    empty rows have a total below 1 (namely 0), lifted to 1 here. A NaN total
-    must survive that lift, and inside YNNPACK fusions ``max``/``min`` drop NaN:
-    in a graph XLA fuses whole (``fused``), a sum of ``0 * weights`` carries
-    the NaN (an extra reduction is nearly free there, and reusing the total
-    would split the fusion); otherwise ``total - min(total - 1, 0)`` keeps it
-    under either behaviour of ``min``.
+    A valid row's maximum alone contributes exactly 1 to its total, so only
+    empty rows have a total below 1 (namely 0). ``|t - 1/2| + 1/2`` maps 0 to 1
+    and every ``t >= 1`` to itself exactly (below ``2**23`` in float32), and
+    unlike ``max``, which drops NaN inside YNNPACK fusions, it keeps a NaN
+    total NaN; it also uses ``total`` once, which keeps XLA's fusion whole.
     """
+    return jnp.abs(total - 0.5) + 0.5
+
+
+def _finish(rows: _Rows, axis: int, epsilon: float, log: bool) -> Array:
+    """Probabilities (or log-probabilities) from the row quantities."""
     shifted, gate = rows
     if epsilon == 0.0:
-        weights = jnp.exp(shifted + gate)
+        weights = jnp.exp(jnp.minimum(shifted, gate))
     else:
-        weights = jnp.exp(shifted) * (jnp.exp(gate) + epsilon)  # exp(gate) is 1 or 0
-    total = jnp.sum(weights, axis=axis, keepdims=True)
-    nan_carrier: Array | float
-    if fused:
-        nan_carrier = jnp.sum(0.0 * weights, axis=axis, keepdims=True)
-        total = jnp.maximum(total, 1.0)
-    else:
-        nan_carrier = 0.0
-        total = total - jnp.minimum(total - 1.0, 0.0)
+        weights = jnp.exp(shifted) * (jnp.exp(jnp.minimum(gate, 0.0)) + epsilon)  # 1 or eps
+    total = _lift_empty(jnp.sum(weights, axis=axis, keepdims=True))
     if not log:
-        return weights / total + nan_carrier
+        return weights / total
     # (Selects are fine here: the log form has no speed target, and XLA would
     # simplify log(exp(gate)) back to the finite gate.)
     off = -math.inf if epsilon == 0.0 else math.log(epsilon)
     log_scale = jnp.where(gate < 0.0, off, math.log1p(epsilon))
-    return shifted + log_scale - jnp.log(total) + nan_carrier
+    return shifted + log_scale - jnp.log(total)
 
 
 # XLA:CPU keeps a whole chain of row reductions in one YNNPACK fusion only when
@@ -208,13 +206,13 @@ def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bo
         xa = jnp.where(where, xa, -jnp.inf)
 
     def fused(xa: Array) -> Array:
-        return _finish(_rows_skipping_invalid_fused(xa, axis, big), axis, epsilon, log, True)
+        return _finish(_rows_skipping_invalid_fused(xa, axis, big), axis, epsilon, log)
 
     def careful(xa: Array) -> Array:
-        return _finish(_rows_skipping_invalid(xa, axis, big), axis, epsilon, log, False)
+        return _finish(_rows_skipping_invalid(xa, axis, big), axis, epsilon, log)
 
     def fast(xa: Array, row_max: Array, mean: Array) -> Array:
-        return _finish(_rows_without_invalid(xa, row_max, mean, big), axis, epsilon, log, False)
+        return _finish(_rows_without_invalid(xa, row_max, mean, big), axis, epsilon, log)
 
     def cpu(xa: Array) -> Array:
         if xa.size >= _FUSED_ROWS * xa.shape[axis]:
