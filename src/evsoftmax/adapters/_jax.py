@@ -281,9 +281,7 @@ def _ev_softmax_jvp(
     probs = _ev_softmax(x, where, axis, epsilon)
     acc = _accumulation_dtype(x.dtype)
     p, t = probs.astype(acc), x_dot.astype(acc)
-    # p*t - p*<p,t> rather than p*(t - <p,t>): its transpose recomputes p*g inside
-    # the reduction instead of writing it to memory for two consumers.
-    return probs, (p * t - p * _inner(p, t, axis)).astype(x.dtype)
+    return probs, (p * (t - _inner(p, t, axis))).astype(x.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
