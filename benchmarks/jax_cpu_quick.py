@@ -1,5 +1,8 @@
 """Quick JAX timing: jitted ev-softmax vs jitted ``jax.nn.softmax``, forward and grad.
 
+Three candidates: ``jax.nn.softmax``; ``ev_softmax`` (the JAX adapter); and
+``core``, the array-API core (a plain ``jnp.where`` composition) under ``jit``.
+
 Ratios are measured interleaved in one run (every repetition times each
 function once, in turn), so machine-wide slowdowns hit both sides alike; the
 reported figure is the median over repetitions of the per-repetition ratio.
@@ -7,7 +10,10 @@ reported figure is the median over repetitions of the per-repetition ratio.
     python benchmarks/jax_cpu_quick.py [--reps 30] [--inner 5] [--json out.json]
 
 The gradient is that of the scalar loss ``sum(f(x) * c)`` for a fixed random
-``c``. Nothing here asserts a time: this is a report, not a test.
+``c``. Nothing here asserts a time: this is a report, not a test. For steadier
+figures on a busy machine, pin one core and one thread:
+``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+taskset -c 1 python benchmarks/jax_cpu_quick.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import evsoftmax as evs
+from evsoftmax import _core
 
 SHAPES = ((4096, 1024), (64, 32000), (16, 262144))
 
@@ -32,7 +39,10 @@ def _candidates(c: jax.Array) -> dict[str, dict[str, Callable[[jax.Array], Any]]
     def loss(f: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
         return lambda x: jnp.sum(f(x) * c)
 
-    normalizers = {"softmax": jax.nn.softmax, "ev_softmax": evs.ev_softmax}
+    def core(x: jax.Array) -> jax.Array:
+        return _core.ev_softmax(x, axis=x.ndim - 1, epsilon=0.0, where=None, xp=jnp)
+
+    normalizers = {"softmax": jax.nn.softmax, "ev_softmax": evs.ev_softmax, "core": core}
     return {
         "forward": {k: jax.jit(f) for k, f in normalizers.items()},
         "grad": {k: jax.jit(jax.grad(loss(f))) for k, f in normalizers.items()},
@@ -56,19 +66,19 @@ def measure(shape: tuple[int, int], reps: int, inner: int) -> dict[str, Any]:
     for mode, funs in _candidates(c).items():
         for fun in funs.values():
             jax.block_until_ready(fun(x))  # compile and warm up
-        ratios, times = [], {k: [] for k in funs}
+        ratios: dict[str, list[float]] = {k: [] for k in funs if k != "softmax"}
+        times: dict[str, list[float]] = {k: [] for k in funs}
         for _ in range(reps):
             rep = {k: _time(f, x, inner) for k, f in funs.items()}
             for k, t in rep.items():
                 times[k].append(t)
-            ratios.append(rep["ev_softmax"] / rep["softmax"])
-        result[mode] = {
-            "softmax_ms": 1e3 * statistics.median(times["softmax"]),
-            "ev_softmax_ms": 1e3 * statistics.median(times["ev_softmax"]),
-            "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-        }
+            for k in ratios:
+                ratios[k].append(rep[k] / rep["softmax"])
+        result[mode] = {f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()}
+        for k, r in ratios.items():
+            result[mode][f"{k}_ratio_median"] = statistics.median(r)
+            result[mode][f"{k}_ratio_min"] = min(r)
+            result[mode][f"{k}_ratio_max"] = max(r)
     return result
 
 
@@ -87,8 +97,10 @@ def main() -> None:
             m = r[mode]
             print(
                 f"{shape!s:>14} {mode:>7}: softmax {m['softmax_ms']:8.3f} ms, "
-                f"ev_softmax {m['ev_softmax_ms']:8.3f} ms, ratio median {m['ratio_median']:.2f} "
-                f"(min {m['ratio_min']:.2f}, max {m['ratio_max']:.2f})",
+                f"ev_softmax {m['ev_softmax_ms']:8.3f} ms, "
+                f"ratio median {m['ev_softmax_ratio_median']:.2f} "
+                f"(min {m['ev_softmax_ratio_min']:.2f}, max {m['ev_softmax_ratio_max']:.2f}); "
+                f"core ratio median {m['core_ratio_median']:.2f}",
                 flush=True,
             )
     if args.json:
