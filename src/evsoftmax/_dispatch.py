@@ -44,7 +44,7 @@ ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": (".adapters._numpy",),
     "cupy": (".adapters._cupy",),
     "torch": (".adapters._torch_baselines",),
-    "jax": (".adapters._jax_baselines",),
+    "jax": (".adapters._jax", ".adapters._jax_baselines"),
 }
 
 

@@ -1,0 +1,91 @@
+"""Inputs and closed-form expectations shared by the ``test_jax_*`` modules.
+
+Everything here is plain NumPy float64 written from the paper's formulas
+(DESIGN §2), never from the code under test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .reference import ev_softmax as ref_ev_softmax
+from .reference import min_gap_to_mean
+
+
+def rows_away_from_ties(shape: tuple[int, ...], axis: int = -1, seed: int = 0) -> np.ndarray:
+    """Normal scores whose entries all stay clear of their row mean.
+
+    Each entry is pushed 0.5 away from its row mean, which keeps it on its side
+    of the new mean; finite differences and float32 rounding then never move an
+    entry across the threshold, so the support is locally constant there.
+    """
+    x = np.random.default_rng(seed).standard_normal(shape)
+    x = x + 0.5 * np.sign(x - x.mean(axis=axis, keepdims=True))
+    assert min_gap_to_mean(x, axis=axis) > 1e-3
+    return x
+
+
+def masked_example() -> tuple[np.ndarray, np.ndarray]:
+    """Rows exercising masks: a -inf entry, masked entries, a fully masked row."""
+    x = np.array(
+        [
+            [0.3, -np.inf, 1.2, -0.7, 2.0, 0.1],
+            [1.0, 0.5, -1.5, 0.2, -0.3, 0.9],
+            [0.4, 0.8, -0.2, 1.6, -np.inf, 0.0],
+            [-0.5, 0.7, 1.1, -1.0, 0.6, 0.25],
+        ]
+    )
+    where = np.array(
+        [
+            [True, True, True, True, True, False],
+            [True, False, True, True, False, True],
+            [True, True, True, True, True, True],
+            [False, False, False, False, False, False],
+        ]
+    )
+    return x, where
+
+
+def valid_entries(x: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """Entries that take part in their row: ``where`` true and not -inf."""
+    valid = x != -np.inf
+    return valid if where is None else valid & np.broadcast_to(where, x.shape)
+
+
+def closed_form_jvp(p: np.ndarray, t: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``p * (t - <p, t>)``: the JVP and the VJP of ev-softmax (paper Eq. 9)."""
+    return p * (t - np.sum(p * t, axis=axis, keepdims=True))
+
+
+def closed_form_log_jvp(
+    p: np.ndarray, t: np.ndarray, valid: np.ndarray, axis: int = -1
+) -> np.ndarray:
+    """``t - <p_eps, t>`` on valid entries, 0 elsewhere: the JVP of log ev-softmax."""
+    return np.where(valid, t - np.sum(p * t, axis=axis, keepdims=True), 0.0)
+
+
+def closed_form_log_vjp(
+    p: np.ndarray, g: np.ndarray, valid: np.ndarray, axis: int = -1
+) -> np.ndarray:
+    """``g - p_eps * sum(g)`` over valid ``g``: the VJP of log ev-softmax."""
+    g = np.where(valid, g, 0.0)
+    return g - p * np.sum(g, axis=axis, keepdims=True)
+
+
+def jacobian(p: np.ndarray) -> np.ndarray:
+    """``diag(p) - p p^T`` for one row ``p``."""
+    return np.diag(p) - np.outer(p, p)
+
+
+def hessian_of_entry(p: np.ndarray, k: int) -> np.ndarray:
+    """Second derivatives of ``p_k`` with a locally constant support.
+
+    ``d2 p_k / dx_i dx_j = p_k (d_ki - p_i)(d_kj - p_j) - p_k p_i (d_ij - p_j)``.
+    """
+    e_k = np.eye(p.size)[k]
+    return p[k] * np.outer(e_k - p, e_k - p) - p[k] * (np.diag(p) - np.outer(p, p))
+
+
+def reference_probs(x: np.ndarray, axis: int = -1, eps: float = 0.0, where=None) -> np.ndarray:
+    """Float64 ev-softmax from ``tests/reference.py``."""
+    return ref_ev_softmax(x, axis=axis, eps=eps, where=where)
