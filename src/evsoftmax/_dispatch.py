@@ -40,7 +40,9 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 
 # Framework name -> adapter modules, relative to this package (keeps it vendorable),
 # searched in order.
-ADAPTER_MODULES: dict[str, tuple[str, ...]] = {}
+ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": (".adapters._torch",),
+}
 
 
 def backend_name(xp: Namespace) -> str:

@@ -1,0 +1,112 @@
+"""Quick CPU check of the torch eager fast path against ``torch.softmax`` (ratios, one run).
+
+Runs every variant round-robin (interleaved) so that machine load hits all of
+them alike, and reports the median time of each as a ratio to the softmax
+baseline of the same kind (forward, or forward + backward).
+
+    python benchmarks/torch_cpu_quick.py                 # wall clock, default threads
+    python benchmarks/torch_cpu_quick.py --cpu-time -t 1  # thread CPU time, one thread
+    python benchmarks/torch_cpu_quick.py --json out.json
+
+``--cpu-time`` (with one thread) counts only the CPU time of the benchmarking
+thread, which is steadier than wall clock on a machine shared with other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import evsoftmax as evs
+import evsoftmax.torch as evt
+
+SHAPES = ((4096, 1024), (64, 32000), (16, 262144))
+
+
+def _variants(x: torch.Tensor, eps: float) -> dict[str, Callable[[], object]]:
+    xg = x.detach().clone().requires_grad_(True)
+    grad = torch.randn_like(x)
+
+    def backward(y: torch.Tensor) -> None:
+        y.backward(grad)
+        xg.grad = None
+
+    return {
+        "softmax": lambda: torch.softmax(x, -1),
+        "ev_softmax": lambda: evt.ev_softmax(x, -1, eps),
+        "evs.ev_softmax": lambda: evs.ev_softmax(x, epsilon=eps),
+        "log_softmax": lambda: torch.log_softmax(x, -1),
+        "log_ev_softmax": lambda: evt.log_ev_softmax(x, -1, eps),
+        "softmax fwd+bwd": lambda: backward(torch.softmax(xg, -1)),
+        "ev_softmax fwd+bwd": lambda: backward(evt.ev_softmax(xg, -1, eps)),
+        "log_softmax fwd+bwd": lambda: backward(torch.log_softmax(xg, -1)),
+        "log_ev_softmax fwd+bwd": lambda: backward(evt.log_ev_softmax(xg, -1, eps)),
+    }
+
+
+def _baseline(name: str) -> str:
+    log = "log_" if "log_" in name else ""
+    return f"{log}softmax" + (" fwd+bwd" if "fwd+bwd" in name else "")
+
+
+def measure(
+    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float]
+) -> dict[str, float]:
+    """Median seconds of each function, run round-robin ``repeats`` times after a warm-up."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-t", "--threads", type=int, default=None)
+    parser.add_argument("-n", "--repeats", type=int, default=40)
+    parser.add_argument("--cpu-time", action="store_true", help="thread CPU time, not wall")
+    parser.add_argument("--epsilon", type=float, nargs="+", default=[0.0, 1e-6])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    dtype = getattr(torch, args.dtype)
+    results = []
+    torch.manual_seed(0)
+    for shape in SHAPES:
+        x = torch.randn(shape, dtype=dtype)
+        for eps in args.epsilon:
+            med = measure(_variants(x, eps), args.repeats, clock)
+            ratios = {k: v / med[_baseline(k)] for k, v in med.items()}
+            results.append({"shape": shape, "epsilon": eps, "median_s": med, "ratio": ratios})
+            shown = ", ".join(f"{k} {r:.2f}" for k, r in ratios.items() if "softmax" != k)
+            print(f"{shape} eps={eps:g} softmax {med['softmax'] * 1e3:.2f} ms | {shown}")
+            sys.stdout.flush()
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "clock": "thread_time" if args.cpu_time else "perf_counter",
+        "repeats": args.repeats,
+        "dtype": args.dtype,
+    }
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "results": results}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
