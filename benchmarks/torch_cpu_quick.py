@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             med = measure(_variants(x, eps), args.repeats, clock)
             ratios = {k: v / med[_baseline(k)] for k, v in med.items()}
             results.append({"shape": shape, "epsilon": eps, "median_s": med, "ratio": ratios})
-            shown = ", ".join(f"{k} {r:.2f}" for k, r in ratios.items() if "softmax" != k)
+            shown = ", ".join(f"{k} {r:.2f}" for k, r in ratios.items() if k != "softmax")
             print(f"{shape} eps={eps:g} softmax {med['softmax'] * 1e3:.2f} ms | {shown}")
             sys.stdout.flush()
     meta = {

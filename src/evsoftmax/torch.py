@@ -29,35 +29,58 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ._lib._compat import array_namespace
-from ._lib._prepare import empty_like, is_empty, prepare
-from ._lib._validation import validate_epsilon
+from ._lib._prepare import empty_like, is_empty
+from ._lib._validation import (
+    broadcast_shapes_to,
+    normalize_axis,
+    validate_epsilon,
+    validate_input,
+)
 from .adapters._torch_autograd import apply
 
 __all__ = ["EvSoftmax", "EvSoftmaxLoss", "LogEvSoftmax", "ev_softmax", "log_ev_softmax"]
 
-# The array-API namespace of torch tensors, looked up once so that the functions
-# below never call array_namespace (which torch.compile cannot trace cleanly).
+# The array-API namespace of torch tensors, looked up once: the functions below
+# never call into array_api_compat's cached helpers, which torch.compile warns about.
 _XP = array_namespace(torch.empty(0))
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+def _validate_where(where: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """``where`` as a boolean tensor on ``x``'s device that broadcasts to ``x``, or None."""
+    if where is None:
+        return None
+    mask = where if isinstance(where, torch.Tensor) else torch.as_tensor(where)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"where must be a boolean array, got dtype {mask.dtype}")
+    if not broadcast_shapes_to(tuple(mask.shape), tuple(x.shape)):
+        raise ValueError(
+            f"where with shape {tuple(mask.shape)} does not broadcast to the input's "
+            f"shape {tuple(x.shape)}"
+        )
+    return mask.to(x.device)
 
 
 def _normalize(
     input: torch.Tensor, dim: int, epsilon: float, where: Any, log: bool
 ) -> torch.Tensor:
-    x, axis, mask, xp = prepare(input, dim, where, _XP)
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    x = validate_input(input, _XP, "input")
+    axis = normalize_axis(dim, x.ndim, "dim")
+    mask = _validate_where(where, x)
     eps = validate_epsilon(epsilon)
     if is_empty(x):
-        return empty_like(x, xp)  # type: ignore[no-any-return]
+        return empty_like(x, _XP)  # type: ignore[no-any-return]
     return apply(x, axis, eps, mask, log)
 
 
 def ev_softmax(
     input: torch.Tensor, dim: int = -1, epsilon: float = 0.0, where: Any = None
 ) -> torch.Tensor:
-    r"""ev-softmax of ``input`` along ``dim``: a softmax over the entries at or above their row's mean.
+    r"""ev-softmax of ``input`` along ``dim``: softmax over the entries at or above the row mean.
 
     .. math::
 
@@ -204,7 +227,7 @@ class LogEvSoftmax(_EvSoftmaxBase):
 
 
 class EvSoftmaxLoss(torch.nn.Module):
-    r"""Cross-entropy of ev-softmax: ``nn.CrossEntropyLoss`` with :math:`\log p_\varepsilon` for log-softmax.
+    r"""Cross-entropy of ev-softmax: ``nn.CrossEntropyLoss`` with :math:`\log p_\varepsilon`.
 
     For class-index targets :math:`y`, the unreduced loss is
 
@@ -274,7 +297,7 @@ class EvSoftmaxLoss(torch.nn.Module):
             )
         target = target.long()
         _check_class_targets(target, logp.shape[class_dim], self.ignore_index)
-        nll = F.nll_loss(
+        nll = torch.nn.functional.nll_loss(
             logp, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction
         )
         if self.label_smoothing == 0.0:

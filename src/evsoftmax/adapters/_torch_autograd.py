@@ -32,6 +32,11 @@ __all__ = [
 ]
 
 
+# Devices whose tensors go to the Triton kernels (the tests add "cpu" to run them
+# through Triton's interpreter).
+_TRITON_DEVICES = frozenset({"cuda"})
+
+
 @functools.cache
 def _triton_module() -> Any:
     """The Triton kernels module, or None when triton is not installed."""
@@ -48,10 +53,9 @@ def forward(
     """ev-softmax (or its log) without autograd, on the fastest path for ``x``."""
     if ops.fast_path_applies(x, where):
         return ops.cpu_rows_forward(x, dim, epsilon, log)
-    if x.device.type == "cuda" and not torch.compiler.is_compiling():
-        triton_ops = _triton_module()
-        if triton_ops is not None and triton_ops.supports(x):
-            return triton_ops.forward(x, dim, epsilon, where, log)  # type: ignore[no-any-return]
+    triton_ops = _triton_for(x)
+    if triton_ops is not None:
+        return triton_ops.forward(x, dim, epsilon, where, log)  # type: ignore[no-any-return]
     return ops.composed_forward(x, dim, epsilon, where, log)
 
 
@@ -67,9 +71,31 @@ def _save(ctx: Any, x: torch.Tensor, epsilon: float, where: Any, log: bool, out:
     ctx.save_for_forward(out, valid)
 
 
+def _triton_for(t: torch.Tensor) -> Any:
+    """The Triton kernels module when it should handle ``t``, else None.
+
+    Eager CUDA tensors only: under ``torch.compile`` Inductor fuses the composed
+    ops itself, and ``torch.func`` transforms need the composable torch ops.
+    """
+    if t.device.type not in _TRITON_DEVICES or type(t) is not torch.Tensor:
+        return None
+    if torch.compiler.is_compiling() or _transforms_active():
+        return None
+    triton_ops = _triton_module()
+    return triton_ops if triton_ops is not None and triton_ops.supports(t) else None
+
+
 def _vjp(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     output, valid = ctx.saved_tensors
-    if ctx.log:
+    # The kernels are not differentiable: with create_graph=True (grad mode on during
+    # backward) the differentiable torch ops are used instead.
+    triton_ops = None if torch.is_grad_enabled() else _triton_for(output)
+    if triton_ops is not None:
+        if ctx.log:
+            grad_x = triton_ops.log_softmax_vjp(output, grad, ctx.dim, valid)
+        else:
+            grad_x = triton_ops.softmax_vjp(output, grad, ctx.dim)
+    elif ctx.log:
         grad_x = ops.log_ev_softmax_vjp(output, grad, ctx.dim, valid)
     else:
         grad_x = ops.ev_softmax_vjp(output, grad, ctx.dim)
@@ -134,7 +160,8 @@ class EvSoftmaxTransformsFunction(EvSoftmaxFunction):
             # Align the per-example mask with the trailing dimensions of x.
             pad = (1,) * (x.ndim - where.ndim)
             where = where.reshape(where.shape[0], *pad, *where.shape[1:])
-        return EvSoftmaxTransformsFunction.apply(x, dim + 1, epsilon, where, log), 0
+        out = EvSoftmaxTransformsFunction.apply(x, dim + 1, epsilon, where, log)  # type: ignore[no-untyped-call]
+        return out, 0
 
 
 class EvSoftmaxEagerFunction(torch.autograd.Function):

@@ -1,4 +1,4 @@
-r"""ev-softmax on torch tensors without autograd: the forward passes and the closed-form derivatives.
+r"""ev-softmax on torch tensors without autograd: forward passes and closed-form derivatives.
 
 Everything here takes and returns plain tensors; ``_torch_autograd`` wraps it in an
 ``autograd.Function``. Two forward implementations agree with ``evsoftmax._core``:
@@ -49,7 +49,11 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def off_support_shift(epsilon: float) -> float:
-    r"""Log-weight of entries outside the support relative to those inside: :math:`\log\frac{\varepsilon}{1+\varepsilon}`."""
+    r"""Log-weight of entries outside the support relative to those inside.
+
+    That is :math:`\log\frac{\varepsilon}{1+\varepsilon}`, and ``-inf`` for
+    :math:`\varepsilon = 0`.
+    """
     return math.log(epsilon) - math.log1p(epsilon) if epsilon > 0.0 else _NEG_INF
 
 
@@ -62,7 +66,7 @@ def valid_mask(x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
 def composed_forward(
     x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
 ) -> torch.Tensor:
-    """ev-softmax (or its log) of ``x`` along ``dim`` from plain torch ops; any layout, mask, device."""
+    """ev-softmax (or its log) of ``x`` along ``dim`` from plain torch ops, for any layout."""
     out_dtype = x.dtype
     x = x.to(accumulation_dtype(out_dtype))
     valid = valid_mask(x, where)
@@ -104,7 +108,7 @@ def _softmax_from(scores: torch.Tensor, out: torch.Tensor, log: bool) -> None:
 def _block_scores(
     xb: torch.Tensor, threshold: torch.Tensor, scores: torch.Tensor, shift: float
 ) -> None:
-    """Fill ``threshold`` with a row block's cut and ``scores`` with scores whose softmax is ev-softmax.
+    """Fill ``threshold`` with a row block's cuts and ``scores`` with ev-softmax scores.
 
     ``threshold`` holds the row sums on entry. Scores are x - mean with -inf below 0
     (epsilon = 0) or x lowered by ``shift`` below the cut (epsilon > 0).
@@ -148,7 +152,8 @@ def cpu_rows_forward(x: torch.Tensor, dim: int, epsilon: float, log: bool) -> to
     shift = off_support_shift(epsilon)
     blocks: Any = [(rows, out, threshold)]
     if step < rows.shape[0]:
-        blocks = zip(rows.split(step), out.split(step), threshold.split(step))
+        split = (torch.split(t, step) for t in (rows, out, threshold))
+        blocks = zip(*split, strict=True)
     for xb, ob, tb in blocks:
         scores = scratch[: xb.shape[0]]
         torch.sum(xb, -1, keepdim=True, dtype=acc, out=tb)
@@ -192,7 +197,7 @@ def _in_accumulation_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def ev_softmax_vjp(probs: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor:
-    r""":math:`p \odot (g - \langle p, g\rangle)`: the VJP and, the Jacobian being symmetric, the JVP."""
+    r""":math:`p \odot (g - \langle p, g\rangle)`: the VJP and (symmetric Jacobian) the JVP."""
     p, g = _in_accumulation_dtype(probs, grad)
     out = torch._softmax_backward_data(g, p, dim, p.dtype)
     return out.to(grad.dtype)
@@ -230,7 +235,7 @@ def log_ev_softmax_vjp(
 def log_ev_softmax_jvp(
     logp: torch.Tensor, tangent: torch.Tensor, dim: int, valid: torch.Tensor | None
 ) -> torch.Tensor:
-    r""":math:`t - \langle p, t\rangle` on the valid entries of each row, exactly 0 on the others."""
+    r""":math:`t - \langle p, t\rangle` on the valid entries of each row, exactly 0 elsewhere."""
     invalid = _invalid(logp, valid)
     lp, t = _in_accumulation_dtype(logp, torch.where(invalid, 0.0, tangent))
     inner = (lp.exp() * t).sum(dim, keepdim=True)
