@@ -26,6 +26,7 @@ the test suite checks them without a GPU.
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 import triton
@@ -92,14 +93,14 @@ def _outputs(s, valid, below, ratio, log_ratio, total, LOG: tl.constexpr):
 
 @triton.jit
 def _single_pass_kernel(
-    X, MASK, Y, PARAMS, x_stride, mask_stride, y_stride, n_cols,
+    X, MASK, Y, ratio_hi, ratio_lo, log_hi, log_lo, x_stride, mask_stride, y_stride, n_cols,
     HAS_MASK: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     x, valid, poison = _load_row(X, MASK, row, x_stride, mask_stride, cols, n_cols, HAS_MASK, ACC)
-    ratio = tl.load(PARAMS)
-    log_ratio = tl.load(PARAMS + 1)
+    ratio = tl.cast(ratio_hi, ACC) + tl.cast(ratio_lo, ACC)
+    log_ratio = tl.cast(log_hi, ACC) + tl.cast(log_lo, ACC)
     count = tl.sum(valid.to(ACC), 0)
     top = tl.max(tl.where(valid, x, float("-inf")), 0)
     top = tl.where(count > 0, top, 0.0)
@@ -151,7 +152,7 @@ def _row_stats(STATS, row, n_chunks, ACC: tl.constexpr, CHUNKS: tl.constexpr):
 
 @triton.jit
 def _chunk_totals_kernel(
-    X, MASK, STATS, TOTALS, PARAMS, x_stride, mask_stride, n_cols, n_chunks,
+    X, MASK, STATS, TOTALS, ratio_hi, ratio_lo, x_stride, mask_stride, n_cols, n_chunks,
     HAS_MASK: tl.constexpr, ACC: tl.constexpr, CHUNK_SIZE: tl.constexpr, CHUNKS: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
@@ -160,13 +161,14 @@ def _chunk_totals_kernel(
     cols = chunk * CHUNK_SIZE + tl.arange(0, CHUNK_SIZE)
     x, valid, _ = _load_row(X, MASK, row, x_stride, mask_stride, cols, n_cols, HAS_MASK, ACC)
     s = tl.where(valid, x - top, 0.0)
-    w = _weights(s, valid, s < mean, tl.load(PARAMS))
+    w = _weights(s, valid, s < mean, tl.cast(ratio_hi, ACC) + tl.cast(ratio_lo, ACC))
     tl.store(TOTALS + row * n_chunks + chunk, tl.sum(w, 0))
 
 
 @triton.jit
 def _chunk_write_kernel(
-    X, MASK, STATS, TOTALS, Y, PARAMS, x_stride, mask_stride, y_stride, n_cols, n_chunks,
+    X, MASK, STATS, TOTALS, Y, ratio_hi, ratio_lo, log_hi, log_lo,
+    x_stride, mask_stride, y_stride, n_cols, n_chunks,
     HAS_MASK: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr,
     CHUNK_SIZE: tl.constexpr, CHUNKS: tl.constexpr,
 ):  # fmt: skip
@@ -178,9 +180,18 @@ def _chunk_write_kernel(
     cols = chunk * CHUNK_SIZE + tl.arange(0, CHUNK_SIZE)
     x, valid, _ = _load_row(X, MASK, row, x_stride, mask_stride, cols, n_cols, HAS_MASK, ACC)
     s = tl.where(valid, x - top, 0.0)
-    y = _outputs(s, valid, s < mean, tl.load(PARAMS), tl.load(PARAMS + 1), total, LOG)
+    ratio = tl.cast(ratio_hi, ACC) + tl.cast(ratio_lo, ACC)
+    log_ratio = tl.cast(log_hi, ACC) + tl.cast(log_lo, ACC)
+    y = _outputs(s, valid, s < mean, ratio, log_ratio, total, LOG)
     y = tl.where(poisoned, float("nan"), y)
     tl.store(Y + row * y_stride + cols, y.to(Y.dtype.element_ty), mask=cols < n_cols)
+
+
+def _float32_pair(value: float) -> tuple[float, float]:
+    """``(hi, lo)``, both float32 numbers, with ``hi + lo`` equal to ``value`` to ~48 bits."""
+    hi = struct.unpack("f", struct.pack("f", value))[0]
+    lo = value - hi if math.isfinite(value) else 0.0
+    return hi, struct.unpack("f", struct.pack("f", lo))[0]
 
 
 def _rows_view(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +217,9 @@ def forward(
     acc = _acc(x.dtype)
     ratio = epsilon / (1.0 + epsilon)
     log_ratio = math.log(ratio) if epsilon > 0.0 else _NEG_INF
-    params = torch.tensor([ratio, log_ratio], dtype=acc, device=x.device)
+    # Scalars reach kernels as float32: pass each as a float32 pair summing to the float64
+    # value (no host-to-device copy, which would stall the host).
+    params = (*_float32_pair(ratio), *_float32_pair(log_ratio))
     mask_arg = rows if mask is None else mask  # a dummy pointer when there is no mask
     mask_stride = 0 if mask is None else mask.stride(0)
     flags = {"HAS_MASK": mask is not None, "ACC": _tl_acc(x.dtype)}
@@ -215,7 +228,7 @@ def forward(
     if n_cols <= SINGLE_PASS_MAX:
         block = triton.next_power_of_2(n_cols)
         _single_pass_kernel[(n_rows,)](
-            rows, mask_arg, out, params, rows.stride(0), mask_stride, out.stride(0), n_cols,
+            rows, mask_arg, out, *params, rows.stride(0), mask_stride, out.stride(0), n_cols,
             LOG=log, BLOCK=block, num_warps=_warps(block), **flags,
         )  # fmt: skip
         return out.view(moved.shape).movedim(-1, dim)
@@ -230,11 +243,11 @@ def forward(
         CHUNK_SIZE=CHUNK, num_warps=warps, **flags,
     )  # fmt: skip
     _chunk_totals_kernel[grid](
-        rows, mask_arg, stats, totals, params, rows.stride(0), mask_stride, n_cols, n_chunks,
+        rows, mask_arg, stats, totals, *params[:2], rows.stride(0), mask_stride, n_cols, n_chunks,
         CHUNK_SIZE=CHUNK, CHUNKS=chunks, num_warps=warps, **flags,
     )  # fmt: skip
     _chunk_write_kernel[grid](
-        rows, mask_arg, stats, totals, out, params, rows.stride(0), mask_stride, out.stride(0),
+        rows, mask_arg, stats, totals, out, *params, rows.stride(0), mask_stride, out.stride(0),
         n_cols, n_chunks, LOG=log, CHUNK_SIZE=CHUNK, CHUNKS=chunks, num_warps=warps, **flags,
     )  # fmt: skip
     return out.view(moved.shape).movedim(-1, dim)
