@@ -7,6 +7,8 @@ for the log form), or checked numerically with ``gradcheck``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -19,30 +21,17 @@ import evsoftmax as evs  # noqa: E402
 import evsoftmax.torch as evt  # noqa: E402
 
 from . import reference as ref  # noqa: E402
+from .closed_forms import ev_softmax_vjp, log_ev_softmax_vjp, no_ties  # noqa: E402
 
 # torch's own forward-AD machinery calls the deprecated torch.jit.script once.
 JIT_DEPRECATION = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
 
 
-def _no_ties(shape, seed=0, gap=1e-2):
-    rng = np.random.default_rng(seed)
-    while True:
-        x = rng.normal(size=shape) * 2
-        if ref.min_gap_to_mean(x, axis=-1) > gap:
-            return x
+_no_ties = functools.partial(no_ties, gap=1e-2, scale=2.0)
 
 
 def _t(a, requires_grad=False):
     return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=requires_grad)
-
-
-def _closed_form_vjp(p, g, axis=-1):
-    return p * (g - (p * g).sum(axis=axis, keepdims=True))
-
-
-def _closed_form_log_vjp(p, g, valid, axis=-1):
-    g = np.where(valid, g, 0.0)
-    return np.where(valid, g - p * g.sum(axis=axis, keepdims=True), 0.0)
 
 
 FUNCS = {"top-level": evs.ev_softmax, "evsoftmax.torch": evt.ev_softmax}
@@ -122,7 +111,7 @@ def test_backward_is_closed_form(func, epsilon):
     out = _call(func, xt, -1, epsilon)
     out.backward(_t(g))
     p = ref.ev_softmax(x, eps=epsilon)
-    np.testing.assert_allclose(xt.grad.numpy(), _closed_form_vjp(p, g), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(xt.grad.numpy(), ev_softmax_vjp(p, g), rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.3])
@@ -137,7 +126,7 @@ def test_masked_entries_get_exactly_zero_gradient(epsilon):
     grad = xt.grad.numpy()
     assert (grad[~valid] == 0.0).all()
     p = ref.ev_softmax(x, eps=epsilon, where=where)
-    np.testing.assert_allclose(grad, _closed_form_vjp(p, g), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(grad, ev_softmax_vjp(p, g), rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 1e-6, 0.3])
@@ -152,7 +141,7 @@ def test_log_backward_is_closed_form_on_valid_entries(epsilon):
     out = evt.log_ev_softmax(xt, epsilon=epsilon, where=torch.tensor(where))
     out.backward(_t(g))
     p = ref.ev_softmax(x, eps=epsilon, where=where)
-    expected = _closed_form_log_vjp(p, g, valid)
+    expected = log_ev_softmax_vjp(p, g, valid)
     np.testing.assert_allclose(xt.grad.numpy(), expected, rtol=1e-10, atol=1e-14)
     assert (xt.grad.numpy()[~valid] == 0.0).all()
 
@@ -209,7 +198,7 @@ def test_forward_ad_is_closed_form(epsilon):
         dual = forward_ad.make_dual(_t(x), _t(t))
         tangent = forward_ad.unpack_dual(evt.ev_softmax(dual, epsilon=epsilon)).tangent
     p = ref.ev_softmax(x, eps=epsilon)
-    np.testing.assert_allclose(tangent.numpy(), _closed_form_vjp(p, t), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(tangent.numpy(), ev_softmax_vjp(p, t), rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.filterwarnings(JIT_DEPRECATION)
@@ -249,14 +238,14 @@ def test_func_jvp_grad_vjp():
     t = np.random.default_rng(7).normal(size=x.shape)
     p = ref.ev_softmax(x, eps=0.1)
     _, tangent = tf.jvp(lambda v: evt.ev_softmax(v, epsilon=0.1), (_t(x),), (_t(t),))
-    np.testing.assert_allclose(tangent.numpy(), _closed_form_vjp(p, t), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(tangent.numpy(), ev_softmax_vjp(p, t), rtol=1e-10, atol=1e-14)
     _, vjp_fn = tf.vjp(lambda v: evt.ev_softmax(v, epsilon=0.1), _t(x))
     (cot,) = vjp_fn(_t(t))
-    np.testing.assert_allclose(cot.numpy(), _closed_form_vjp(p, t), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(cot.numpy(), ev_softmax_vjp(p, t), rtol=1e-10, atol=1e-14)
     grad = tf.grad(lambda v: evt.ev_softmax(v, epsilon=0.1)[:, 0].sum())(_t(x))
     g = np.zeros_like(x)
     g[:, 0] = 1.0
-    np.testing.assert_allclose(grad.numpy(), _closed_form_vjp(p, g), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(grad.numpy(), ev_softmax_vjp(p, g), rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("in_dim", [0, 1])
@@ -312,7 +301,7 @@ def test_half_precision_backward(dtype):
     p = ref.ev_softmax(xr, eps=0.1)
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
     np.testing.assert_allclose(out.double().detach().numpy(), p, atol=tol)
-    np.testing.assert_allclose(xh.grad.double().numpy(), _closed_form_vjp(p, gr), atol=tol)
+    np.testing.assert_allclose(xh.grad.double().numpy(), ev_softmax_vjp(p, gr), atol=tol)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -5,6 +5,8 @@ Skipped without a CUDA GPU; ``benchmarks/gpu_torch.py`` runs it on a GPU machine
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -17,17 +19,13 @@ import evsoftmax.torch as evt  # noqa: E402
 from evsoftmax.adapters import _torch_triton  # noqa: E402
 
 from . import reference as ref  # noqa: E402
+from .closed_forms import ev_softmax_vjp, log_ev_softmax_vjp, no_ties  # noqa: E402
 
 CUDA = torch.device("cuda")
 SHAPES = [(7, 37), (33, 1000), (4, 8192), (3, 20000)]  # the last one is chunked
 
 
-def _no_ties(shape, seed=0, gap=1e-4):
-    rng = np.random.default_rng(seed)
-    while True:
-        x = rng.normal(size=shape) * 3
-        if ref.min_gap_to_mean(x, axis=-1) > gap:
-            return x
+_no_ties = functools.partial(no_ties, gap=1e-4)
 
 
 @pytest.fixture
@@ -62,11 +60,7 @@ def test_forward_backward_float64(calls, shape, log, epsilon):
     expected = (ref.log_ev_softmax if log else ref.ev_softmax)(x, -1, epsilon, where)
     np.testing.assert_allclose(out.detach().cpu().numpy(), expected, rtol=1e-10, atol=1e-12)
     p = ref.ev_softmax(x, eps=epsilon, where=where)
-    if log:
-        gm = np.where(valid, g, 0.0)
-        grad = np.where(valid, gm - p * gm.sum(-1, keepdims=True), 0.0)
-    else:
-        grad = p * (g - (p * g).sum(-1, keepdims=True))
+    grad = log_ev_softmax_vjp(p, g, valid) if log else ev_softmax_vjp(p, g)
     np.testing.assert_allclose(xt.grad.cpu().numpy(), grad, rtol=1e-9, atol=1e-12)
 
 

@@ -19,17 +19,10 @@ from evsoftmax import _core  # noqa: E402
 from evsoftmax.adapters import _torch_ops as ops  # noqa: E402
 
 from . import reference as ref  # noqa: E402
+from .closed_forms import no_ties  # noqa: E402
 
 XP = array_namespace(torch.empty(0))
 EPSILONS = [0.0, 1e-6, 0.5]
-
-
-def _no_ties(shape, seed=0, gap=1e-3):
-    rng = np.random.default_rng(seed)
-    while True:
-        x = rng.normal(size=shape) * 3
-        if ref.min_gap_to_mean(x, axis=-1) > gap:
-            return x
 
 
 def _expected(x, epsilon, log, axis=-1):
@@ -56,7 +49,7 @@ def no_composed(monkeypatch):
 @pytest.mark.parametrize("epsilon", EPSILONS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fast_path_matches_reference(dtype, epsilon, log, small_blocks, no_composed):
-    x = _no_ties((13, 37), seed=1)
+    x = no_ties((13, 37), seed=1)
     got = ops.cpu_rows_forward(torch.tensor(x, dtype=getattr(torch, dtype)), 1, epsilon, log)
     rtol = 1e-12 if dtype == "float64" else 2e-5
     np.testing.assert_allclose(
@@ -68,7 +61,7 @@ def test_fast_path_matches_reference(dtype, epsilon, log, small_blocks, no_compo
 @pytest.mark.parametrize("epsilon", EPSILONS)
 @pytest.mark.parametrize("dim", [0, 1, 2])
 def test_fast_path_composition_and_core_agree(dim, epsilon, log):
-    x = np.moveaxis(_no_ties((4, 5, 33), seed=dim), -1, dim)
+    x = np.moveaxis(no_ties((4, 5, 33), seed=dim), -1, dim)
     xt = torch.tensor(x)
     fast = ops.cpu_rows_forward(xt, dim, epsilon, log)
     composed = ops.composed_forward(xt, dim, epsilon, None, log)
@@ -81,7 +74,7 @@ def test_fast_path_composition_and_core_agree(dim, epsilon, log):
 
 
 def test_non_contiguous_and_transposed_inputs(small_blocks):
-    x = _no_ties((9, 40), seed=2)
+    x = no_ties((9, 40), seed=2)
     xt = torch.tensor(x)
     strided = torch.tensor(np.repeat(x, 2, axis=1))[:, ::2]
     assert not strided.is_contiguous()
@@ -142,7 +135,7 @@ def test_rounded_mean_above_every_entry_keeps_the_maximum(epsilon, small_blocks)
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_fast_path(dtype, log, small_blocks):
-    x = torch.tensor(_no_ties((6, 50), seed=6, gap=0.05), dtype=getattr(torch, dtype))
+    x = torch.tensor(no_ties((6, 50), seed=6, gap=0.05), dtype=getattr(torch, dtype))
     got = ops.cpu_rows_forward(x, 1, 0.1, log)
     assert got.dtype == x.dtype
     expected = _expected(x.double().numpy(), 0.1, log)

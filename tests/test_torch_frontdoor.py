@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -13,14 +14,9 @@ import evsoftmax as evs  # noqa: E402
 import evsoftmax.torch as evt  # noqa: E402
 
 from . import reference as ref  # noqa: E402
+from .closed_forms import no_ties  # noqa: E402
 
-
-def _no_ties(shape, seed=0, gap=1e-3, axis=-1):
-    rng = np.random.default_rng(seed)
-    while True:
-        x = rng.normal(size=shape) * 2
-        if ref.min_gap_to_mean(x, axis=axis) > gap:
-            return x
+_no_ties = functools.partial(no_ties, scale=2.0)
 
 
 def _t(a, dtype=torch.float64):

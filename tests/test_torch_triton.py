@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton", reason="triton is not installed (the CUDA kernels need it)")
 
 from . import reference as ref  # noqa: E402
+from .closed_forms import ev_softmax_vjp, log_ev_softmax_vjp, no_ties  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -51,26 +52,19 @@ else:
             monkeypatch.setattr(kernels, "CHUNK", 16)
         return request.param
 
-    def _no_ties(shape, seed=0, gap=1e-3):
-        rng = np.random.default_rng(seed)
-        while True:
-            x = rng.normal(size=shape) * 3
-            if ref.min_gap_to_mean(x, axis=-1) > gap:
-                return x
-
     def _reference(x, epsilon, log, where=None, axis=-1):
         return (ref.log_ev_softmax if log else ref.ev_softmax)(x, axis, epsilon, where)
 
     @pytest.mark.parametrize("log", [False, True])
     @pytest.mark.parametrize("epsilon", [0.0, 1e-6, 0.5])
     def test_forward_matches_reference(kernels, path, epsilon, log):
-        x = _no_ties((3, 37), seed=1)  # not a power of two
+        x = no_ties((3, 37), seed=1)  # not a power of two
         got = kernels.forward(torch.tensor(x), 1, epsilon, None, log).numpy()
         np.testing.assert_allclose(got, _reference(x, epsilon, log), rtol=1e-12, atol=1e-12)
 
     @pytest.mark.parametrize("log", [False, True])
     def test_forward_with_masks_and_special_rows(kernels, path, log):
-        x = _no_ties((6, 41), seed=2)
+        x = no_ties((6, 41), seed=2)
         x[0, 3] = -np.inf
         x[1, 5] = np.nan  # masked out below: must not poison the row
         x[2, 7] = np.nan
@@ -91,7 +85,7 @@ else:
         np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-12, atol=1e-12)
 
     def test_forward_broadcast_mask_and_other_axis(kernels, path):
-        x = _no_ties((4, 33), seed=3).T.copy()  # normalize along axis 0
+        x = no_ties((4, 33), seed=3).T.copy()  # normalize along axis 0
         where = np.arange(33)[:, None] % 3 != 0  # (33, 1), broadcast over columns
         got = kernels.forward(torch.tensor(x), 0, 0.0, torch.tensor(where), False).numpy()
         expected = ref.ev_softmax(x, 0, 0.0, np.broadcast_to(where, x.shape))
@@ -100,7 +94,7 @@ else:
     @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
     @pytest.mark.parametrize("log", [False, True])
     def test_forward_reduced_precision(kernels, path, dtype, log):
-        xt = torch.tensor(_no_ties((3, 50), seed=4, gap=0.05), dtype=getattr(torch, dtype))
+        xt = torch.tensor(no_ties((3, 50), seed=4, gap=0.05), dtype=getattr(torch, dtype))
         got = kernels.forward(xt, 1, 0.1, None, log)
         assert got.dtype == xt.dtype
         expected = _reference(xt.double().numpy(), 0.1, log)  # the rounded inputs, in float64
@@ -110,7 +104,7 @@ else:
 
     def test_long_rows_use_several_chunks(kernels):
         # A real multi-chunk row with the default chunk size (slow in the interpreter: one row).
-        x = _no_ties((1, kernels.SINGLE_PASS_MAX + 300), seed=5)
+        x = no_ties((1, kernels.SINGLE_PASS_MAX + 300), seed=5)
         got = kernels.forward(torch.tensor(x), 1, 1e-6, None, False).numpy()
         np.testing.assert_allclose(got, ref.ev_softmax(x, eps=1e-6), rtol=1e-11, atol=1e-15)
 
@@ -118,16 +112,15 @@ else:
 
     @pytest.mark.parametrize("epsilon", [0.0, 0.3])
     def test_softmax_vjp_is_closed_form(kernels, path, epsilon):
-        x = _no_ties((4, 45), seed=6)
+        x = no_ties((4, 45), seed=6)
         g = np.random.default_rng(1).normal(size=x.shape)
         p = ref.ev_softmax(x, eps=epsilon)
         got = kernels.softmax_vjp(torch.tensor(p), torch.tensor(g), 1).numpy()
-        expected = p * (g - (p * g).sum(-1, keepdims=True))
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(got, ev_softmax_vjp(p, g), rtol=1e-12, atol=1e-14)
 
     @pytest.mark.parametrize("epsilon", [0.0, 0.3])
     def test_log_softmax_vjp_is_closed_form_on_valid_entries(kernels, path, epsilon):
-        x = _no_ties((4, 45), seed=7)
+        x = no_ties((4, 45), seed=7)
         x[0, 2] = -np.inf
         where = np.ones(x.shape, dtype=bool)
         where[:, 1::5] = False
@@ -138,21 +131,20 @@ else:
         # With epsilon = 0 the saved mask tells masked entries from those below the mean.
         mask = torch.tensor(valid) if epsilon == 0.0 else None
         got = kernels.log_softmax_vjp(torch.tensor(logp), torch.tensor(g), 1, mask).numpy()
-        gm = np.where(valid, g, 0.0)
-        expected = np.where(valid, gm - p * gm.sum(-1, keepdims=True), 0.0)
+        expected = log_ev_softmax_vjp(p, g, valid)
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
         assert (got[~valid] == 0.0).all()
 
     @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
     def test_vjp_half_precision(kernels, path, dtype):
-        x = _no_ties((3, 40), seed=8, gap=0.05)
+        x = no_ties((3, 40), seed=8, gap=0.05)
         torch_dtype = getattr(torch, dtype)
         p = torch.tensor(ref.ev_softmax(x, eps=0.1), dtype=torch_dtype)
         g = torch.tensor(np.random.default_rng(3).normal(size=x.shape), dtype=torch_dtype)
         got = kernels.softmax_vjp(p, g, 1)
         assert got.dtype == torch_dtype
         pd, gd = p.double().numpy(), g.double().numpy()
-        expected = pd * (gd - (pd * gd).sum(-1, keepdims=True))
+        expected = ev_softmax_vjp(pd, gd)
         np.testing.assert_allclose(
             got.double().numpy(), expected, atol=4 * torch.finfo(torch_dtype).eps
         )
@@ -188,7 +180,7 @@ else:
     def test_public_functions_use_the_kernels(routed, epsilon, log):
         import evsoftmax.torch as evt
 
-        x = _no_ties((3, 21), seed=9)
+        x = no_ties((3, 21), seed=9)
         x[0, 4] = -np.inf
         where = np.ones(x.shape, dtype=bool)
         where[:, 2] = False
@@ -202,17 +194,13 @@ else:
         expected = _reference(x, epsilon, log, where)
         np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
         p = ref.ev_softmax(x, eps=epsilon, where=where)
-        if log:
-            gm = np.where(valid, g, 0.0)
-            grad = np.where(valid, gm - p * gm.sum(-1, keepdims=True), 0.0)
-        else:
-            grad = p * (g - (p * g).sum(-1, keepdims=True))
+        grad = log_ev_softmax_vjp(p, g, valid) if log else ev_softmax_vjp(p, g)
         np.testing.assert_allclose(xt.grad.numpy(), grad, rtol=1e-12, atol=1e-14)
 
     def test_double_backward_through_the_routed_path(routed):
         import evsoftmax.torch as evt
 
-        x = torch.tensor(_no_ties((2, 9), seed=10), requires_grad=True)
+        x = torch.tensor(no_ties((2, 9), seed=10), requires_grad=True)
         where = torch.ones(9, dtype=torch.bool)
         out = evt.ev_softmax(x, epsilon=0.1, where=where)
         torch.autograd.grad(out[:, 0].sum(), x, create_graph=True)
