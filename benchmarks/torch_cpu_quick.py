@@ -7,6 +7,7 @@ baseline of the same kind (forward, or forward + backward).
     python benchmarks/torch_cpu_quick.py                 # wall clock, default threads
     python benchmarks/torch_cpu_quick.py --cpu-time -t 1  # thread CPU time, one thread
     python benchmarks/torch_cpu_quick.py --json out.json
+    python benchmarks/torch_cpu_quick.py --compile        # both sides under torch.compile
 
 ``--cpu-time`` (with one thread) counts only the CPU time of the benchmarking
 thread, which is steadier than wall clock on a machine shared with other jobs.
@@ -50,6 +51,25 @@ def _variants(x: torch.Tensor, eps: float) -> dict[str, Callable[[], object]]:
     }
 
 
+def _compiled_variants(x: torch.Tensor, eps: float) -> dict[str, Callable[[], object]]:
+    """The same comparisons inside ``torch.compile`` (Inductor), forward and forward+backward."""
+    xg = x.detach().clone().requires_grad_(True)
+    grad = torch.randn_like(x)
+    softmax = torch.compile(lambda v: torch.softmax(v, -1), fullgraph=True)
+    ev = torch.compile(lambda v: evt.ev_softmax(v, -1, eps), fullgraph=True)
+
+    def backward(y: torch.Tensor) -> None:
+        y.backward(grad)
+        xg.grad = None
+
+    return {
+        "softmax": lambda: softmax(x),
+        "ev_softmax": lambda: ev(x),
+        "softmax fwd+bwd": lambda: backward(softmax(xg)),
+        "ev_softmax fwd+bwd": lambda: backward(ev(xg)),
+    }
+
+
 def _baseline(name: str) -> str:
     log = "log_" if "log_" in name else ""
     return f"{log}softmax" + (" fwd+bwd" if "fwd+bwd" in name else "")
@@ -79,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", type=float, nargs="+", default=[0.0, 1e-6])
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--compile", action="store_true", help="compare inside torch.compile")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for shape in SHAPES:
         x = torch.randn(shape, dtype=dtype)
         for eps in args.epsilon:
-            med = measure(_variants(x, eps), args.repeats, clock)
+            variants = _compiled_variants(x, eps) if args.compile else _variants(x, eps)
+            med = measure(variants, args.repeats, clock)
             ratios = {k: v / med[_baseline(k)] for k, v in med.items()}
             results.append({"shape": shape, "epsilon": eps, "median_s": med, "ratio": ratios})
             shown = ", ".join(f"{k} {r:.2f}" for k, r in ratios.items() if k != "softmax")
@@ -101,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "clock": "thread_time" if args.cpu_time else "perf_counter",
         "repeats": args.repeats,
         "dtype": args.dtype,
+        "compiled": args.compile,
     }
     if args.json:
         with open(args.json, "w") as fh:

@@ -101,3 +101,21 @@ def test_eager_call_compiles_nothing():
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_changing_epsilon_neither_breaks_the_graph_nor_fails():
+    # Dynamo makes a float argument that changes between calls symbolic.
+    x = torch.randn(4, 7, requires_grad=True)
+    compiled = torch.compile(lambda v, e: evt.log_ev_softmax(v, -1, e), fullgraph=True)
+    for epsilon in (0.1, 0.2, 0.3, 0.0, 1e-6):
+        out = compiled(x, epsilon)
+        torch.testing.assert_close(out, evt.log_ev_softmax(x, -1, epsilon))
+        out.masked_fill(out == -np.inf, 0.0).sum().backward()
+    assert _graph_breaks() == 0
+    # An invalid epsilon still raises (fullgraph=True reports it as unsupported).
+    from torch._dynamo.exc import Unsupported
+
+    with pytest.raises((ValueError, Unsupported), match="epsilon"):
+        compiled(x, -0.5)
+    with pytest.raises(ValueError, match="epsilon"):
+        torch.compile(lambda v, e: evt.ev_softmax(v, -1, e))(x, -0.5)

@@ -187,3 +187,41 @@ def test_fast_path_matches_reference_on_random_inputs(x, epsilon, log):
     if not log:
         got = evt.ev_softmax(torch.tensor(x), epsilon=epsilon)
     np.testing.assert_allclose(got.numpy(), _expected(x, epsilon, log), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", ["composed", "traced"])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("epsilon", EPSILONS)
+def test_general_forms_with_masks_and_special_rows(implementation, epsilon, log):
+    # The forms used for masked inputs (composed) and under torch.compile (traced),
+    # called eagerly here.
+    forward = ops.composed_forward if implementation == "composed" else ops.traced_forward
+    x = no_ties((6, 11), seed=7)
+    x[0, 3] = -np.inf
+    x[1, 4] = np.nan  # masked below
+    x[2, 5] = np.nan
+    x[3, 6] = np.inf
+    x[4, 7] = 1e300  # masked below
+    where = np.ones(x.shape, dtype=bool)
+    where[:, 1] = False
+    where[1, 4] = where[4, 7] = False
+    where[5] = False
+    with np.errstate(invalid="ignore"):
+        expected = (ref.log_ev_softmax if log else ref.ev_softmax)(x, -1, epsilon, where)
+    got = forward(torch.tensor(x), 1, epsilon, torch.tensor(where), log).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    ok = ~np.isnan(expected)
+    np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_traced_form_unmasked_and_half_precision(dim, log):
+    x = np.moveaxis(no_ties((5, 40), seed=8), -1, dim)
+    got = ops.traced_forward(torch.tensor(x), dim, 0.2, None, log).numpy()
+    np.testing.assert_allclose(got, _expected(x, 0.2, log, axis=dim), rtol=1e-12, atol=1e-12)
+    xh = torch.tensor(x, dtype=torch.bfloat16)
+    got = ops.traced_forward(xh, dim, 0.2, None, log)
+    assert got.dtype == torch.bfloat16
+    expected = _expected(xh.double().numpy(), 0.2, log, axis=dim)
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-2, atol=1e-2)

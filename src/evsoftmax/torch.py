@@ -26,6 +26,7 @@ tensor([0.2689, 0.7311, 0.0000])
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -63,6 +64,19 @@ def _validate_where(where: Any, x: torch.Tensor) -> torch.Tensor | None:
     return mask.to(x.device)
 
 
+def _validate_epsilon(epsilon: Any) -> float:
+    """``epsilon`` as a float ``>= 0``, in a form ``torch.compile`` traces.
+
+    Dynamo makes a float argument that changes between calls symbolic; only
+    comparisons (on whose outcome it guards) trace on it, not ``math.isfinite``.
+    """
+    if not torch.compiler.is_compiling():
+        return validate_epsilon(epsilon)
+    if isinstance(epsilon, bool) or not 0.0 <= epsilon < math.inf:
+        raise ValueError("epsilon must be a finite float >= 0")  # (a symbolic value)
+    return epsilon  # type: ignore[no-any-return]
+
+
 def _normalize(
     input: torch.Tensor, dim: int, epsilon: float, where: Any, log: bool
 ) -> torch.Tensor:
@@ -71,7 +85,7 @@ def _normalize(
     x = validate_input(input, _XP, "input")
     axis = normalize_axis(dim, x.ndim, "dim")
     mask = _validate_where(where, x)
-    eps = validate_epsilon(epsilon)
+    eps = _validate_epsilon(epsilon)
     if is_empty(x):
         return empty_like(x, _XP)  # type: ignore[no-any-return]
     return apply(x, axis, eps, mask, log)

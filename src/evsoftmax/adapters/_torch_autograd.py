@@ -51,6 +51,8 @@ def forward(
     x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
 ) -> torch.Tensor:
     """ev-softmax (or its log) without autograd, on the fastest path for ``x``."""
+    if torch.compiler.is_compiling():
+        return ops.traced_forward(x, dim, epsilon, where, log)
     if ops.fast_path_applies(x, where):
         return ops.cpu_rows_forward(x, dim, epsilon, log)
     triton_ops = _triton_for(x)

@@ -1,20 +1,23 @@
 r"""ev-softmax on torch tensors without autograd: forward passes and closed-form derivatives.
 
 Everything here takes and returns plain tensors; ``_torch_autograd`` wraps it in an
-``autograd.Function``. Two forward implementations agree with ``evsoftmax._core``:
+``autograd.Function``. Three forward implementations agree with ``evsoftmax._core``
+(the Triton kernels in ``_torch_triton`` are a fourth):
 
-* :func:`composed_forward`: a handful of torch ops, valid for every layout, mask,
-  device and tracer (``torch.compile``, meta tensors, tensor subclasses). It is
-  the core's algorithm (shift by the valid maximum, compare with the mean of the
+* :func:`composed_forward`: eager torch ops for every layout, mask and device
+  (masked inputs, meta tensors, subclasses, CUDA without triton). It is the
+  core's algorithm (shift by the valid maximum, compare with the mean of the
   shifted scores) ending in ``torch.softmax`` of scores whose entries outside the
   support are lowered by :math:`\log\frac{\varepsilon}{1+\varepsilon}`
   (``-inf`` for :math:`\varepsilon = 0`): softmax is shift invariant, so
   :math:`\operatorname{softmax}(z) \propto (1\{k \in S\} + \varepsilon) e^{x_k}`.
-* :func:`cpu_rows_forward`: the eager CPU fast path for contiguous rows without a
-  mask, four passes (row sum, shift, threshold, softmax) run over row blocks that
-  stay in cache. Rows where that shortcut is not exact (non-finite entries, or a
-  rounded mean above every entry) are detected afterwards from O(rows) data and
-  recomputed with :func:`composed_forward`.
+* :func:`cpu_rows_forward`: the eager CPU fast path for unmasked inputs: row
+  sums, shift and threshold into a scratch block that stays in cache, then
+  PyTorch's softmax kernel into the output. Rows where that shortcut is not exact
+  (non-finite entries, or a rounded mean above every entry) are detected
+  afterwards from O(rows) data and recomputed with :func:`composed_forward`.
+* :func:`traced_forward`: the form ``torch.compile`` traces, which Inductor
+  fuses into one kernel with the loop structure of a compiled softmax.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "cpu_rows_forward",
     "ev_softmax_vjp",
     "fast_path_applies",
+    "traced_forward",
     "log_ev_softmax_jvp",
     "log_ev_softmax_vjp",
     "off_support_shift",
@@ -80,6 +84,52 @@ def composed_forward(
     scores = torch.where(below, shifted + off_support_shift(epsilon), shifted)
     scores = torch.where(valid, scores, _NEG_INF)
     out = torch.log_softmax(scores, dim) if log else torch.softmax(scores, dim)
+    out = torch.where(has_valid, out, _NEG_INF if log else 0.0)
+    return out.to(out_dtype)
+
+
+def traced_forward(
+    x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
+) -> torch.Tensor:
+    """ev-softmax (or its log) written for ``torch.compile``: Inductor fuses it into one kernel.
+
+    Three loops over each row, like a compiled softmax: the row statistics (max,
+    share of valid entries, mean), the weights and their sum, the output. The
+    mean is a sum of ``x / length`` (it cannot overflow); the cut is clamped to
+    the row maximum, which is always in the support. ``epsilon`` enters through
+    a tensor, so that a float Dynamo made symbolic (one that changes between
+    calls) neither breaks the graph nor recompiles it.
+    """
+    out_dtype = x.dtype
+    x = x.to(accumulation_dtype(out_dtype))
+    length = x.shape[dim]
+    valid = x != _NEG_INF
+    if where is None:
+        top = x.amax(dim, keepdim=True)
+    else:
+        valid = valid & where
+        top = torch.where(valid, x, _NEG_INF).amax(dim, keepdim=True)
+    share = valid.sum(dim, keepdim=True, dtype=x.dtype) / length
+    has_valid = share > 0
+    scaled_sum = torch.where(valid, x * (1.0 / length), 0.0).sum(dim, keepdim=True)
+    top = torch.where(has_valid, top, 0.0)
+    cut = torch.minimum(scaled_sum / torch.where(has_valid, share, 1.0), top)
+    shifted = x - top
+    keep = x >= cut
+    eps = torch.scalar_tensor(epsilon, dtype=x.dtype, device=x.device)
+    ratio = eps / (1.0 + eps)  # weight outside the support relative to inside
+    exp = torch.exp(shifted)
+    weights = torch.where(keep, exp, exp * ratio)
+    if where is not None:
+        weights = torch.where(valid, weights, 0.0)
+    total = weights.sum(dim, keepdim=True)
+    if log:
+        log_weights = torch.where(keep, shifted, shifted + torch.log(ratio))
+        if where is not None:
+            log_weights = torch.where(valid, log_weights, _NEG_INF)
+        out = log_weights - torch.log(total)
+    else:
+        out = weights / total
     out = torch.where(has_valid, out, _NEG_INF if log else 0.0)
     return out.to(out_dtype)
 
