@@ -1,8 +1,9 @@
 """Quick CPU check of the torch eager fast path against ``torch.softmax`` (ratios, one run).
 
-Runs every variant round-robin (interleaved) so that machine load hits all of
-them alike, and reports the median time of each as a ratio to the softmax
-baseline of the same kind (forward, or forward + backward).
+Runs every variant interleaved, in a new random order each round, so that
+machine load and cache state hit all of them alike, and reports the median
+time of each as a ratio to the softmax baseline of the same kind (forward, or
+forward + backward).
 
     python benchmarks/torch_cpu_quick.py                 # wall clock, default threads
     python benchmarks/torch_cpu_quick.py --cpu-time -t 1  # thread CPU time, one thread
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -78,13 +80,16 @@ def _baseline(name: str) -> str:
 def measure(
     fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float]
 ) -> dict[str, float]:
-    """Median seconds of each function, run round-robin ``repeats`` times after a warm-up."""
+    """Median seconds of each function over ``repeats`` rounds (shuffled order) after a warm-up."""
     for fn in fns.values():
         for _ in range(3):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for name, fn in fns.items():
+        shuffle(order)  # a new order every round: no variant always follows the same one
+        for name, fn in order:
             start = clock()
             fn()
             times[name].append(clock() - start)

@@ -202,16 +202,18 @@ def test_forward_ad_is_closed_form(epsilon):
 
 
 @pytest.mark.filterwarnings(JIT_DEPRECATION)
-def test_forward_ad_log_form_with_mask():
+@pytest.mark.parametrize("epsilon", [0.0, 0.2])
+def test_forward_ad_log_form_with_mask(epsilon):
+    # With epsilon = 0 the entries below the mean are -inf yet valid: tangent t - <p, t>.
     x = np.array([[0.5, -np.inf, 1.5, -0.3, 2.0]])
     where = np.array([True, True, True, True, False])
     valid = np.isfinite(x) & where
     t = np.random.default_rng(6).normal(size=x.shape)
     with forward_ad.dual_level():
         dual = forward_ad.make_dual(_t(x), _t(t))
-        out = evt.log_ev_softmax(dual, epsilon=0.2, where=torch.tensor(where))
+        out = evt.log_ev_softmax(dual, epsilon=epsilon, where=torch.tensor(where))
         tangent = forward_ad.unpack_dual(out).tangent.numpy()
-    p = ref.ev_softmax(x, eps=0.2, where=where)
+    p = ref.ev_softmax(x, eps=epsilon, where=where)
     tm = np.where(valid, t, 0.0)
     expected = np.where(valid, tm - (p * tm).sum(-1, keepdims=True), 0.0)
     np.testing.assert_allclose(tangent, expected, rtol=1e-10, atol=1e-14)

@@ -61,16 +61,24 @@ def forward(
     return ops.composed_forward(x, dim, epsilon, where, log)
 
 
-def _save(ctx: Any, x: torch.Tensor, epsilon: float, where: Any, log: bool, out: Any) -> None:
+def _save(
+    ctx: Any, x: torch.Tensor, epsilon: float, where: Any, log: bool, out: Any, needed: bool = True
+) -> None:
     """Keep what the derivatives need: the output, and for log with epsilon = 0 the mask.
 
     For the log form with epsilon = 0, -inf marks both masked entries (gradient 0) and
     valid entries outside the support (gradient g - p * sum(g)); only there is the
-    validity mask kept, as the output alone cannot tell them apart.
+    validity mask kept (when a derivative may be ``needed``), as the output alone
+    cannot tell them apart.
     """
-    valid = ops.valid_mask(x, where) if log and epsilon == 0.0 else None
+    valid = ops.valid_mask(x, where) if needed and log and epsilon == 0.0 else None
     ctx.save_for_backward(out, valid)
     ctx.save_for_forward(out, valid)
+
+
+def _forward_ad_active() -> bool:
+    """Whether a ``torch.autograd.forward_ad.dual_level`` is open (True when unknown)."""
+    return bool(getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0)
 
 
 def _triton_for(t: torch.Tensor) -> Any:
@@ -185,7 +193,8 @@ class EvSoftmaxEagerFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         out = forward(x, dim, epsilon, where, log)
         ctx.dim, ctx.log = dim, log
-        _save(ctx, x, epsilon, where, log, out)
+        needed = ctx.needs_input_grad[0] or _forward_ad_active()
+        _save(ctx, x, epsilon, where, log, out, needed)
         return out
 
     @staticmethod
