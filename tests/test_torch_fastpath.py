@@ -83,6 +83,9 @@ def test_non_contiguous_and_transposed_inputs(small_blocks):
     np.testing.assert_array_equal(
         evt.ev_softmax(xt.T, dim=0).numpy(), evt.ev_softmax(xt, dim=1).numpy().T
     )
+    # like torch.softmax, the result is contiguous whatever the axis
+    assert evt.ev_softmax(torch.tensor(x), dim=0).is_contiguous()
+    assert evt.ev_softmax(torch.tensor(x), dim=0, where=torch.tensor(True)).is_contiguous()
 
 
 @pytest.mark.parametrize("log", [False, True])

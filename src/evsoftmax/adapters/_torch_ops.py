@@ -29,10 +29,12 @@ import torch
 
 __all__ = [
     "accumulation_dtype",
+    "as_rows",
     "composed_forward",
     "cpu_rows_forward",
     "ev_softmax_vjp",
     "fast_path_applies",
+    "from_rows",
     "traced_forward",
     "log_ev_softmax_jvp",
     "log_ev_softmax_vjp",
@@ -43,8 +45,9 @@ __all__ = [
 _NEG_INF = -math.inf
 _HALF = (torch.float16, torch.bfloat16)
 _NEG_TINY = {dtype: -torch.finfo(dtype).tiny for dtype in (torch.float32, torch.float64)}
-# Row blocks of about this many bytes keep the shift, threshold and softmax passes in L2/L3.
-_BLOCK_BYTES = 1 << 21
+# Row blocks of about this many bytes keep the shift, threshold and softmax passes in
+# cache; larger blocks mean fewer ops (each a parallel region when multithreaded).
+_BLOCK_BYTES = 1 << 22
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -144,6 +147,17 @@ def fast_path_applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
     )
 
 
+def as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` as contiguous ``(rows, length)`` rows along ``dim`` (a view when already so)."""
+    return x.movedim(dim, -1).contiguous().view(-1, x.shape[dim])
+
+
+def from_rows(rows: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
+    """Undo :func:`as_rows`: ``rows`` back as a contiguous tensor of ``shape``."""
+    moved = (*shape[:dim], *shape[dim + 1 :], shape[dim])
+    return rows.view(moved).movedim(-1, dim).contiguous()
+
+
 def _softmax_from(scores: torch.Tensor, out: torch.Tensor, log: bool) -> None:
     """Write the (log-)softmax along the last axis of contiguous ``scores`` into ``out``."""
     if out.dtype != scores.dtype:  # half precision output of a float32 block
@@ -191,9 +205,8 @@ def cpu_rows_forward(x: torch.Tensor, dim: int, epsilon: float, log: bool) -> to
     last, and non-contiguous rows, are first copied into contiguous rows, so every
     layout gives the same bits.
     """
-    moved = x.movedim(dim, -1).contiguous()
-    length = moved.shape[-1]
-    rows = moved.view(-1, length)
+    rows = as_rows(x, dim)
+    length = rows.shape[1]
     acc = accumulation_dtype(rows.dtype)
     out = torch.empty_like(rows)
     threshold = torch.empty((rows.shape[0], 1), dtype=acc)
@@ -211,7 +224,7 @@ def cpu_rows_forward(x: torch.Tensor, dim: int, epsilon: float, log: bool) -> to
         _softmax_from(scores, ob, log)
     if _suspect(threshold, out, epsilon):
         _repair_rows(rows, out, threshold, epsilon, log)
-    return out.view(moved.shape).movedim(-1, dim)
+    return from_rows(out, x.shape, dim)
 
 
 def _suspect(threshold: torch.Tensor, out: torch.Tensor, epsilon: float) -> bool:

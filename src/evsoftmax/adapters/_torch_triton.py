@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._torch_ops import as_rows, from_rows
+
 __all__ = ["CHUNK", "SINGLE_PASS_MAX", "forward", "log_softmax_vjp", "softmax_vjp", "supports"]
 
 SINGLE_PASS_MAX = 8192
@@ -194,23 +196,17 @@ def _float32_pair(value: float) -> tuple[float, float]:
     return hi, struct.unpack("f", struct.pack("f", lo))[0]
 
 
-def _rows_view(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    moved = x.movedim(dim, -1).contiguous()
-    return moved, moved.view(-1, moved.shape[-1])
-
-
 def _mask_rows(where: torch.Tensor | None, x: torch.Tensor, dim: int) -> torch.Tensor | None:
     if where is None:
         return None
-    mask = torch.broadcast_to(where.to(x.device), x.shape).movedim(dim, -1)
-    return mask.reshape(-1, x.shape[dim]).contiguous().view(torch.uint8)
+    return as_rows(torch.broadcast_to(where.to(x.device), x.shape), dim).view(torch.uint8)
 
 
 def forward(
     x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
 ) -> torch.Tensor:
     """ev-softmax (or its log) of ``x`` along ``dim``, computed by the Triton kernels."""
-    moved, rows = _rows_view(x, dim)
+    rows = as_rows(x, dim)
     out = torch.empty_like(rows)
     mask = _mask_rows(where, x, dim)
     n_rows, n_cols = rows.shape
@@ -224,14 +220,14 @@ def forward(
     mask_stride = 0 if mask is None else mask.stride(0)
     flags = {"HAS_MASK": mask is not None, "ACC": _tl_acc(x.dtype)}
     if n_rows == 0 or n_cols == 0:
-        return out.view(moved.shape).movedim(-1, dim)
+        return from_rows(out, x.shape, dim)
     if n_cols <= SINGLE_PASS_MAX:
         block = triton.next_power_of_2(n_cols)
         _single_pass_kernel[(n_rows,)](
             rows, mask_arg, out, *params, rows.stride(0), mask_stride, out.stride(0), n_cols,
             LOG=log, BLOCK=block, num_warps=_warps(block), **flags,
         )  # fmt: skip
-        return out.view(moved.shape).movedim(-1, dim)
+        return from_rows(out, x.shape, dim)
     n_chunks = triton.cdiv(n_cols, CHUNK)
     chunks = triton.next_power_of_2(n_chunks)
     stats = torch.empty((n_rows, n_chunks, 4), dtype=acc, device=x.device)
@@ -250,7 +246,7 @@ def forward(
         rows, mask_arg, stats, totals, out, *params, rows.stride(0), mask_stride, out.stride(0),
         n_cols, n_chunks, LOG=log, CHUNK_SIZE=CHUNK, CHUNKS=chunks, num_warps=warps, **flags,
     )  # fmt: skip
-    return out.view(moved.shape).movedim(-1, dim)
+    return from_rows(out, x.shape, dim)
 
 
 # --- backward --------------------------------------------------------------------
@@ -329,8 +325,8 @@ def _vjp_chunk_write_kernel(
 def _vjp(
     out: torch.Tensor, grad: torch.Tensor, dim: int, valid: torch.Tensor | None, log: bool
 ) -> torch.Tensor:
-    moved, rows = _rows_view(out, dim)
-    _, grads = _rows_view(grad.to(out.dtype), dim)
+    rows = as_rows(out, dim)
+    grads = as_rows(grad.to(out.dtype), dim)
     result = torch.empty_like(rows)
     valid_rows = None if valid is None else _mask_rows(valid, out, dim)
     valid_arg = rows if valid_rows is None else valid_rows
@@ -359,7 +355,7 @@ def _vjp(
             CHUNK_SIZE=CHUNK, CHUNKS=triton.next_power_of_2(n_chunks),
             num_warps=_warps(CHUNK), **flags,
         )  # fmt: skip
-    return result.view(moved.shape).movedim(-1, dim).to(grad.dtype)
+    return from_rows(result, out.shape, dim).to(grad.dtype)
 
 
 def softmax_vjp(probs: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor:
