@@ -130,10 +130,11 @@ def traced_forward(
         log_weights = torch.where(keep, shifted, shifted + torch.log(ratio))
         if where is not None:
             log_weights = torch.where(valid, log_weights, _NEG_INF)
-        out = log_weights - torch.log(total)
+        # An empty row has -inf log-weights; a total of 1 keeps them -inf.
+        out = log_weights - torch.log(torch.where(has_valid, total, 1.0))
     else:
-        out = weights / total
-    out = torch.where(has_valid, out, _NEG_INF if log else 0.0)
+        # An empty row has zero weights; an infinite total keeps them 0 (not 0/0).
+        out = weights / torch.where(has_valid, total, math.inf)
     return out.to(out_dtype)
 
 
