@@ -43,7 +43,7 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": (".adapters._numpy",),
     "cupy": (".adapters._cupy",),
-    "torch": (".adapters._torch_baselines",),
+    "torch": (".adapters._torch", ".adapters._torch_baselines"),
     "jax": (".adapters._jax", ".adapters._jax_baselines"),
 }
 

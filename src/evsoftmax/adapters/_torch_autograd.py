@@ -1,0 +1,225 @@
+r"""The autograd Functions behind ev-softmax on torch tensors: closed-form VJP and JVP.
+
+:class:`EvSoftmaxFunction` saves only its output: the Jacobian of ev-softmax is
+:math:`\operatorname{diag}(p) - p p^\top` for every :math:`\varepsilon \ge 0`
+(the support indicator is locally constant), so the backward pass is
+:math:`p \odot (g - \langle p, g\rangle)` and, for the log form,
+:math:`g - p \sum g` over the valid entries (exactly 0 on masked ones). The
+derivatives are themselves differentiable torch ops, so double backward works.
+
+``torch.compile`` (Dynamo) traces :class:`EvSoftmaxFunction` into the graph;
+:class:`EvSoftmaxTransformsFunction` adds the ``jvp`` (forward mode) and
+``vmap`` rules that ``torch.func`` and ``torch.autograd.forward_ad`` need but
+Dynamo does not support, and is what eager code uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Any
+
+import torch
+
+from . import _torch_ops as ops
+
+__all__ = [
+    "EvSoftmaxEagerFunction",
+    "EvSoftmaxFunction",
+    "EvSoftmaxTransformsFunction",
+    "apply",
+    "forward",
+]
+
+
+# Devices whose tensors go to the Triton kernels (the tests add "cpu" to run them
+# through Triton's interpreter).
+_TRITON_DEVICES = frozenset({"cuda"})
+
+
+@functools.cache
+def _triton_module() -> Any:
+    """The Triton kernels module, or None when triton is not installed."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from . import _torch_triton
+
+    return _torch_triton
+
+
+def forward(
+    x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
+) -> torch.Tensor:
+    """ev-softmax (or its log) without autograd, on the fastest path for ``x``."""
+    if torch.compiler.is_compiling():
+        return ops.traced_forward(x, dim, epsilon, where, log)
+    if ops.fast_path_applies(x, where):
+        return ops.cpu_rows_forward(x, dim, epsilon, log)
+    triton_ops = _triton_for(x)
+    if triton_ops is not None:
+        return triton_ops.forward(x, dim, epsilon, where, log)  # type: ignore[no-any-return]
+    return ops.composed_forward(x, dim, epsilon, where, log)
+
+
+def _save(
+    ctx: Any, x: torch.Tensor, epsilon: float, where: Any, log: bool, out: Any, needed: bool = True
+) -> None:
+    """Keep what the derivatives need: the output, and for log with epsilon = 0 the mask.
+
+    For the log form with epsilon = 0, -inf marks both masked entries (gradient 0) and
+    valid entries outside the support (gradient g - p * sum(g)); only there is the
+    validity mask kept (when a derivative may be ``needed``), as the output alone
+    cannot tell them apart.
+    """
+    valid = ops.valid_mask(x, where) if needed and log and epsilon == 0.0 else None
+    ctx.save_for_backward(out, valid)
+    ctx.save_for_forward(out, valid)
+
+
+def _forward_ad_active() -> bool:
+    """Whether a ``torch.autograd.forward_ad.dual_level`` is open (True when unknown)."""
+    return bool(getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0)
+
+
+def _triton_for(t: torch.Tensor) -> Any:
+    """The Triton kernels module when it should handle ``t``, else None.
+
+    Eager CUDA tensors only: under ``torch.compile`` Inductor fuses the composed
+    ops itself, and ``torch.func`` transforms need the composable torch ops.
+    """
+    if t.device.type not in _TRITON_DEVICES or type(t) is not torch.Tensor:
+        return None
+    if torch.compiler.is_compiling() or _transforms_active():
+        return None
+    triton_ops = _triton_module()
+    return triton_ops if triton_ops is not None and triton_ops.supports(t) else None
+
+
+def _vjp(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    output, valid = ctx.saved_tensors
+    # The kernels are not differentiable: with create_graph=True (grad mode on during
+    # backward) the differentiable torch ops are used instead.
+    triton_ops = None if torch.is_grad_enabled() else _triton_for(output)
+    if triton_ops is not None:
+        if ctx.log:
+            grad_x = triton_ops.log_softmax_vjp(output, grad, ctx.dim, valid)
+        else:
+            grad_x = triton_ops.softmax_vjp(output, grad, ctx.dim)
+    elif ctx.log:
+        grad_x = ops.log_ev_softmax_vjp(output, grad, ctx.dim, valid)
+    else:
+        grad_x = ops.ev_softmax_vjp(output, grad, ctx.dim)
+    return grad_x, None, None, None, None
+
+
+def _jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+    output, valid = ctx.saved_tensors
+    if ctx.log:
+        return ops.log_ev_softmax_jvp(output, tangent, ctx.dim, valid)
+    return ops.ev_softmax_vjp(output, tangent, ctx.dim)
+
+
+class EvSoftmaxFunction(torch.autograd.Function):
+    """ev-softmax with its closed-form backward; inputs ``(x, dim, epsilon, where, log)``.
+
+    The form ``torch.compile`` traces: Dynamo supports neither ``jvp`` rules nor
+    ``forward(ctx, ...)`` with transforms.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
+    ) -> torch.Tensor:
+        return forward(x, dim, epsilon, where, log)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, dim, epsilon, where, log = inputs
+        ctx.dim, ctx.log = dim, log
+        _save(ctx, x, epsilon, where, log, output)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        return _vjp(ctx, grad)
+
+
+class EvSoftmaxTransformsFunction(EvSoftmaxFunction):
+    """:class:`EvSoftmaxFunction` plus the ``jvp`` and ``vmap`` rules ``torch.func`` needs."""
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        return _jvp(ctx, tangent)
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[int | None, ...],
+        x: torch.Tensor,
+        dim: int,
+        epsilon: float,
+        where: torch.Tensor | None,
+        log: bool,
+    ) -> tuple[torch.Tensor, int]:
+        x_dim, where_dim = in_dims[0], in_dims[3]
+        if x_dim is None:
+            x = x.unsqueeze(0).expand(info.batch_size, *x.shape)
+        else:
+            x = x.movedim(x_dim, 0)
+        if where is not None and where_dim is not None:
+            where = where.movedim(where_dim, 0)
+            # Align the per-example mask with the trailing dimensions of x.
+            pad = (1,) * (x.ndim - where.ndim)
+            where = where.reshape(where.shape[0], *pad, *where.shape[1:])
+        out = EvSoftmaxTransformsFunction.apply(x, dim + 1, epsilon, where, log)  # type: ignore[no-untyped-call]
+        return out, 0
+
+
+class EvSoftmaxEagerFunction(torch.autograd.Function):
+    """The same derivatives in the classic ``forward(ctx, ...)`` form.
+
+    ``Function.apply`` binds the arguments through ``inspect.signature`` for
+    Functions with ``setup_context``, some 30 us a call; this form skips that, and
+    serves eager code whenever no ``torch.func`` transform is active.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        dim: int,
+        epsilon: float,
+        where: torch.Tensor | None,
+        log: bool,
+    ) -> torch.Tensor:
+        out = forward(x, dim, epsilon, where, log)
+        ctx.dim, ctx.log = dim, log
+        needed = ctx.needs_input_grad[0] or _forward_ad_active()
+        _save(ctx, x, epsilon, where, log, out, needed)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        return _vjp(ctx, grad)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        return _jvp(ctx, tangent)
+
+
+def _transforms_active() -> bool:
+    """Whether a ``torch.func`` transform is active (True when torch cannot tell us)."""
+    probe = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if probe is None else bool(probe())
+
+
+def apply(
+    x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
+) -> torch.Tensor:
+    """ev-softmax (or its log) of ``x`` along the non-negative ``dim``, differentiable."""
+    if torch.compiler.is_compiling():
+        function: Any = EvSoftmaxFunction
+    elif _transforms_active():
+        function = EvSoftmaxTransformsFunction
+    else:
+        function = EvSoftmaxEagerFunction
+    return function.apply(x, dim, epsilon, where, log)  # type: ignore[no-any-return]

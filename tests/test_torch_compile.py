@@ -1,0 +1,121 @@
+"""ev-softmax under ``torch.compile(fullgraph=True)``, and no compilation in eager mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import evsoftmax.torch as evt  # noqa: E402
+
+from . import reference as ref  # noqa: E402
+
+# torch.compile's own internals use deprecated torch APIs (torch.jit.script_method,
+# instantiating autograd.Function); those warnings are torch's, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _graph_breaks() -> int:
+    import torch._dynamo
+
+    return sum(torch._dynamo.utils.counters["graph_break"].values())
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_compiled_forward_and_backward_match_eager(log, epsilon):
+    f = evt.log_ev_softmax if log else evt.ev_softmax
+    x = torch.randn(6, 9, requires_grad=True)
+    g = torch.randn(6, 9)
+    compiled = torch.compile(lambda v: f(v, dim=-1, epsilon=epsilon), fullgraph=True)
+    out = compiled(x)
+    expected = ref.log_ev_softmax if log else ref.ev_softmax
+    np.testing.assert_allclose(
+        out.detach().double().numpy(),
+        expected(x.detach().double().numpy(), eps=epsilon),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    (out.masked_fill(out == -np.inf, 0.0) * g).sum().backward()
+    compiled_grad = x.grad.clone()
+    x.grad = None
+    eager = f(x, dim=-1, epsilon=epsilon)
+    (eager.masked_fill(eager == -np.inf, 0.0) * g).sum().backward()
+    torch.testing.assert_close(compiled_grad, x.grad, rtol=1e-5, atol=1e-6)
+    assert _graph_breaks() == 0
+
+
+def test_compiled_with_mask_and_inside_a_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), evt.EvSoftmax(dim=-1, epsilon=1e-6))
+    x = torch.randn(5, 8)
+    where = torch.rand(5, 16) > 0.3
+    compiled = torch.compile(lambda v, m: evt.ev_softmax(model(v), where=m), fullgraph=True)
+    out = compiled(x, where)
+    torch.testing.assert_close(out, evt.ev_softmax(model(x), where=where))
+    assert (out[~where] == 0).all()
+    out.sum().backward()
+    assert _graph_breaks() == 0
+
+
+def test_compiled_loss():
+    loss = evt.EvSoftmaxLoss(label_smoothing=0.1, epsilon=1e-4)
+    x = torch.randn(7, 5, requires_grad=True)
+    target = torch.randint(0, 5, (7,))
+    compiled = torch.compile(loss, fullgraph=True)
+    value = compiled(x, target)
+    value.backward()
+    torch.testing.assert_close(value, loss(x, target))
+    assert _graph_breaks() == 0
+
+
+def test_eager_call_compiles_nothing():
+    # A first eager call must not trigger torch.compile (no Dynamo, no Inductor).
+    code = textwrap.dedent(
+        """
+        import sys
+        import torch
+        import evsoftmax as evs
+        import evsoftmax.torch as evt
+        x = torch.randn(64, 100, requires_grad=True)
+        (evt.ev_softmax(x, epsilon=1e-6) + evs.log_ev_softmax(x, epsilon=1e-6)).sum().backward()
+        evt.EvSoftmaxLoss()(x, torch.zeros(64, dtype=torch.long)).backward()
+        loaded = [m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor"))]
+        assert not loaded, loaded
+        assert "triton" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_changing_epsilon_neither_breaks_the_graph_nor_fails():
+    # Dynamo makes a float argument that changes between calls symbolic.
+    x = torch.randn(4, 7, requires_grad=True)
+    compiled = torch.compile(lambda v, e: evt.log_ev_softmax(v, -1, e), fullgraph=True)
+    for epsilon in (0.1, 0.2, 0.3, 0.0, 1e-6):
+        out = compiled(x, epsilon)
+        torch.testing.assert_close(out, evt.log_ev_softmax(x, -1, epsilon))
+        out.masked_fill(out == -np.inf, 0.0).sum().backward()
+    assert _graph_breaks() == 0
+    # An invalid epsilon still raises (fullgraph=True reports it as unsupported).
+    from torch._dynamo.exc import Unsupported
+
+    with pytest.raises((ValueError, Unsupported), match="epsilon"):
+        compiled(x, -0.5)
+    with pytest.raises(ValueError, match="epsilon"):
+        torch.compile(lambda v, e: evt.ev_softmax(v, -1, e))(x, -0.5)
