@@ -14,9 +14,9 @@ import operator
 from typing import Any
 
 from . import _entmax, _evidential, _softmax, _sparsemax
-from ._dispatch import implementation
+from ._dispatch import call, implementation
 from ._lib._compat import array_namespace, device
-from ._lib._prepare import empty_like, is_empty, prepare
+from ._lib._prepare import prepare
 from ._lib._typing import Array, Namespace
 from ._lib._validation import validate_input
 
@@ -67,10 +67,7 @@ def softmax(
     array([0.25, 0.68, 0.07])
     """
     x, axis, where, xp = prepare(x, axis, where, xp)
-    if is_empty(x):
-        return empty_like(x, xp)
-    impl = implementation("softmax", xp, _softmax.softmax)
-    return impl(x, axis=axis, where=where, xp=xp)
+    return call("softmax", _softmax.softmax, x, xp=xp, axis=axis, where=where)
 
 
 def log_softmax(
@@ -109,10 +106,7 @@ def log_softmax(
     array([-1.31, -0.31,  -inf])
     """
     x, axis, where, xp = prepare(x, axis, where, xp)
-    if is_empty(x):
-        return empty_like(x, xp)
-    impl = implementation("log_softmax", xp, _softmax.log_softmax)
-    return impl(x, axis=axis, where=where, xp=xp)
+    return call("log_softmax", _softmax.log_softmax, x, xp=xp, axis=axis, where=where)
 
 
 def sparsemax(
@@ -157,10 +151,7 @@ def sparsemax(
     array([0.4, 0.6, 0. ])
     """
     x, axis, where, xp = prepare(x, axis, where, xp)
-    if is_empty(x):
-        return empty_like(x, xp)
-    impl = implementation("sparsemax", xp, _sparsemax.sparsemax)
-    return impl(x, axis=axis, where=where, xp=xp)
+    return call("sparsemax", _sparsemax.sparsemax, x, xp=xp, axis=axis, where=where)
 
 
 def entmax15(
@@ -203,10 +194,7 @@ def entmax15(
     array([0.169, 0.831, 0.   ])
     """
     x, axis, where, xp = prepare(x, axis, where, xp)
-    if is_empty(x):
-        return empty_like(x, xp)
-    impl = implementation("entmax15", xp, _entmax.entmax15)
-    return impl(x, axis=axis, where=where, xp=xp)
+    return call("entmax15", _entmax.entmax15, x, xp=xp, axis=axis, where=where)
 
 
 def _validate_alpha(alpha: Any) -> float:
@@ -290,10 +278,16 @@ def entmax_bisect(
     x, axis, where, xp = prepare(x, axis, where, xp)
     alpha = _validate_alpha(alpha)
     n_iter = _validate_n_iter(n_iter)
-    if is_empty(x):
-        return empty_like(x, xp)
-    impl = implementation("entmax_bisect", xp, _entmax.entmax_bisect)
-    return impl(x, alpha=alpha, axis=axis, n_iter=n_iter, where=where, xp=xp)
+    return call(
+        "entmax_bisect",
+        _entmax.entmax_bisect,
+        x,
+        xp=xp,
+        alpha=alpha,
+        axis=axis,
+        n_iter=n_iter,
+        where=where,
+    )
 
 
 def _check_shapes(features: Array, weight: Array, bias: Array) -> None:

@@ -24,9 +24,10 @@ from ._lib._compat import (
     is_numpy_namespace,
     is_torch_namespace,
 )
-from ._lib._typing import Namespace
+from ._lib._prepare import empty_like, is_empty
+from ._lib._typing import Array, Namespace
 
-__all__ = ["ADAPTER_MODULES", "adapters", "backend_name", "implementation"]
+__all__ = ["ADAPTER_MODULES", "adapters", "backend_name", "call", "implementation"]
 
 # One lookup, one place: the framework a namespace belongs to.
 _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
@@ -70,3 +71,23 @@ def implementation(name: str, xp: Namespace, fallback: Callable[..., Any]) -> Ca
         if found is not None:
             return found
     return fallback
+
+
+def call(
+    name: str,
+    fallback: Callable[..., Any],
+    x: Array,
+    *,
+    xp: Namespace,
+    empty_dtype: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Run ``name`` on validated ``x``: an empty array short-circuits, else dispatch.
+
+    The common tail of every public row-wise function, after ``prepare``:
+    empty input gives a new empty array (of ``empty_dtype``, default ``x``'s),
+    anything else goes to the adapter's ``name`` or ``fallback`` with ``kwargs``.
+    """
+    if is_empty(x):
+        return empty_like(x, xp, dtype=empty_dtype)
+    return implementation(name, xp, fallback)(x, xp=xp, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _core
-from ._dispatch import implementation
+from ._dispatch import call, implementation
 from ._lib._compat import array_namespace
 from ._lib._prepare import empty_like, is_empty, prepare
 from ._lib._typing import Array, Namespace
@@ -65,10 +65,7 @@ def ev_softmax(
     """
     x, axis, where, xp = prepare(x, axis, where, xp)
     epsilon = validate_epsilon(epsilon)
-    if is_empty(x):
-        return empty_like(x, xp)
-    impl = implementation("ev_softmax", xp, _core.ev_softmax)
-    return impl(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
+    return call("ev_softmax", _core.ev_softmax, x, xp=xp, axis=axis, epsilon=epsilon, where=where)
 
 
 def log_ev_softmax(
@@ -118,10 +115,9 @@ def log_ev_softmax(
     """
     x, axis, where, xp = prepare(x, axis, where, xp)
     epsilon = validate_epsilon(epsilon)
-    if is_empty(x):
-        return empty_like(x, xp)
-    impl = implementation("log_ev_softmax", xp, _core.log_ev_softmax)
-    return impl(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
+    return call(
+        "log_ev_softmax", _core.log_ev_softmax, x, xp=xp, axis=axis, epsilon=epsilon, where=where
+    )
 
 
 def ev_softmax_support(
@@ -160,10 +156,15 @@ def ev_softmax_support(
     array([ True,  True, False])
     """
     x, axis, where, xp = prepare(x, axis, where, xp)
-    if is_empty(x):
-        return empty_like(x, xp, dtype=xp.bool)
-    impl = implementation("ev_softmax_support", xp, _core.ev_softmax_support)
-    return impl(x, axis=axis, where=where, xp=xp)
+    return call(
+        "ev_softmax_support",
+        _core.ev_softmax_support,
+        x,
+        xp=xp,
+        empty_dtype=xp.bool,
+        axis=axis,
+        where=where,
+    )
 
 
 def ev_softmax_jvp(
