@@ -42,6 +42,8 @@ for _backend in BACKENDS:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy --strict on ``src/``."""
+    # mypy checks the adapters against the real torch and jax types, not Any.
+    session.install("-r", "backends/torch.txt", "-r", "backends/jax.txt")
     session.install("ruff>=0.6", "mypy>=1.11", ".")
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
