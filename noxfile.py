@@ -2,6 +2,8 @@
 
 ``nox`` with no arguments runs every CPU backend, lint and docs (what CI runs).
 ``nox -s tests-torch`` runs one backend; ``nox -l`` lists the sessions.
+The test sessions install the package from source and require its compiled CPU
+kernels (``EVSOFTMAX_REQUIRE_CPU_KERNELS=1``), so they need a C compiler.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def _tests(session: nox.Session) -> None:
     backend = session.name.removeprefix("tests-")
     session.install("-r", f"backends/{backend}.txt")
     session.install(".[test]")
-    session.run("pytest", *session.posargs, env={"EVSOFTMAX_TEST_BACKENDS": backend})
+    env = {"EVSOFTMAX_TEST_BACKENDS": backend, "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1"}
+    session.run("pytest", *session.posargs, env=env)
 
 
 for _backend in BACKENDS:
@@ -45,8 +48,8 @@ def lint(session: nox.Session) -> None:
     # mypy checks the adapters against the real torch and jax types, not Any.
     session.install("-r", "backends/torch.txt", "-r", "backends/jax.txt")
     session.install("ruff>=0.6", "mypy>=1.11", ".")
-    session.run("ruff", "check", "src", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "setup.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "setup.py")
     session.run("mypy")
 
 

@@ -10,15 +10,22 @@ from evsoftmax._lib._compat import array_namespace
 from evsoftmax.adapters import _numpy
 
 from . import reference as ref
+from .cpu_kernels import PATHS, use_path
 
 XP = array_namespace(np.ones(1))
+
+
+@pytest.fixture(params=PATHS)
+def each_path(request, monkeypatch):
+    """Run on the compiled kernel, then on NumPy's in-place ufuncs."""
+    use_path(request.param, monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("epsilon", [0.0, 1e-6, 0.5])
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("name", ["ev_softmax", "log_ev_softmax"])
-def test_fast_path_matches_core(name, axis, epsilon, dtype):
+def test_fast_path_matches_core(name, axis, epsilon, dtype, each_path):
     x = (np.random.default_rng(0).normal(size=(33, 17)) * 4).astype(dtype)
     kwargs = {"axis": axis, "epsilon": epsilon, "where": None, "xp": XP}
     fast = getattr(_numpy, name)(x, **kwargs)
@@ -42,7 +49,15 @@ def test_fast_path_is_taken_only_for_plain_finite_input():
     assert not _numpy._fast(x.astype(np.float16), None)
 
 
-def test_fallback_rows_follow_every_rule():
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf - inf in a NaN row, as NumPy warns
+def test_fallback_rows_follow_every_rule(each_path):
     x = np.array([[1.0, -np.inf, 2.0], [-np.inf, -np.inf, -np.inf], [0.4, 1.4, -0.8]])
-    got = _numpy.ev_softmax(x, axis=1, epsilon=0.0, where=None, xp=XP)
-    np.testing.assert_allclose(got, ref.ev_softmax(x), rtol=1e-12)
+    for epsilon in (0.0, 0.5):
+        got = _numpy.ev_softmax(x, axis=1, epsilon=epsilon, where=None, xp=XP)
+        np.testing.assert_allclose(got, ref.ev_softmax(x, eps=epsilon), rtol=1e-12)
+        got = _numpy.log_ev_softmax(x, axis=1, epsilon=epsilon, where=None, xp=XP)
+        np.testing.assert_allclose(got, ref.log_ev_softmax(x, eps=epsilon), rtol=1e-12)
+    bad = np.array([[1.0, np.nan, 2.0], [np.inf, 0.0, 1.0], [0.4, 1.4, -0.8]])
+    got = _numpy.ev_softmax(bad, axis=1, epsilon=0.0, where=None, xp=XP)
+    assert np.isnan(got[:2]).all()
+    np.testing.assert_allclose(got[2], ref.ev_softmax(bad[2:])[0], rtol=1e-12)

@@ -20,6 +20,7 @@ from evsoftmax.adapters import _torch_ops as ops  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .closed_forms import no_ties  # noqa: E402
+from .cpu_kernels import PATHS, use_path  # noqa: E402
 
 XP = array_namespace(torch.empty(0))
 EPSILONS = [0.0, 1e-6, 0.5]
@@ -29,9 +30,13 @@ def _expected(x, epsilon, log, axis=-1):
     return (ref.log_ev_softmax if log else ref.ev_softmax)(x, axis, epsilon)
 
 
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Blocks of a few rows, so that the multi-block loop runs on small inputs."""
+@pytest.fixture(params=PATHS)
+def each_path(request, monkeypatch):
+    """Run on the compiled kernel, then on torch ops in blocks of a few rows.
+
+    Small blocks make the multi-block loop of the torch-ops path run on small inputs.
+    """
+    use_path(request.param, monkeypatch)
     monkeypatch.setattr(ops, "_BLOCK_BYTES", 64)
 
 
@@ -48,7 +53,7 @@ def no_composed(monkeypatch):
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("epsilon", EPSILONS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fast_path_matches_reference(dtype, epsilon, log, small_blocks, no_composed):
+def test_fast_path_matches_reference(dtype, epsilon, log, each_path, no_composed):
     x = no_ties((13, 37), seed=1)
     got = ops.cpu_rows_forward(torch.tensor(x, dtype=getattr(torch, dtype)), 1, epsilon, log)
     rtol = 1e-12 if dtype == "float64" else 2e-5
@@ -60,7 +65,7 @@ def test_fast_path_matches_reference(dtype, epsilon, log, small_blocks, no_compo
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("epsilon", EPSILONS)
 @pytest.mark.parametrize("dim", [0, 1, 2])
-def test_fast_path_composition_and_core_agree(dim, epsilon, log):
+def test_fast_path_composition_and_core_agree(dim, epsilon, log, each_path):
     x = np.moveaxis(no_ties((4, 5, 33), seed=dim), -1, dim)
     xt = torch.tensor(x)
     fast = ops.cpu_rows_forward(xt, dim, epsilon, log)
@@ -73,7 +78,7 @@ def test_fast_path_composition_and_core_agree(dim, epsilon, log):
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_non_contiguous_and_transposed_inputs(small_blocks):
+def test_non_contiguous_and_transposed_inputs(each_path):
     x = no_ties((9, 40), seed=2)
     xt = torch.tensor(x)
     strided = torch.tensor(np.repeat(x, 2, axis=1))[:, ::2]
@@ -90,7 +95,7 @@ def test_non_contiguous_and_transposed_inputs(small_blocks):
 
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("epsilon", [0.0, 1e-6])
-def test_rows_the_shortcut_cannot_do_are_repaired(epsilon, log, small_blocks):
+def test_rows_the_shortcut_cannot_do_are_repaired(epsilon, log, each_path):
     # -inf entries, NaN, +inf and a float32 row whose sum overflows go to the general path;
     # the other rows must be untouched by their neighbours.
     big = 3e38
@@ -120,7 +125,7 @@ def test_rows_the_shortcut_cannot_do_are_repaired(epsilon, log, small_blocks):
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 1e-6])
-def test_rounded_mean_above_every_entry_keeps_the_maximum(epsilon, small_blocks):
+def test_rounded_mean_above_every_entry_keeps_the_maximum(epsilon, each_path):
     # Constant and nearly constant float32 rows: the float32 mean of seven 0.1s is
     # above 0.1; the fast path must still put the row maximum in the support. (Which
     # of the other entries, all within rounding of the mean, join it is a tie.)
@@ -137,7 +142,7 @@ def test_rounded_mean_above_every_entry_keeps_the_maximum(epsilon, small_blocks)
 
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_fast_path(dtype, log, small_blocks):
+def test_half_precision_fast_path(dtype, log, each_path):
     x = torch.tensor(no_ties((6, 50), seed=6, gap=0.05), dtype=getattr(torch, dtype))
     got = ops.cpu_rows_forward(x, 1, 0.1, log)
     assert got.dtype == x.dtype
@@ -183,7 +188,7 @@ def test_epsilon_zero_log_gives_minus_inf_below_the_mean():
     st.sampled_from(EPSILONS),
     st.booleans(),
 )
-def test_fast_path_matches_reference_on_random_inputs(x, epsilon, log):
+def test_fast_path_matches_reference_on_random_inputs(each_path, x, epsilon, log):
     if ref.min_gap_to_mean(x, axis=-1) < 1e-6:
         return  # ties with the mean: either side is a correct answer
     got = evt.log_ev_softmax(torch.tensor(x), epsilon=epsilon) if log else None

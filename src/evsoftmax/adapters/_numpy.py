@@ -1,18 +1,22 @@
-"""NumPy fast path: in-place arithmetic on one fresh buffer, for unmasked rows.
+"""NumPy fast paths for unmasked float32/float64 input.
 
 The array-API core builds about ten full-size temporaries. For the common case
-(no ``where`` mask, float32/float64, every row finite) this computes the same
-thing with one float buffer and one boolean mask, in place. The check costs one
-reduction over the per-row means: a row holding -inf, NaN or +inf has a
-non-finite mean of its shifted scores, and any such input, a mask, or another
-dtype goes to the core, which handles every rule.
+(no ``where`` mask, float32/float64) this adapter uses, in order of preference:
+
+* the compiled kernel of :mod:`evsoftmax._ext` (one fused pass per row, on the
+  calling thread, as NumPy's own functions run); rows it flags (NaN, +inf,
+  overflow) are recomputed by the core;
+* in-place arithmetic on one fresh buffer and one boolean mask. The check costs
+  one reduction over the per-row means: a row holding -inf, NaN or +inf has a
+  non-finite mean of its shifted scores, and then the whole input goes to the
+  core, which handles every rule.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import _core
+from .. import _core, _ext
 from .._lib._typing import Array, Namespace
 
 __all__ = ["ev_softmax", "log_ev_softmax"]
@@ -41,8 +45,35 @@ def _fast(x: Array, where: Array | None) -> bool:
     return where is None and isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64)
 
 
+def _kernel(x: np.ndarray, axis: int, epsilon: float, log: bool, xp: Namespace) -> np.ndarray:
+    """The compiled kernel along ``axis``; flagged rows are recomputed by the core."""
+    moved = np.moveaxis(x, axis, -1)
+    rows = np.ascontiguousarray(moved).reshape(-1, x.shape[axis])
+    out = np.empty_like(rows)
+    flagged = _ext.ev_softmax_rows(
+        rows.ctypes.data,
+        out.ctypes.data,
+        rows=rows.shape[0],
+        length=rows.shape[1],
+        itemsize=rows.itemsize,
+        epsilon=epsilon,
+        log=log,
+        threads=1,
+    )
+    if flagged.size:
+        core = _core.log_ev_softmax if log else _core.ev_softmax
+        out[flagged] = core(rows[flagged], axis=1, epsilon=epsilon, where=None, xp=xp)
+    return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))
+
+
+def _use_kernel(x: Array, where: Array | None) -> bool:
+    return _fast(x, where) and x.size > 0 and _ext.available()
+
+
 def ev_softmax(x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace) -> Array:
-    """ev-softmax with NumPy's in-place ufuncs (see the module docstring)."""
+    """ev-softmax with the compiled kernel or NumPy's in-place ufuncs (module docstring)."""
+    if _use_kernel(x, where):
+        return _kernel(x, axis, epsilon, False, xp)
     parts = _shifted_and_support(x, axis) if _fast(x, where) else None
     if parts is None:
         return _core.ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
@@ -57,7 +88,9 @@ def ev_softmax(x: Array, *, axis: int, epsilon: float, where: Array | None, xp: 
 def log_ev_softmax(
     x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace
 ) -> Array:
-    """Log ev-softmax with NumPy's in-place ufuncs (see the module docstring)."""
+    """Log ev-softmax with the compiled kernel or NumPy's in-place ufuncs (module docstring)."""
+    if _use_kernel(x, where):
+        return _kernel(x, axis, epsilon, True, xp)
     parts = _shifted_and_support(x, axis) if _fast(x, where) else None
     if parts is None:
         return _core.log_ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)

@@ -11,11 +11,12 @@ Everything here takes and returns plain tensors; ``_torch_autograd`` wraps it in
   support are lowered by :math:`\log\frac{\varepsilon}{1+\varepsilon}`
   (``-inf`` for :math:`\varepsilon = 0`): softmax is shift invariant, so
   :math:`\operatorname{softmax}(z) \propto (1\{k \in S\} + \varepsilon) e^{x_k}`.
-* :func:`cpu_rows_forward`: the eager CPU fast path for unmasked inputs: row
-  sums, shift and threshold into a scratch block that stays in cache, then
-  PyTorch's softmax kernel into the output. Rows where that shortcut is not exact
-  (non-finite entries, or a rounded mean above every entry) are detected
-  afterwards from O(rows) data and recomputed with :func:`composed_forward`.
+* :func:`cpu_rows_forward`: the eager CPU fast path for unmasked inputs: the
+  fused C kernel of :mod:`evsoftmax._ext` when it is built, else row sums,
+  shift and threshold into a scratch block that stays in cache, then PyTorch's
+  softmax kernel into the output. Rows where either shortcut is not exact
+  (non-finite entries; for the second also a rounded mean above every entry)
+  are detected from O(rows) data and recomputed with :func:`composed_forward`.
 * :func:`traced_forward`: the form ``torch.compile`` traces, which Inductor
   fuses into one kernel with the loop structure of a compiled softmax.
 """
@@ -26,6 +27,8 @@ import math
 from typing import Any
 
 import torch
+
+from .. import _ext
 
 __all__ = [
     "accumulation_dtype",
@@ -200,13 +203,53 @@ def _rows_per_block(rows: int, length: int, itemsize: int) -> int:
 def cpu_rows_forward(x: torch.Tensor, dim: int, epsilon: float, log: bool) -> torch.Tensor:
     """ev-softmax (or its log) along ``dim`` of an unmasked CPU tensor.
 
-    Rows are processed in blocks that stay in cache: row sums (the one read of
-    ``x`` from memory), scores written into a scratch block reused across blocks,
-    then one softmax from the scratch block into the output. Other axes than the
-    last, and non-contiguous rows, are first copied into contiguous rows, so every
-    layout gives the same bits.
+    Other axes than the last, and non-contiguous rows, are first copied into
+    contiguous rows, so every layout gives the same bits. The rows then go to
+    the compiled kernel of :mod:`evsoftmax._ext` when it is built (one fused
+    pass per row, on ``torch.get_num_threads()`` threads), else to
+    :func:`_blocked_rows_forward`.
     """
     rows = as_rows(x, dim)
+    if _ext.available():
+        out = _kernel_rows_forward(rows, epsilon, log)
+    else:
+        out = _blocked_rows_forward(rows, epsilon, log)
+    return from_rows(out, x.shape, dim)
+
+
+def _kernel_rows_forward(rows: torch.Tensor, epsilon: float, log: bool) -> torch.Tensor:
+    """The compiled kernel on contiguous rows (half precision computed in float32).
+
+    Rows the kernel leaves to its caller (NaN, +inf or overflow) are recomputed
+    with :func:`composed_forward`, which gives them the library's NaN semantics.
+    """
+    acc = accumulation_dtype(rows.dtype)
+    src = rows.to(acc)
+    out = torch.empty_like(src)
+    if out.numel() > 0:
+        flagged = _ext.ev_softmax_rows(
+            src.data_ptr(),
+            out.data_ptr(),
+            rows=src.shape[0],
+            length=src.shape[1],
+            itemsize=acc.itemsize,
+            epsilon=epsilon,
+            log=log,
+            threads=torch.get_num_threads(),
+        )
+        if flagged.size:
+            index = torch.from_numpy(flagged)
+            out[index] = composed_forward(src[index], 1, epsilon, None, log)
+    return out.to(rows.dtype)
+
+
+def _blocked_rows_forward(rows: torch.Tensor, epsilon: float, log: bool) -> torch.Tensor:
+    """ev-softmax of contiguous rows from torch ops, when the compiled kernel is missing.
+
+    Rows are processed in blocks that stay in cache: row sums (the one read of
+    the input from memory), scores written into a scratch block reused across
+    blocks, then one softmax from the scratch block into the output.
+    """
     length = rows.shape[1]
     acc = accumulation_dtype(rows.dtype)
     out = torch.empty_like(rows)
@@ -225,7 +268,7 @@ def cpu_rows_forward(x: torch.Tensor, dim: int, epsilon: float, log: bool) -> to
         _softmax_from(scores, ob, log)
     if _suspect(threshold, out, epsilon):
         _repair_rows(rows, out, threshold, epsilon, log)
-    return from_rows(out, x.shape, dim)
+    return out
 
 
 def _suspect(threshold: torch.Tensor, out: torch.Tensor, epsilon: float) -> bool:

@@ -1,0 +1,94 @@
+r"""Optional compiled kernels: fused ev-softmax over contiguous CPU rows.
+
+``_cpu_kernels`` is a C extension built at install time when a C compiler is
+available (see ``setup.py``); without it, :func:`cpu_kernels` returns None and
+the adapters use their array-library code paths, which give the same results.
+Set the environment variable ``EVSOFTMAX_NO_CPU_KERNELS=1`` to ignore a built
+copy (the tests use it to exercise both paths).
+
+The kernel reads each row from memory once and computes, in cache, the row
+maximum, the mean of the shifted scores (the support test of
+:mod:`evsoftmax._core`), the weights with their sum and the normalized output:
+the loop structure of a native softmax plus one cheap reduction.
+
+Examples
+--------
+>>> import numpy as np
+>>> from evsoftmax._ext import available, ev_softmax_rows
+>>> x = np.array([[0.4, 1.4, -0.8]])
+>>> out = np.empty_like(x)
+>>> if available():  # doctest: +SKIP
+...     ev_softmax_rows(x.ctypes.data, out.ctypes.data, rows=1, length=3,
+...                     itemsize=8, epsilon=0.0, log=False, threads=1)
+...     print(out.round(4))
+array([], dtype=int64)
+[[0.2689 0.7311 0.    ]]
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+from types import ModuleType
+
+import numpy as np
+
+__all__ = ["available", "cpu_kernels", "ev_softmax_rows"]
+
+# Below this many entries a call runs on one thread: starting threads costs more.
+_ENTRIES_PER_THREAD = 1 << 15
+
+
+@functools.cache
+def _load() -> ModuleType | None:
+    try:
+        return importlib.import_module("._cpu_kernels", __name__)
+    except ImportError:
+        return None
+
+
+def cpu_kernels() -> ModuleType | None:
+    """The compiled kernel module, or None when it is not built or turned off."""
+    if os.environ.get("EVSOFTMAX_NO_CPU_KERNELS"):
+        return None
+    return _load()
+
+
+def available() -> bool:
+    """Whether the compiled CPU kernels are built and in use."""
+    return cpu_kernels() is not None
+
+
+def ev_softmax_rows(
+    x: int,
+    out: int,
+    *,
+    rows: int,
+    length: int,
+    itemsize: int,
+    epsilon: float,
+    log: bool,
+    threads: int,
+) -> np.ndarray:
+    """ev-softmax (or its log) of C-contiguous rows at address ``x`` into address ``out``.
+
+    ``itemsize`` is 4 (float32) or 8 (float64). Rows holding NaN or ``+inf``, or
+    whose shifted scores overflow, are left unwritten; their indices are returned
+    (an empty array when there are none) for the caller to recompute with the
+    reference composition. Raises RuntimeError when the kernels are not available.
+    """
+    kernels = cpu_kernels()
+    if kernels is None:
+        raise RuntimeError("evsoftmax's compiled CPU kernels are not available")
+    ratio = epsilon / (1.0 + epsilon)
+    log_ratio = math.log(epsilon) - math.log1p(epsilon) if epsilon > 0.0 else -math.inf
+    threads = max(1, min(threads, rows * length // _ENTRIES_PER_THREAD))
+    suspect = np.empty(rows, dtype=np.uint8)
+    flagged = kernels.ev_softmax_rows(
+        x, out, suspect.ctypes.data, rows, length, itemsize, ratio, log_ratio, log, threads
+    )
+    if flagged == 0:
+        return np.empty(0, dtype=np.intp)
+    return np.flatnonzero(suspect)

@@ -1,0 +1,13 @@
+def ev_softmax_rows(
+    x: int,
+    y: int,
+    suspect: int,
+    rows: int,
+    length: int,
+    itemsize: int,
+    ratio: float,
+    log_ratio: float,
+    log: bool,
+    threads: int,
+    /,
+) -> int: ...

@@ -1,0 +1,36 @@
+"""The compiled CPU kernels in tests: run a test on both paths, require the kernels in CI.
+
+``nox`` sets ``EVSOFTMAX_REQUIRE_CPU_KERNELS=1``: there a missing build fails the
+kernel tests instead of skipping them (CI installs the package from source with a
+C compiler present).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from evsoftmax import _ext
+
+__all__ = ["PATHS", "require_cpu_kernels", "use_path"]
+
+# "kernel": the compiled kernel; "array-ops": the framework's own ops without it.
+PATHS = ["kernel", "array-ops"]
+
+
+def require_cpu_kernels() -> None:
+    """Skip (or, when required, fail) unless the compiled kernels are available."""
+    if _ext.available():
+        return
+    if os.environ.get("EVSOFTMAX_REQUIRE_CPU_KERNELS"):
+        pytest.fail("evsoftmax._ext._cpu_kernels is not built, but the test run requires it")
+    pytest.skip("evsoftmax's compiled CPU kernels are not built")
+
+
+def use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the adapters take ``path`` (one of :data:`PATHS`) for the rest of the test."""
+    if path == "kernel":
+        require_cpu_kernels()
+    else:
+        monkeypatch.setenv("EVSOFTMAX_NO_CPU_KERNELS", "1")
