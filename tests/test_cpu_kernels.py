@@ -155,9 +155,9 @@ def test_threads_split_rows_without_changing_results(threads):
 def test_bad_arguments_raise():
     kernels = _ext.cpu_kernels()
     with pytest.raises(ValueError, match="itemsize"):
-        kernels.ev_softmax_rows(0, 0, 0, 1, 1, 2, 0.0, -math.inf, False, 1)
+        kernels.ev_softmax_rows(0, 0, 0, 1, 1, 2, 0.0, -math.inf, False, 1, 0)
     with pytest.raises(ValueError, match=">= 0"):
-        kernels.ev_softmax_rows(0, 0, 0, -1, 1, 4, 0.0, -math.inf, False, 1)
+        kernels.ev_softmax_rows(0, 0, 0, -1, 1, 4, 0.0, -math.inf, False, 1, 0)
 
 
 def test_turned_off_by_the_environment(monkeypatch):

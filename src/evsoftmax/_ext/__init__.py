@@ -71,10 +71,15 @@ def ev_softmax_rows(
     epsilon: float,
     log: bool,
     threads: int,
+    parallel: int = 0,
 ) -> np.ndarray:
     """ev-softmax (or its log) of C-contiguous rows at address ``x`` into address ``out``.
 
-    ``itemsize`` is 4 (float32) or 8 (float64). Rows holding NaN or ``+inf``, or
+    ``itemsize`` is 4 (float32) or 8 (float64). With ``threads > 1`` the rows are
+    spread over the OpenMP team of the libgomp whose ``GOMP_parallel`` is at
+    address ``parallel`` (PyTorch passes its own, so that the kernel runs on its
+    intra-op threads instead of competing with them), or over POSIX threads
+    started for the call when ``parallel`` is 0. Rows holding NaN or ``+inf``, or
     whose shifted scores overflow, are left unwritten; their indices are returned
     (an empty array when there are none) for the caller to recompute with the
     reference composition. Raises RuntimeError when the kernels are not available.
@@ -87,7 +92,7 @@ def ev_softmax_rows(
     threads = max(1, min(threads, rows * length // _ENTRIES_PER_THREAD))
     suspect = np.empty(rows, dtype=np.uint8)
     flagged = kernels.ev_softmax_rows(
-        x, out, suspect.ctypes.data, rows, length, itemsize, ratio, log_ratio, log, threads
+        x, out, suspect.ctypes.data, rows, length, itemsize, ratio, log_ratio, log, threads, parallel
     )
     if flagged == 0:
         return np.empty(0, dtype=np.intp)

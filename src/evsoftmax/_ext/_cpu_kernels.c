@@ -1,8 +1,9 @@
 /*
  * Fused CPU kernels for ev-softmax over contiguous rows (float32 and float64).
  *
- * One call normalizes `rows` rows of `length` entries, spread over up to
- * `threads` POSIX threads. Per row, four passes over data that stays in cache:
+ * One call normalizes `rows` rows of `length` entries on up to `threads`
+ * threads: the caller's OpenMP team (PyTorch's intra-op pool, through the
+ * GOMP_parallel of its libgomp) when given, else POSIX threads. Per row, four passes over data that stays in cache:
  *
  *   1. m = max over the row;
  *   2. mean of the shifted scores s = x - m over the valid entries (x != -inf),
@@ -160,20 +161,20 @@ static inline double exp_nonpositive_f64(double s) {
 EVS_DEFINE_ROW(float, exp_nonpositive_f32)
 EVS_DEFINE_ROW(double, exp_nonpositive_f64)
 
+/* One call's work, shared by its threads, which claim chunks of rows from `next`. */
 typedef struct {
     const char *x;
     char *y;
     unsigned char *suspect;
-    Py_ssize_t first, last, length;
+    Py_ssize_t rows, length, chunk;
     double ratio, log_ratio;
     int log_out, is_double;
-    Py_ssize_t flagged;
+    Py_ssize_t next;    /* first unclaimed row (atomic) */
+    Py_ssize_t flagged; /* rows left to the caller (atomic) */
 } job_t;
 
-static void *run_job(void *arg) {
-    job_t *job = (job_t *)arg;
-    Py_ssize_t flagged = 0;
-    for (Py_ssize_t r = job->first; r < job->last; r++) {
+static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, Py_ssize_t *flagged) {
+    for (Py_ssize_t r = first; r < last; r++) {
         int bad;
         if (job->is_double) {
             const double *x = (const double *)job->x + r * job->length;
@@ -186,30 +187,70 @@ static void *run_job(void *arg) {
                             job->log_out);
         }
         job->suspect[r] = (unsigned char)bad;
-        flagged += bad;
+        *flagged += bad;
     }
-    job->flagged = flagged;
+}
+
+/* The body every thread runs: claim chunks of rows until none is left. */
+static void work(void *arg) {
+    job_t *job = (job_t *)arg;
+    Py_ssize_t flagged = 0;
+    for (;;) {
+        Py_ssize_t first = __atomic_fetch_add(&job->next, job->chunk, __ATOMIC_RELAXED);
+        if (first >= job->rows) break;
+        Py_ssize_t last = job->rows - first < job->chunk ? job->rows : first + job->chunk;
+        run_rows(job, first, last, &flagged);
+    }
+    __atomic_fetch_add(&job->flagged, flagged, __ATOMIC_RELAXED);
+}
+
+static void *work_pthread(void *arg) {
+    work(arg);
     return NULL;
 }
 
+/* GOMP_parallel(fn, data, num_threads, flags): the entry point of GNU OpenMP (libgomp)
+ * that compiled `omp parallel` regions call; fn runs once on each thread of the team. */
+typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
+
 #define EVS_MAX_THREADS 256
 
+/* Runs `work` on `threads` threads: the caller's OpenMP team when `parallel` is the
+ * address of a GOMP_parallel, else POSIX threads started for this call. */
+static void run_parallel(job_t *job, int threads, uintptr_t parallel) {
+    if (threads <= 1) {
+        work(job);
+    } else if (parallel != 0) {
+        ((gomp_parallel_t)parallel)(work, job, (unsigned)threads, 0);
+    } else {
+        pthread_t handles[EVS_MAX_THREADS];
+        int started[EVS_MAX_THREADS];
+        for (int t = 1; t < threads; t++)
+            started[t] = pthread_create(&handles[t], NULL, work_pthread, job) == 0;
+        work(job); /* the calling thread takes part; threads that failed to start are not needed */
+        for (int t = 1; t < threads; t++)
+            if (started[t]) pthread_join(handles[t], NULL);
+    }
+}
+
 PyDoc_STRVAR(ev_softmax_rows_doc,
-"ev_softmax_rows(x, y, suspect, rows, length, itemsize, ratio, log_ratio, log, threads)\n"
+"ev_softmax_rows(x, y, suspect, rows, length, itemsize, ratio, log_ratio, log, threads, parallel)\n"
 "--\n\n"
 "ev-softmax (or its log) of contiguous rows at address x into address y.\n\n"
 "x, y and suspect are memory addresses (ints); itemsize is 4 (float32) or 8\n"
 "(float64); ratio = eps / (1 + eps) and log_ratio its log. suspect receives one\n"
-"byte per row, 1 where the row was left for the caller to recompute. Returns\n"
-"the number of such rows. The GIL is released while the kernel runs.");
+"byte per row, 1 where the row was left for the caller to recompute. parallel is\n"
+"the address of a libgomp GOMP_parallel to run the threads on (0: POSIX threads).\n"
+"Returns the number of rows left to the caller. The GIL is released meanwhile.");
 
 static PyObject *ev_softmax_rows(PyObject *self, PyObject *args) {
-    unsigned long long x, y, suspect;
+    (void)self;
+    unsigned long long x, y, suspect, parallel;
     Py_ssize_t rows, length, itemsize;
     double ratio, log_ratio;
     int log_out, threads;
-    if (!PyArg_ParseTuple(args, "KKKnnnddpi", &x, &y, &suspect, &rows, &length, &itemsize,
-                          &ratio, &log_ratio, &log_out, &threads))
+    if (!PyArg_ParseTuple(args, "KKKnnnddpiK", &x, &y, &suspect, &rows, &length, &itemsize,
+                          &ratio, &log_ratio, &log_out, &threads, &parallel))
         return NULL;
     if (itemsize != 4 && itemsize != 8) {
         PyErr_SetString(PyExc_ValueError, "itemsize must be 4 or 8");
@@ -219,39 +260,29 @@ static PyObject *ev_softmax_rows(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "rows and length must be >= 0");
         return NULL;
     }
-    if (threads < 1) threads = 1;
     if (threads > EVS_MAX_THREADS) threads = EVS_MAX_THREADS;
-    if (threads > rows) threads = rows > 0 ? (int)rows : 1;
+    if (threads > rows) threads = (int)rows;
 
-    job_t jobs[EVS_MAX_THREADS];
-    pthread_t handles[EVS_MAX_THREADS];
-    int started[EVS_MAX_THREADS];
-    Py_ssize_t flagged = 0;
+    job_t job = {
+        .x = (const char *)(uintptr_t)x,
+        .y = (char *)(uintptr_t)y,
+        .suspect = (unsigned char *)(uintptr_t)suspect,
+        .rows = rows,
+        .length = length,
+        .ratio = ratio,
+        .log_ratio = log_ratio,
+        .log_out = log_out,
+        .is_double = itemsize == 8,
+        .next = 0,
+        .flagged = 0,
+    };
+    /* Several chunks per thread balance the load; one row is the smallest chunk. */
+    job.chunk = threads > 1 ? rows / ((Py_ssize_t)threads * 8) : rows;
+    if (job.chunk < 1) job.chunk = 1;
     Py_BEGIN_ALLOW_THREADS
-    for (int t = 0; t < threads; t++) {
-        job_t *job = &jobs[t];
-        job->x = (const char *)(uintptr_t)x;
-        job->y = (char *)(uintptr_t)y;
-        job->suspect = (unsigned char *)(uintptr_t)suspect;
-        job->first = rows * t / threads;
-        job->last = rows * (t + 1) / threads;
-        job->length = length;
-        job->ratio = ratio;
-        job->log_ratio = log_ratio;
-        job->log_out = log_out;
-        job->is_double = itemsize == 8;
-        job->flagged = 0;
-        /* Thread 0 is the calling thread; a thread that cannot start runs inline. */
-        started[t] = t > 0 && pthread_create(&handles[t], NULL, run_job, job) == 0;
-    }
-    for (int t = 0; t < threads; t++)
-        if (!started[t]) run_job(&jobs[t]);
-    for (int t = 0; t < threads; t++) {
-        if (started[t]) pthread_join(handles[t], NULL);
-        flagged += jobs[t].flagged;
-    }
+    run_parallel(&job, threads, (uintptr_t)parallel);
     Py_END_ALLOW_THREADS
-    return PyLong_FromSsize_t(flagged);
+    return PyLong_FromSsize_t(job.flagged);
 }
 
 static PyMethodDef methods[] = {
@@ -261,7 +292,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_cpu_kernels",
-    "Fused CPU kernels for ev-softmax (see evsoftmax._ext).", -1, methods,
+    "Fused CPU kernels for ev-softmax (see evsoftmax._ext).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void) { return PyModule_Create(&module); }

@@ -9,5 +9,6 @@ def ev_softmax_rows(
     log_ratio: float,
     log: bool,
     threads: int,
+    parallel: int,
     /,
 ) -> int: ...

@@ -23,7 +23,12 @@ Everything here takes and returns plain tensors; ``_torch_autograd`` wraps it in
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -236,11 +241,32 @@ def _kernel_rows_forward(rows: torch.Tensor, epsilon: float, log: bool) -> torch
             epsilon=epsilon,
             log=log,
             threads=torch.get_num_threads(),
+            parallel=_openmp_parallel(),
         )
         if flagged.size:
             index = torch.from_numpy(flagged)
             out[index] = composed_forward(src[index], 1, epsilon, None, log)
     return out.to(rows.dtype)
+
+
+@functools.cache
+def _openmp_parallel() -> int:
+    """Address of ``GOMP_parallel`` in the libgomp that runs PyTorch's intra-op threads, or 0.
+
+    The compiled kernel runs its threads there: threads of its own would compete
+    for the cores with OpenMP workers that spin for a while after every parallel
+    PyTorch op (on a 2-core machine that halves the kernel's speed).
+    """
+    if not sys.platform.startswith("linux") or not torch.backends.openmp.is_available():
+        return 0
+    candidates = sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*"))
+    for path in [*map(str, candidates), "libgomp.so.1"]:
+        try:  # RTLD_NOLOAD: only a library that is already loaded, i.e. torch's own
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            return ctypes.cast(library.GOMP_parallel, ctypes.c_void_p).value or 0
+        except (OSError, AttributeError):
+            continue
+    return 0
 
 
 def _blocked_rows_forward(rows: torch.Tensor, epsilon: float, log: bool) -> torch.Tensor:
