@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 import evsoftmax.torch as evt  # noqa: E402
 
 from . import reference as ref  # noqa: E402
+from .cpu_kernels import PATHS, use_path  # noqa: E402
 
 # torch.compile's own internals use deprecated torch APIs (torch.jit.script_method,
 # instantiating autograd.Function); those warnings are torch's, not ours.
@@ -36,9 +37,16 @@ def _graph_breaks() -> int:
     return sum(torch._dynamo.utils.counters["graph_break"].values())
 
 
+@pytest.fixture(params=PATHS)
+def each_path(request, monkeypatch):
+    """Compile with the CPU kernel as a graph op, then with the traced torch ops."""
+    use_path(request.param, monkeypatch)
+    return request.param
+
+
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("epsilon", [0.0, 0.1])
-def test_compiled_forward_and_backward_match_eager(log, epsilon):
+def test_compiled_forward_and_backward_match_eager(log, epsilon, each_path):
     f = evt.log_ev_softmax if log else evt.ev_softmax
     x = torch.randn(6, 9, requires_grad=True)
     g = torch.randn(6, 9)
@@ -58,6 +66,29 @@ def test_compiled_forward_and_backward_match_eager(log, epsilon):
     (eager.masked_fill(eager == -np.inf, 0.0) * g).sum().backward()
     torch.testing.assert_close(compiled_grad, x.grad, rtol=1e-5, atol=1e-6)
     assert _graph_breaks() == 0
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_graph_calls_the_kernel_op_for_unmasked_cpu_input(each_path, masked):
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    where = torch.tensor([True] * 6 + [False]) if masked else None
+    compiled = torch.compile(lambda v: evt.ev_softmax(v, where=where), backend=backend)
+    x = torch.randn(5, 7)
+    mask = None if where is None else where.numpy()
+    np.testing.assert_allclose(
+        compiled(x).double().numpy(),
+        ref.ev_softmax(x.double().numpy(), where=mask),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    assert _graph_breaks() == 0
+    calls_op = any("cpu_rows_forward" in code for code in graphs)
+    assert calls_op == (each_path == "kernel" and not masked)
 
 
 def test_compiled_with_mask_and_inside_a_model():

@@ -27,7 +27,6 @@ array([], dtype=int64)
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
 import os
@@ -41,7 +40,6 @@ __all__ = ["available", "cpu_kernels", "ev_softmax_rows"]
 _ENTRIES_PER_THREAD = 1 << 15
 
 
-@functools.cache
 def _load() -> ModuleType | None:
     try:
         return importlib.import_module("._cpu_kernels", __name__)
@@ -49,11 +47,16 @@ def _load() -> ModuleType | None:
         return None
 
 
+# Loaded with the package (a small library, no framework): a plain global, which
+# torch.compile can read while tracing, unlike a cached loader.
+_KERNELS = _load()
+
+
 def cpu_kernels() -> ModuleType | None:
     """The compiled kernel module, or None when it is not built or turned off."""
     if os.environ.get("EVSOFTMAX_NO_CPU_KERNELS"):
         return None
-    return _load()
+    return _KERNELS
 
 
 def available() -> bool:
@@ -91,8 +94,9 @@ def ev_softmax_rows(
     log_ratio = math.log(epsilon) - math.log1p(epsilon) if epsilon > 0.0 else -math.inf
     threads = max(1, min(threads, rows * length // _ENTRIES_PER_THREAD))
     suspect = np.empty(rows, dtype=np.uint8)
+    address = suspect.ctypes.data
     flagged = kernels.ev_softmax_rows(
-        x, out, suspect.ctypes.data, rows, length, itemsize, ratio, log_ratio, log, threads, parallel
+        x, out, address, rows, length, itemsize, ratio, log_ratio, log, threads, parallel
     )
     if flagged == 0:
         return np.empty(0, dtype=np.intp)

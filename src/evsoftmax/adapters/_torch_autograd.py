@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from . import _torch_kernel_op as kernel_op
 from . import _torch_ops as ops
 
 __all__ = [
@@ -52,6 +53,8 @@ def forward(
 ) -> torch.Tensor:
     """ev-softmax (or its log) without autograd, on the fastest path for ``x``."""
     if torch.compiler.is_compiling():
+        if kernel_op.applies(x, where):
+            return kernel_op.cpu_rows_forward(x, dim, epsilon, log)
         return ops.traced_forward(x, dim, epsilon, where, log)
     if ops.fast_path_applies(x, where):
         return ops.cpu_rows_forward(x, dim, epsilon, log)

@@ -1,0 +1,48 @@
+"""The compiled CPU kernel as a PyTorch custom op, for ``torch.compile`` graphs.
+
+Inductor's own fusion of the traced form (``_torch_ops.traced_forward``) runs
+at 1.1-1.3x a compiled softmax on the CPU; the kernel of :mod:`evsoftmax._ext`
+runs at about an eager softmax, which is faster than Inductor's. Inside a
+compiled graph, unmasked CPU inputs therefore call the kernel through this op
+(an opaque node: Dynamo traces no Python into it, Inductor leaves it alone).
+
+The op's name carries the package's import name, so a vendored copy of
+evsoftmax registers an op of its own beside this one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+from . import _torch_ops as ops
+
+__all__ = ["applies", "cpu_rows_forward"]
+
+_NAMESPACE = __name__.rpartition(".adapters.")[0].replace(".", "_")
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::cpu_rows_forward", mutates_args=())
+def _cpu_rows_op(x: torch.Tensor, dim: int, epsilon: torch.Tensor, log: bool) -> torch.Tensor:
+    return ops.cpu_rows_forward(x, dim, float(epsilon), log)
+
+
+@_cpu_rows_op.register_fake
+def _(x: torch.Tensor, dim: int, epsilon: torch.Tensor, log: bool) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def cpu_rows_forward(x: torch.Tensor, dim: int, epsilon: float, log: bool) -> torch.Tensor:
+    """ev-softmax (or its log) of an unmasked CPU tensor with the compiled kernel, as a graph op.
+
+    ``epsilon`` enters the op as a 0-d tensor: a float that Dynamo made symbolic
+    (one that changes between calls) then recompiles nothing. (It is added to a
+    tensor rather than passed to ``torch.scalar_tensor``, which Dynamo specializes.)
+    """
+    eps = torch.zeros((), dtype=torch.float64) + epsilon
+    return _cpu_rows_op(x, dim, eps, log)  # type: ignore[no-any-return]
+
+
+def applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
+    """Whether a compiled graph should call the kernel op for ``x`` (unmasked, on the CPU)."""
+    return where is None and x.device.type == "cpu" and _ext.available()
