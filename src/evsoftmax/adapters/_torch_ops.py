@@ -257,7 +257,8 @@ def _openmp_parallel() -> int:
     for the cores with OpenMP workers that spin for a while after every parallel
     PyTorch op (on a 2-core machine that halves the kernel's speed).
     """
-    if not sys.platform.startswith("linux") or not torch.backends.openmp.is_available():
+    openmp = torch.backends.openmp.is_available()  # type: ignore[no-untyped-call]
+    if not sys.platform.startswith("linux") or not openmp:
         return 0
     candidates = sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*"))
     for path in [*map(str, candidates), "libgomp.so.1"]:
