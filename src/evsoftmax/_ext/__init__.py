@@ -9,7 +9,9 @@ copy (the tests use it to exercise both paths).
 The kernel reads each row from memory once and computes, in cache, the row
 maximum, the mean of the shifted scores (the support test of
 :mod:`evsoftmax._core`), the weights with their sum and the normalized output:
-the loop structure of a native softmax plus one cheap reduction.
+the loop structure of a native softmax plus one cheap reduction. The NumPy and
+PyTorch adapters call it through :func:`ev_softmax_rows`; the JAX adapter
+registers its XLA FFI handler (``xla_ffi_handler()``) as a custom-call target.
 
 Examples
 --------
@@ -21,7 +23,6 @@ Examples
 ...     ev_softmax_rows(x.ctypes.data, out.ctypes.data, rows=1, length=3,
 ...                     itemsize=8, epsilon=0.0, log=False, threads=1)
 ...     print(out.round(4))
-array([], dtype=int64)
 [[0.2689 0.7311 0.    ]]
 """
 
@@ -31,8 +32,6 @@ import importlib
 import math
 import os
 from types import ModuleType
-
-import numpy as np
 
 __all__ = ["available", "cpu_kernels", "ev_softmax_rows"]
 
@@ -75,17 +74,16 @@ def ev_softmax_rows(
     log: bool,
     threads: int,
     parallel: int = 0,
-) -> np.ndarray:
+) -> None:
     """ev-softmax (or its log) of C-contiguous rows at address ``x`` into address ``out``.
 
-    ``itemsize`` is 4 (float32) or 8 (float64). With ``threads > 1`` the rows are
-    spread over the OpenMP team of the libgomp whose ``GOMP_parallel`` is at
-    address ``parallel`` (PyTorch passes its own, so that the kernel runs on its
-    intra-op threads instead of competing with them), or over POSIX threads
-    started for the call when ``parallel`` is 0. Rows holding NaN or ``+inf``, or
-    whose shifted scores overflow, are left unwritten; their indices are returned
-    (an empty array when there are none) for the caller to recompute with the
-    reference composition. Raises RuntimeError when the kernels are not available.
+    ``itemsize`` is 4 (float32) or 8 (float64). Every rule of the core holds,
+    special rows included (NaN rows, -inf entries, rows with no valid entry).
+    With ``threads > 1`` the rows are spread over the OpenMP team of the
+    libgomp whose ``GOMP_parallel`` is at address ``parallel`` (PyTorch passes
+    its own, so that the kernel runs on its intra-op threads instead of
+    competing with them), or over POSIX threads started for the call when
+    ``parallel`` is 0. Raises RuntimeError when the kernels are not available.
     """
     kernels = cpu_kernels()
     if kernels is None:
@@ -93,11 +91,5 @@ def ev_softmax_rows(
     ratio = epsilon / (1.0 + epsilon)
     log_ratio = math.log(epsilon) - math.log1p(epsilon) if epsilon > 0.0 else -math.inf
     threads = max(1, min(threads, rows * length // _ENTRIES_PER_THREAD))
-    suspect = np.empty(rows, dtype=np.uint8)
-    address = suspect.ctypes.data
-    flagged = kernels.ev_softmax_rows(
-        x, out, address, rows, length, itemsize, ratio, log_ratio, log, threads, parallel
-    )
-    if flagged == 0:
-        return np.empty(0, dtype=np.intp)
-    return np.flatnonzero(suspect)
+    args = (rows, length, itemsize, ratio, log_ratio, log, threads, parallel)
+    kernels.ev_softmax_rows(x, out, *args)

@@ -13,11 +13,11 @@
  *      (ratio = eps / (1 + eps), 0 for ev-softmax), written out, and their sum;
  *   4. division by the sum (or, for the log form, s + log(weight) - log(sum)).
  *
- * A row whose statistics are not finite (a NaN or +inf entry, or overflow of
- * the shifted scores) is left untouched and flagged in `suspect`; the Python
- * caller recomputes such rows with the reference composition, which gives them
- * the library's exact NaN semantics. A row of -inf only (no valid entry) gets
- * probability 0 (log: -inf) everywhere.
+ * The library's rules for special rows (DESIGN section 4) hold as in the core:
+ * a valid NaN or +inf makes the mean NaN and the whole row NaN; shifted scores
+ * that overflow to -inf make the mean -inf, and every valid entry is then in
+ * the support; a row of -inf only (no valid entry) gets probability 0 (log:
+ * -inf) everywhere.
  *
  * The exponential is evaluated in-line so that the compiler vectorizes pass 3:
  * exp(s) = 2^n exp(r) with n = round(s / ln 2), r = s - n ln 2 (ln 2 split in
@@ -98,9 +98,9 @@ static inline double exp_nonpositive_f64(double s) {
 /* The mean is summed in vectorized blocks of this many entries, added up in double. */
 #define EVS_BLOCK 1024
 
-/* Defines row_<T>(x, y, length, ratio, log_ratio, log_out) -> 1 if suspect, else 0. */
+/* Defines row_<T>(x, y, length, ratio, log_ratio, log_out). */
 #define EVS_DEFINE_ROW(T, EXP)                                                              \
-    EVS_CLONES static int row_##T(const T *restrict x, T *restrict y, Py_ssize_t length,   \
+    EVS_CLONES static void row_##T(const T *restrict x, T *restrict y, Py_ssize_t length,   \
                                   T ratio, T log_ratio, int log_out) {                      \
         T m = -INFINITY;                                                                    \
         EVS_SIMD_MAX_M                                                                      \
@@ -121,9 +121,12 @@ static inline double exp_nonpositive_f64(double s) {
         if (count == 0.0) {                                                                 \
             T fill = log_out ? -INFINITY : 0;                                               \
             for (Py_ssize_t i = 0; i < length; i++) y[i] = fill;                            \
-            return 0;                                                                       \
+            return;                                                                         \
         }                                                                                   \
-        if (!isfinite(sum)) return 1;                                                       \
+        if (isnan(sum)) {                                                                   \
+            for (Py_ssize_t i = 0; i < length; i++) y[i] = NAN;                             \
+            return;                                                                         \
+        }                                                                                   \
         T mean = (T)(sum / count);                                                          \
         T total = 0;                                                                        \
         if (log_out) {                                                                      \
@@ -155,7 +158,6 @@ static inline double exp_nonpositive_f64(double s) {
             EVS_SIMD                                                                        \
             for (Py_ssize_t i = 0; i < length; i++) y[i] *= inv;                            \
         }                                                                                   \
-        return 0;                                                                           \
     }
 
 EVS_DEFINE_ROW(float, exp_nonpositive_f32)
@@ -165,43 +167,34 @@ EVS_DEFINE_ROW(double, exp_nonpositive_f64)
 typedef struct {
     const char *x;
     char *y;
-    unsigned char *suspect;
     Py_ssize_t rows, length, chunk;
     double ratio, log_ratio;
     int log_out, is_double;
-    Py_ssize_t next;    /* first unclaimed row (atomic) */
-    Py_ssize_t flagged; /* rows left to the caller (atomic) */
+    Py_ssize_t next; /* first unclaimed row (atomic) */
 } job_t;
 
-static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, Py_ssize_t *flagged) {
+static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
     for (Py_ssize_t r = first; r < last; r++) {
-        int bad;
         if (job->is_double) {
             const double *x = (const double *)job->x + r * job->length;
             double *y = (double *)job->y + r * job->length;
-            bad = row_double(x, y, job->length, job->ratio, job->log_ratio, job->log_out);
+            row_double(x, y, job->length, job->ratio, job->log_ratio, job->log_out);
         } else {
             const float *x = (const float *)job->x + r * job->length;
             float *y = (float *)job->y + r * job->length;
-            bad = row_float(x, y, job->length, (float)job->ratio, (float)job->log_ratio,
-                            job->log_out);
+            row_float(x, y, job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
         }
-        job->suspect[r] = (unsigned char)bad;
-        *flagged += bad;
     }
 }
 
 /* The body every thread runs: claim chunks of rows until none is left. */
 static void work(void *arg) {
     job_t *job = (job_t *)arg;
-    Py_ssize_t flagged = 0;
     for (;;) {
         Py_ssize_t first = __atomic_fetch_add(&job->next, job->chunk, __ATOMIC_RELAXED);
         if (first >= job->rows) break;
-        Py_ssize_t last = job->rows - first < job->chunk ? job->rows : first + job->chunk;
-        run_rows(job, first, last, &flagged);
+        run_rows(job, first, job->rows - first < job->chunk ? job->rows : first + job->chunk);
     }
-    __atomic_fetch_add(&job->flagged, flagged, __ATOMIC_RELAXED);
 }
 
 static void *work_pthread(void *arg) {
@@ -215,9 +208,15 @@ typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
 
 #define EVS_MAX_THREADS 256
 
-/* Runs `work` on `threads` threads: the caller's OpenMP team when `parallel` is the
- * address of a GOMP_parallel, else POSIX threads started for this call. */
+/* Runs `work` on up to `threads` threads (at most one a row): the caller's OpenMP
+ * team when `parallel` is the address of a GOMP_parallel, else POSIX threads
+ * started for this call. */
 static void run_parallel(job_t *job, int threads, uintptr_t parallel) {
+    if (threads > EVS_MAX_THREADS) threads = EVS_MAX_THREADS;
+    if (threads > job->rows) threads = (int)job->rows;
+    /* Several chunks per thread balance the load; one row is the smallest chunk. */
+    job->chunk = threads > 1 ? job->rows / ((Py_ssize_t)threads * 8) : job->rows;
+    if (job->chunk < 1) job->chunk = 1;
     if (threads <= 1) {
         work(job);
     } else if (parallel != 0) {
@@ -234,22 +233,21 @@ static void run_parallel(job_t *job, int threads, uintptr_t parallel) {
 }
 
 PyDoc_STRVAR(ev_softmax_rows_doc,
-"ev_softmax_rows(x, y, suspect, rows, length, itemsize, ratio, log_ratio, log, threads, parallel)\n"
+"ev_softmax_rows(x, y, rows, length, itemsize, ratio, log_ratio, log, threads, parallel)\n"
 "--\n\n"
 "ev-softmax (or its log) of contiguous rows at address x into address y.\n\n"
-"x, y and suspect are memory addresses (ints); itemsize is 4 (float32) or 8\n"
-"(float64); ratio = eps / (1 + eps) and log_ratio its log. suspect receives one\n"
-"byte per row, 1 where the row was left for the caller to recompute. parallel is\n"
+"x and y are memory addresses (ints); itemsize is 4 (float32) or 8 (float64);\n"
+"ratio = eps / (1 + eps) and log_ratio its log. parallel is\n"
 "the address of a libgomp GOMP_parallel to run the threads on (0: POSIX threads).\n"
-"Returns the number of rows left to the caller. The GIL is released meanwhile.");
+"The GIL is released while the kernel runs.");
 
 static PyObject *ev_softmax_rows(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long x, y, suspect, parallel;
+    unsigned long long x, y, parallel;
     Py_ssize_t rows, length, itemsize;
     double ratio, log_ratio;
     int log_out, threads;
-    if (!PyArg_ParseTuple(args, "KKKnnnddpiK", &x, &y, &suspect, &rows, &length, &itemsize,
+    if (!PyArg_ParseTuple(args, "KKnnnddpiK", &x, &y, &rows, &length, &itemsize,
                           &ratio, &log_ratio, &log_out, &threads, &parallel))
         return NULL;
     if (itemsize != 4 && itemsize != 8) {
@@ -260,13 +258,9 @@ static PyObject *ev_softmax_rows(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "rows and length must be >= 0");
         return NULL;
     }
-    if (threads > EVS_MAX_THREADS) threads = EVS_MAX_THREADS;
-    if (threads > rows) threads = (int)rows;
-
     job_t job = {
         .x = (const char *)(uintptr_t)x,
         .y = (char *)(uintptr_t)y,
-        .suspect = (unsigned char *)(uintptr_t)suspect,
         .rows = rows,
         .length = length,
         .ratio = ratio,
@@ -274,19 +268,156 @@ static PyObject *ev_softmax_rows(PyObject *self, PyObject *args) {
         .log_out = log_out,
         .is_double = itemsize == 8,
         .next = 0,
-        .flagged = 0,
     };
-    /* Several chunks per thread balance the load; one row is the smallest chunk. */
-    job.chunk = threads > 1 ? rows / ((Py_ssize_t)threads * 8) : rows;
-    if (job.chunk < 1) job.chunk = 1;
     Py_BEGIN_ALLOW_THREADS
     run_parallel(&job, threads, (uintptr_t)parallel);
     Py_END_ALLOW_THREADS
-    return PyLong_FromSsize_t(job.flagged);
+    Py_RETURN_NONE;
+}
+
+/* ---- XLA FFI handler: the kernel as a typed custom call for JAX on the CPU ----------
+ *
+ * XLA calls FFI handlers through a versioned C ABI (xla/ffi/api/c_api.h, shipped
+ * with jaxlib, which this build cannot see). The declarations below describe the
+ * parts of that ABI the handler reads, in the layout of API version 0.1: every
+ * struct starts with its size and an extension chain. XLA first calls a handler
+ * with a metadata extension to ask which API version it implements. */
+typedef struct evs_ffi_extension {
+    size_t struct_size;
+    int type; /* 1: metadata request */
+    struct evs_ffi_extension *next;
+} evs_ffi_extension;
+
+typedef struct {
+    size_t struct_size;
+    evs_ffi_extension *extension;
+    int dtype; /* 11: F32, 12: F64 */
+    void *data;
+    int64_t rank;
+    int64_t *dims;
+} evs_ffi_buffer;
+
+typedef struct { /* the arguments, or the results */
+    size_t struct_size;
+    evs_ffi_extension *extension;
+    int64_t size;
+    int *types; /* 1: buffer */
+    void **items;
+} evs_ffi_list;
+
+typedef struct {
+    size_t struct_size;
+    evs_ffi_extension *extension;
+    int64_t size;
+    int *types;
+    void **names;
+    void **values;
+} evs_ffi_attributes;
+
+typedef struct {
+    size_t struct_size;
+    evs_ffi_extension *extension;
+    const void *api;
+    void *context;
+    int stage; /* 3: execute */
+    evs_ffi_list args;
+    evs_ffi_list rets;
+    evs_ffi_attributes attrs;
+    void *future;
+} evs_ffi_call_frame;
+
+typedef struct {
+    size_t struct_size;
+    evs_ffi_extension *extension;
+    int major_version;
+    int minor_version;
+} evs_ffi_api_version;
+
+typedef struct {
+    size_t struct_size;
+    evs_ffi_api_version api_version;
+    uint32_t traits;
+} evs_ffi_metadata;
+
+typedef struct {
+    evs_ffi_extension base;
+    evs_ffi_metadata *metadata;
+} evs_ffi_metadata_extension;
+
+#define EVS_FFI_METADATA 1
+#define EVS_FFI_EXECUTE 3
+#define EVS_FFI_F32 11
+#define EVS_FFI_F64 12
+
+static int ffi_buffer(const evs_ffi_list *list, int64_t index, evs_ffi_buffer **buffer) {
+    if (index >= list->size || list->types[index] != 1) return 0;
+    *buffer = (evs_ffi_buffer *)list->items[index];
+    return 1;
+}
+
+/* Operands: the rows (F32 or F64, row-major, normalized along the last axis) and
+ * four parameters of the same dtype: ratio, log_ratio, log (0 or 1), threads.
+ * Result: the output rows. A call it cannot serve (never made by evsoftmax)
+ * writes NaN, so that it cannot pass for a result. Returns NULL: success, in
+ * the ABI's terms. */
+static void *xla_ffi_ev_softmax_rows(evs_ffi_call_frame *frame) {
+    evs_ffi_extension *extension = frame->extension;
+    if (extension != NULL && extension->type == EVS_FFI_METADATA) {
+        evs_ffi_metadata *metadata = ((evs_ffi_metadata_extension *)extension)->metadata;
+        metadata->api_version.major_version = 0;
+        metadata->api_version.minor_version = 1;
+        metadata->traits = 0;
+        return NULL;
+    }
+    evs_ffi_buffer *x, *params, *y;
+    if (frame->stage != EVS_FFI_EXECUTE || !ffi_buffer(&frame->rets, 0, &y)) return NULL;
+    Py_ssize_t size = 1;
+    for (int64_t d = 0; d < y->rank; d++) size *= (Py_ssize_t)y->dims[d];
+    int ok = ffi_buffer(&frame->args, 0, &x) && ffi_buffer(&frame->args, 1, &params) &&
+             (x->dtype == EVS_FFI_F32 || x->dtype == EVS_FFI_F64) && params->dtype == x->dtype &&
+             y->dtype == x->dtype && params->rank == 1 && params->dims[0] == 4 &&
+             x->rank == y->rank && x->rank >= 1;
+    for (int64_t d = 0; ok && d < x->rank; d++) ok = x->dims[d] == y->dims[d];
+    if (!ok) {
+        for (Py_ssize_t i = 0; i < size; i++) {
+            if (y->dtype == EVS_FFI_F64) ((double *)y->data)[i] = NAN;
+            if (y->dtype == EVS_FFI_F32) ((float *)y->data)[i] = NAN;
+        }
+        return NULL;
+    }
+    Py_ssize_t length = (Py_ssize_t)x->dims[x->rank - 1];
+    double p[4];
+    for (int i = 0; i < 4; i++)
+        p[i] = x->dtype == EVS_FFI_F64 ? ((const double *)params->data)[i]
+                                       : (double)((const float *)params->data)[i];
+    job_t job = {
+        .x = (const char *)x->data,
+        .y = (char *)y->data,
+        .rows = length > 0 ? size / length : 0,
+        .length = length,
+        .ratio = p[0],
+        .log_ratio = p[1],
+        .log_out = p[2] != 0.0,
+        .is_double = x->dtype == EVS_FFI_F64,
+        .next = 0,
+    };
+    run_parallel(&job, (int)p[3], 0);
+    return NULL;
+}
+
+PyDoc_STRVAR(xla_ffi_handler_doc,
+"xla_ffi_handler()\n--\n\n"
+"A PyCapsule of the XLA FFI handler, for jax.ffi.register_ffi_target(platform='cpu').");
+
+static PyObject *xla_ffi_handler(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyCapsule_New((void *)xla_ffi_ev_softmax_rows, NULL, NULL);
 }
 
 static PyMethodDef methods[] = {
     {"ev_softmax_rows", ev_softmax_rows, METH_VARARGS, ev_softmax_rows_doc},
+    {"xla_ffi_handler", xla_ffi_handler, METH_NOARGS, xla_ffi_handler_doc},
     {NULL, NULL, 0, NULL},
 };
 

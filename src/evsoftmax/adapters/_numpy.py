@@ -4,8 +4,8 @@ The array-API core builds about ten full-size temporaries. For the common case
 (no ``where`` mask, float32/float64) this adapter uses, in order of preference:
 
 * the compiled kernel of :mod:`evsoftmax._ext` (one fused pass per row, on the
-  calling thread, as NumPy's own functions run); rows it flags (NaN, +inf,
-  overflow) are recomputed by the core;
+  calling thread, as NumPy's own functions run), which follows every rule of
+  the core, special rows included;
 * in-place arithmetic on one fresh buffer and one boolean mask. The check costs
   one reduction over the per-row means: a row holding -inf, NaN or +inf has a
   non-finite mean of its shifted scores, and then the whole input goes to the
@@ -45,12 +45,12 @@ def _fast(x: Array, where: Array | None) -> bool:
     return where is None and isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64)
 
 
-def _kernel(x: np.ndarray, axis: int, epsilon: float, log: bool, xp: Namespace) -> np.ndarray:
-    """The compiled kernel along ``axis``; flagged rows are recomputed by the core."""
+def _kernel(x: np.ndarray, axis: int, epsilon: float, log: bool) -> np.ndarray:
+    """The compiled kernel along ``axis``."""
     moved = np.moveaxis(x, axis, -1)
     rows = np.ascontiguousarray(moved).reshape(-1, x.shape[axis])
     out = np.empty_like(rows)
-    flagged = _ext.ev_softmax_rows(
+    _ext.ev_softmax_rows(
         rows.ctypes.data,
         out.ctypes.data,
         rows=rows.shape[0],
@@ -60,9 +60,6 @@ def _kernel(x: np.ndarray, axis: int, epsilon: float, log: bool, xp: Namespace) 
         log=log,
         threads=1,
     )
-    if flagged.size:
-        core = _core.log_ev_softmax if log else _core.ev_softmax
-        out[flagged] = core(rows[flagged], axis=1, epsilon=epsilon, where=None, xp=xp)
     return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))
 
 
@@ -73,7 +70,7 @@ def _use_kernel(x: Array, where: Array | None) -> bool:
 def ev_softmax(x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace) -> Array:
     """ev-softmax with the compiled kernel or NumPy's in-place ufuncs (module docstring)."""
     if _use_kernel(x, where):
-        return _kernel(x, axis, epsilon, False, xp)
+        return _kernel(x, axis, epsilon, False)
     parts = _shifted_and_support(x, axis) if _fast(x, where) else None
     if parts is None:
         return _core.ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
@@ -90,7 +87,7 @@ def log_ev_softmax(
 ) -> Array:
     """Log ev-softmax with the compiled kernel or NumPy's in-place ufuncs (module docstring)."""
     if _use_kernel(x, where):
-        return _kernel(x, axis, epsilon, True, xp)
+        return _kernel(x, axis, epsilon, True)
     parts = _shifted_and_support(x, axis) if _fast(x, where) else None
     if parts is None:
         return _core.log_ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)

@@ -14,9 +14,9 @@ Everything here takes and returns plain tensors; ``_torch_autograd`` wraps it in
 * :func:`cpu_rows_forward`: the eager CPU fast path for unmasked inputs: the
   fused C kernel of :mod:`evsoftmax._ext` when it is built, else row sums,
   shift and threshold into a scratch block that stays in cache, then PyTorch's
-  softmax kernel into the output. Rows where either shortcut is not exact
-  (non-finite entries; for the second also a rounded mean above every entry)
-  are detected from O(rows) data and recomputed with :func:`composed_forward`.
+  softmax kernel into the output. Rows where the second shortcut is not exact
+  (non-finite entries, or a rounded mean above every entry) are detected from
+  O(rows) data and recomputed with :func:`composed_forward`.
 * :func:`traced_forward`: the form ``torch.compile`` traces, which Inductor
   fuses into one kernel with the loop structure of a compiled softmax.
 """
@@ -223,16 +223,12 @@ def cpu_rows_forward(x: torch.Tensor, dim: int, epsilon: float, log: bool) -> to
 
 
 def _kernel_rows_forward(rows: torch.Tensor, epsilon: float, log: bool) -> torch.Tensor:
-    """The compiled kernel on contiguous rows (half precision computed in float32).
-
-    Rows the kernel leaves to its caller (NaN, +inf or overflow) are recomputed
-    with :func:`composed_forward`, which gives them the library's NaN semantics.
-    """
+    """The compiled kernel on contiguous rows (half precision computed in float32)."""
     acc = accumulation_dtype(rows.dtype)
     src = rows.to(acc)
     out = torch.empty_like(src)
     if out.numel() > 0:
-        flagged = _ext.ev_softmax_rows(
+        _ext.ev_softmax_rows(
             src.data_ptr(),
             out.data_ptr(),
             rows=src.shape[0],
@@ -243,9 +239,6 @@ def _kernel_rows_forward(rows: torch.Tensor, epsilon: float, log: bool) -> torch
             threads=torch.get_num_threads(),
             parallel=_openmp_parallel(),
         )
-        if flagged.size:
-            index = torch.from_numpy(flagged)
-            out[index] = composed_forward(src[index], 1, epsilon, None, log)
     return out.to(rows.dtype)
 
 
