@@ -12,6 +12,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,9 +38,10 @@ from .backends import gpu_unavailable_reason, selected, to_numpy
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DIFFERENTIABLE = {"torch", "jax"}
+DIFFERENTIABLE = {"torch", "torch-compile", "jax"}
 TOP_KEYS = {
     "schema",
+    "allocator",
     "created",
     "command",
     "config",
@@ -119,9 +121,11 @@ def test_cli_parses_every_option():
     assert config.device == "cpu"
     assert (args.json, args.plot, args.no_progress) == ("out.json", "out.png", True)
     everything = config_from_args(_args("--backends", "all")).backends
-    assert set(everything) == {"numpy", "torch", "jax", "cupy", "dask", "array_api_strict"}
+    assert set(everything) == {
+        "numpy", "torch", "torch-compile", "jax", "cupy", "dask", "array_api_strict",
+    }  # fmt: skip
     assert config_from_args(_args("--backends", "jax,all,numpy")).backends[0] == "jax"
-    assert len(config_from_args(_args("--backends", "jax,all,numpy")).backends) == 6
+    assert len(config_from_args(_args("--backends", "jax,all,numpy")).backends) == 7
     assert config_from_args(_args("--sweep-total", "0")).sweep == ()
 
 
@@ -317,7 +321,17 @@ def test_json_is_strict(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("name", selected())
+def _bench_backends() -> list[Any]:
+    """The selected backends, plus torch under torch.compile where torch is selected."""
+    names: list[Any] = list(selected())
+    if "torch" in names:
+        # torch.compile's own internals use deprecated torch APIs (not ours).
+        ignore = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+        names.append(pytest.param("torch-compile", marks=ignore))
+    return names
+
+
+@pytest.mark.parametrize("name", _bench_backends())
 def test_bench_runs_end_to_end(name, tmp_path, capsys):
     _needs_extras()
     reason = gpu_unavailable_reason(name)
@@ -338,6 +352,7 @@ def test_bench_runs_end_to_end(name, tmp_path, capsys):
     doc = json.loads(json_path.read_text(), parse_constant=lambda c: pytest.fail(c))
     assert set(doc) == TOP_KEYS
     assert doc["schema"] == "evsoftmax-bench/1"
+    assert doc["allocator"].startswith("glibc mallopt") or sys.platform != "linux"
     assert doc["command"].startswith("evsoftmax bench --backends " + name)
     assert doc["versions"]["numpy"] == np.__version__
     assert doc["machine"]["cpu_count"] >= 1

@@ -91,6 +91,29 @@ def test_graph_calls_the_kernel_op_for_unmasked_cpu_input(each_path, masked):
     assert calls_op == (each_path == "kernel" and not masked)
 
 
+@pytest.mark.parametrize("name", ["ev_softmax", "log_ev_softmax"])
+def test_top_level_functions_compile_without_graph_breaks(name):
+    import evsoftmax as evs
+
+    f = getattr(evs, name)
+    mask = torch.tensor([True] * 8 + [False])
+    for kwargs in ({}, {"epsilon": 1e-3}, {"where": mask}, {"axis": 0}):
+        compiled = torch.compile(lambda v, kw=kwargs: f(v, **kw), fullgraph=True)
+        x = torch.randn(9, 9, requires_grad=True)
+        out = compiled(x)
+        out.sum().backward()
+        where = kwargs.get("where")
+        expected = getattr(ref, name)(
+            x.detach().double().numpy(),
+            axis=kwargs.get("axis", -1),
+            eps=kwargs.get("epsilon", 0.0),
+            where=None if where is None else where.numpy(),
+        )
+        np.testing.assert_allclose(out.detach().double().numpy(), expected, rtol=1e-5, atol=1e-6)
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert _graph_breaks() == 0
+
+
 def test_compiled_with_mask_and_inside_a_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), evt.EvSoftmax(dim=-1, epsilon=1e-6))

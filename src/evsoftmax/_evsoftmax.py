@@ -14,6 +14,20 @@ from ._lib._validation import normalize_axis, validate_epsilon, validate_input
 __all__ = ["ev_softmax", "ev_softmax_jvp", "ev_softmax_support", "log_ev_softmax"]
 
 
+def _compiled_torch(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor seen by ``torch.compile`` (Dynamo) while it traces.
+
+    The generic path (namespace lookup, lazy adapter import) is not traceable;
+    :mod:`evsoftmax.torch` is, and gives the same results. Only the type's
+    module is inspected, so this never imports torch.
+    """
+    if not type(x).__module__.startswith("torch"):
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 def ev_softmax(
     x: Array,
     /,
@@ -63,6 +77,10 @@ def ev_softmax(
     >>> evs.ev_softmax(np.array([0.4, 1.4, -0.8])).round(2)
     array([0.27, 0.73, 0.  ])
     """
+    if _compiled_torch(x):
+        from .torch import ev_softmax as torch_ev_softmax
+
+        return torch_ev_softmax(x, dim=axis, epsilon=epsilon, where=where)
     x, axis, where, xp = prepare(x, axis, where, xp)
     epsilon = validate_epsilon(epsilon)
     return call("ev_softmax", _core.ev_softmax, x, xp=xp, axis=axis, epsilon=epsilon, where=where)
@@ -113,6 +131,10 @@ def log_ev_softmax(
     >>> evs.log_ev_softmax(np.array([1000.0, -1000.0, 0.0]), epsilon=1e-6).round(2)
     array([    0.  , -2013.82, -1000.  ])
     """
+    if _compiled_torch(x):
+        from .torch import log_ev_softmax as torch_log_ev_softmax
+
+        return torch_log_ev_softmax(x, dim=axis, epsilon=epsilon, where=where)
     x, axis, where, xp = prepare(x, axis, where, xp)
     epsilon = validate_epsilon(epsilon)
     return call(

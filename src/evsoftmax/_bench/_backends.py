@@ -7,6 +7,8 @@ picks from.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -95,6 +97,10 @@ class Backend:
     def peers(self) -> dict[str, Fn]:
         """Third-party normalizers to time alongside (the ``entmax`` package for torch)."""
         return {}
+
+    def select(self, found: list[Any]) -> list[Any]:
+        """The methods this backend times, out of every method found (all of them)."""
+        return found
 
 
 class NumpyBackend(Backend):
@@ -316,11 +322,70 @@ class CupyBackend(Backend):
         return softmax(x, axis=-1)
 
 
+class TorchCompileBackend(TorchBackend):
+    """PyTorch inside ``torch.compile`` (Inductor), as in a user's compiled model.
+
+    Each method is compiled on its own (static shapes; the tests check that
+    ev-softmax compiles with ``fullgraph=True``, the paper's composition breaks
+    the graph); the forward+backward times the compiled forward and its compiled
+    backward. Peers are left out: compiling them all would take minutes.
+    """
+
+    name = "torch-compile"
+    native_softmax = "torch.softmax under torch.compile"
+    copy_op = "Tensor.clone under torch.compile"
+    autodiff = "torch.autograd.grad through the compiled graph"
+    _METHODS = ("softmax", "ev_softmax", "ev_softmax_eps", "reference", "reference_eps", "copy")
+
+    def setup(self) -> None:
+        super().setup()
+        import torch._dynamo
+
+        # One graph per shape and method: more than the default limit of 8.
+        torch._dynamo.config.recompile_limit = 64
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+
+    def forward(self, fn: Fn) -> Fn:
+        import torch
+
+        return torch.compile(fn, dynamic=False)  # type: ignore[no-any-return]
+
+    def vjp(self, fn: Fn) -> Callable[[Any, Any], Any] | None:
+        import torch
+
+        compiled = torch.compile(fn, dynamic=False)
+
+        def forward_backward(x: Any, g: Any) -> Any:
+            return torch.autograd.grad(compiled(x), x, g)[0]
+
+        return forward_backward
+
+    def peers(self) -> dict[str, Fn]:
+        return {}
+
+    def select(self, found: list[Any]) -> list[Any]:
+        import torch
+
+        # The paper's composition with its namespace bound in advance: looking it up
+        # inside the compiled function would trace into array_api_compat's caches.
+        xp = array_namespace(torch.empty(0))
+        chosen = []
+        for method in found:
+            if method.key not in self._METHODS:
+                continue
+            if method.key.startswith("reference"):
+                fn = functools.partial(method.fn, xp=xp)
+                method = dataclasses.replace(method, fn=fn)
+            chosen.append(method)
+        return chosen
+
+
 BACKENDS: dict[str, type[Backend]] = {
     b.name: b
     for b in (
         NumpyBackend,
         TorchBackend,
+        TorchCompileBackend,
         JaxBackend,
         CupyBackend,
         DaskBackend,

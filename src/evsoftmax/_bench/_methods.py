@@ -29,7 +29,9 @@ class Method:
     differentiable: bool = True
 
 
-def reference_composition(x: Any, *, epsilon: float, softmax: Callable[[Any], Any]) -> Any:
+def reference_composition(
+    x: Any, *, epsilon: float, softmax: Callable[[Any], Any], xp: Any = None
+) -> Any:
     r"""The paper's reference code, written from its formula: a post-hoc masked softmax.
 
     .. math::
@@ -40,7 +42,7 @@ def reference_composition(x: Any, *, epsilon: float, softmax: Callable[[Any], An
     Four passes over the row and two extra full-size temporaries: the plain
     composition that :func:`evsoftmax.ev_softmax` is measured against.
     """
-    xp = array_namespace(x)
+    xp = array_namespace(x) if xp is None else xp
     keep = xp.astype(x >= xp.mean(x, axis=-1, keepdims=True), x.dtype)
     weights = softmax(x) * (keep + epsilon if epsilon else keep)
     return weights / xp.sum(weights, axis=-1, keepdims=True)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ._allocator import keep_freed_memory
 from ._backends import BACKENDS, Backend
 from ._methods import BASELINE, COPY, Method, methods
 from ._shapes import Shape, format_shape, sweep_shapes, unique_shapes
@@ -236,7 +237,7 @@ def _run_backend(
 ) -> None:
     try:
         backend.setup()
-        found = methods(backend, config.epsilon)
+        found = backend.select(methods(backend, config.epsilon))
         compiled = _compile(backend, found)
     except Exception as exc:  # a broken install must not hide the other backends
         doc["backends"][backend.name] = {
@@ -264,12 +265,15 @@ def run_suite(
     """Run every available backend of ``config`` and return the result document.
 
     Backends that cannot run here are listed with the reason under ``backends``.
+    Large freed buffers are kept in the process first (:mod:`._allocator`).
     ``header`` entries (machine, versions, command) are copied into the document.
     """
     progress = _Silent() if progress is None else progress
+    allocator = keep_freed_memory()
     start = time.perf_counter()
     doc: dict[str, Any] = {
         **(header or {}),
+        "allocator": allocator or "default",
         "config": config_dict(config),
         "backends": {},
         "results": [],
