@@ -25,12 +25,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from evsoftmax._bench._allocator import keep_freed_memory
 
-import evsoftmax as evs
-from evsoftmax import _core
+# Before the framework is imported, as `evsoftmax bench` does (see its docs).
+keep_freed_memory()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import evsoftmax as evs  # noqa: E402
+from evsoftmax import _core  # noqa: E402
 
 SHAPES = ((4096, 1024), (64, 32000), (16, 262144))
 
