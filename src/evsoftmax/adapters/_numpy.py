@@ -1,15 +1,16 @@
-"""NumPy fast paths for unmasked float32/float64 input.
+"""NumPy fast paths for float32/float64 input.
 
-The array-API core builds about ten full-size temporaries. For the common case
-(no ``where`` mask, float32/float64) this adapter uses, in order of preference:
+The array-API core builds about ten full-size temporaries. For float32/float64
+input this adapter uses, in order of preference:
 
 * the compiled kernel of :mod:`evsoftmax._ext` (one fused pass per row, on the
   calling thread, as NumPy's own functions run), which follows every rule of
-  the core, special rows included;
-* in-place arithmetic on one fresh buffer and one boolean mask. The check costs
-  one reduction over the per-row means: a row holding -inf, NaN or +inf has a
-  non-finite mean of its shifted scores, and then the whole input goes to the
-  core, which handles every rule.
+  the core, special rows included; a ``where`` mask is applied first as
+  ``-inf``;
+* without it, for unmasked input, in-place arithmetic on one fresh buffer and
+  one boolean mask. The check costs one reduction over the per-row means: a
+  row holding -inf, NaN or +inf has a non-finite mean of its shifted scores,
+  and then the whole input goes to the core, which handles every rule.
 """
 
 from __future__ import annotations
@@ -45,8 +46,16 @@ def _fast(x: Array, where: Array | None) -> bool:
     return where is None and isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64)
 
 
-def _kernel(x: np.ndarray, axis: int, epsilon: float, log: bool) -> np.ndarray:
-    """The compiled kernel along ``axis``."""
+def _kernel(
+    x: np.ndarray, where: np.ndarray | None, axis: int, epsilon: float, log: bool
+) -> np.ndarray:
+    """The compiled kernel along ``axis``; a mask is applied first, as ``-inf``.
+
+    Masked entries then behave exactly like ``-inf`` entries (the design's rule),
+    and a masked NaN is never read.
+    """
+    if where is not None:
+        x = np.where(where, x, -np.inf)
     moved = np.moveaxis(x, axis, -1)
     rows = np.ascontiguousarray(moved).reshape(-1, x.shape[axis])
     out = np.empty_like(rows)
@@ -64,13 +73,14 @@ def _kernel(x: np.ndarray, axis: int, epsilon: float, log: bool) -> np.ndarray:
 
 
 def _use_kernel(x: Array, where: Array | None) -> bool:
-    return _fast(x, where) and x.size > 0 and _ext.available()
+    plain = isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64) and x.size > 0
+    return plain and (where is None or isinstance(where, np.ndarray)) and _ext.available()
 
 
 def ev_softmax(x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace) -> Array:
     """ev-softmax with the compiled kernel or NumPy's in-place ufuncs (module docstring)."""
     if _use_kernel(x, where):
-        return _kernel(x, axis, epsilon, False)
+        return _kernel(x, where, axis, epsilon, False)
     parts = _shifted_and_support(x, axis) if _fast(x, where) else None
     if parts is None:
         return _core.ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
@@ -87,7 +97,7 @@ def log_ev_softmax(
 ) -> Array:
     """Log ev-softmax with the compiled kernel or NumPy's in-place ufuncs (module docstring)."""
     if _use_kernel(x, where):
-        return _kernel(x, axis, epsilon, True)
+        return _kernel(x, where, axis, epsilon, True)
     parts = _shifted_and_support(x, axis) if _fast(x, where) else None
     if parts is None:
         return _core.log_ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
