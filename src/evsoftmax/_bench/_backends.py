@@ -341,8 +341,9 @@ class TorchCompileBackend(TorchBackend):
         super().setup()
         import torch._dynamo
 
-        # One graph per shape and method: more than the default limit of 8.
-        torch._dynamo.config.recompile_limit = 64
+        # Every method is a functools.partial compiled through the same wrapper code,
+        # so all of them share one cache: a graph per method, shape and mode.
+        torch._dynamo.config.recompile_limit = 4096
         torch._dynamo.config.accumulated_recompile_limit = 4096
 
     def forward(self, fn: Fn) -> Fn:

@@ -3,12 +3,14 @@
  *
  * One call normalizes `rows` rows of `length` entries on up to `threads`
  * threads: the caller's OpenMP team (PyTorch's intra-op pool, through the
- * GOMP_parallel of its libgomp) when given, else POSIX threads. Per row, four passes over data that stays in cache:
+ * GOMP_parallel of its libgomp) when given, else POSIX threads. Per row, four
+ * passes over data that stays in cache:
  *
  *   1. m = max over the row;
  *   2. mean of the shifted scores s = x - m over the valid entries (x != -inf),
- *      summed in blocks (vectorized) whose sums add up in double: the same support test as evsoftmax._core
- *      (s >= mean, so the maximum, s = 0, is always in the support);
+ *      summed in blocks (vectorized) whose sums add up in double: the same
+ *      support test as evsoftmax._core (s >= mean, so the maximum, s = 0, is
+ *      always in the support);
  *   3. weights w = exp(s) inside the support and ratio * exp(s) outside it
  *      (ratio = eps / (1 + eps), 0 for ev-softmax), written out, and their sum;
  *   4. division by the sum (or, for the log form, s + log(weight) - log(sum)).
@@ -163,9 +165,34 @@ static inline double exp_nonpositive_f64(double s) {
 EVS_DEFINE_ROW(float, exp_nonpositive_f32)
 EVS_DEFINE_ROW(double, exp_nonpositive_f64)
 
-/* One call's work, shared by its threads, which claim chunks of rows from `next`. */
+#define EVS_SIMD_INNER _Pragma("omp simd reduction(+ : block_inner)")
+
+/* Defines vjp_row_<T>(p, g, out, length): out = p * (g - <p, g>), the closed-form
+ * VJP (and JVP) of ev-softmax, from its output p; <p, g> summed as the mean is. */
+#define EVS_DEFINE_VJP(T)                                                                   \
+    EVS_CLONES static void vjp_row_##T(const T *restrict p, const T *restrict g,            \
+                                      T *restrict out, Py_ssize_t length) {                 \
+        double inner = 0.0;                                                                 \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            T block_inner = 0;                                                              \
+            EVS_SIMD_INNER                                                                  \
+            for (Py_ssize_t i = start; i < stop; i++) block_inner += p[i] * g[i];          \
+            inner += block_inner;                                                           \
+        }                                                                                   \
+        T s = (T)inner;                                                                     \
+        EVS_SIMD                                                                            \
+        for (Py_ssize_t i = 0; i < length; i++) out[i] = p[i] * (g[i] - s);                \
+    }
+
+EVS_DEFINE_VJP(float)
+EVS_DEFINE_VJP(double)
+
+/* One call's work, shared by its threads, which claim chunks of rows from `next`:
+ * ev-softmax of x into y, or, when g is set, the VJP from output x and cotangent g. */
 typedef struct {
     const char *x;
+    const char *g;
     char *y;
     Py_ssize_t rows, length, chunk;
     double ratio, log_ratio;
@@ -174,8 +201,15 @@ typedef struct {
 } job_t;
 
 static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
+    Py_ssize_t n = job->length;
     for (Py_ssize_t r = first; r < last; r++) {
-        if (job->is_double) {
+        if (job->g != NULL && job->is_double) {
+            vjp_row_double((const double *)job->x + r * n, (const double *)job->g + r * n,
+                           (double *)job->y + r * n, n);
+        } else if (job->g != NULL) {
+            vjp_row_float((const float *)job->x + r * n, (const float *)job->g + r * n,
+                          (float *)job->y + r * n, n);
+        } else if (job->is_double) {
             const double *x = (const double *)job->x + r * job->length;
             double *y = (double *)job->y + r * job->length;
             row_double(x, y, job->length, job->ratio, job->log_ratio, job->log_out);
@@ -355,59 +389,86 @@ static int ffi_buffer(const evs_ffi_list *list, int64_t index, evs_ffi_buffer **
     return 1;
 }
 
-/* Operands: the rows (F32 or F64, row-major, normalized along the last axis) and
- * four parameters of the same dtype: ratio, log_ratio, log (0 or 1), threads.
- * Result: the output rows. A call it cannot serve (never made by evsoftmax)
- * writes NaN, so that it cannot pass for a result. Returns NULL: success, in
- * the ABI's terms. */
-static void *xla_ffi_ev_softmax_rows(evs_ffi_call_frame *frame) {
+/* Answers XLA's metadata request (which API version the handler implements);
+ * returns 1 if the call was one. */
+static int ffi_metadata(evs_ffi_call_frame *frame) {
     evs_ffi_extension *extension = frame->extension;
-    if (extension != NULL && extension->type == EVS_FFI_METADATA) {
-        evs_ffi_metadata *metadata = ((evs_ffi_metadata_extension *)extension)->metadata;
-        metadata->api_version.major_version = 0;
-        metadata->api_version.minor_version = 1;
-        metadata->traits = 0;
-        return NULL;
-    }
-    evs_ffi_buffer *x, *params, *y;
-    if (frame->stage != EVS_FFI_EXECUTE || !ffi_buffer(&frame->rets, 0, &y)) return NULL;
+    if (extension == NULL || extension->type != EVS_FFI_METADATA) return 0;
+    evs_ffi_metadata *metadata = ((evs_ffi_metadata_extension *)extension)->metadata;
+    metadata->api_version.major_version = 0;
+    metadata->api_version.minor_version = 1;
+    metadata->traits = 0;
+    return 1;
+}
+
+/* Reads an execute call of `arrays` row operands and a final operand of
+ * `nparams` parameters, all of one dtype (F32 or F64, row-major, rows along the
+ * last axis), with one result of the rows' shape. Fills `job` (x, the second
+ * operand as g when there are two, y, rows, length, dtype) and `params`, and
+ * returns 1; for a call it cannot serve (never made by evsoftmax) it writes NaN
+ * into the result, so that it cannot pass for one, and returns 0. */
+static int ffi_rows(evs_ffi_call_frame *frame, int arrays, int nparams, job_t *job,
+                    double *params) {
+    evs_ffi_buffer *in[3], *y, *p;
+    if (frame->stage != EVS_FFI_EXECUTE || !ffi_buffer(&frame->rets, 0, &y)) return 0;
     Py_ssize_t size = 1;
     for (int64_t d = 0; d < y->rank; d++) size *= (Py_ssize_t)y->dims[d];
-    int ok = ffi_buffer(&frame->args, 0, &x) && ffi_buffer(&frame->args, 1, &params) &&
-             (x->dtype == EVS_FFI_F32 || x->dtype == EVS_FFI_F64) && params->dtype == x->dtype &&
-             y->dtype == x->dtype && params->rank == 1 && params->dims[0] == 4 &&
-             x->rank == y->rank && x->rank >= 1;
-    for (int64_t d = 0; ok && d < x->rank; d++) ok = x->dims[d] == y->dims[d];
+    int ok = (y->dtype == EVS_FFI_F32 || y->dtype == EVS_FFI_F64) && y->rank >= 1 &&
+             ffi_buffer(&frame->args, arrays, &p) && p->dtype == y->dtype && p->rank == 1 &&
+             p->dims[0] == nparams;
+    for (int a = 0; ok && a < arrays; a++) {
+        ok = ffi_buffer(&frame->args, a, &in[a]) && in[a]->dtype == y->dtype &&
+             in[a]->rank == y->rank;
+        for (int64_t d = 0; ok && d < y->rank; d++) ok = in[a]->dims[d] == y->dims[d];
+    }
     if (!ok) {
         for (Py_ssize_t i = 0; i < size; i++) {
             if (y->dtype == EVS_FFI_F64) ((double *)y->data)[i] = NAN;
             if (y->dtype == EVS_FFI_F32) ((float *)y->data)[i] = NAN;
         }
-        return NULL;
+        return 0;
     }
-    Py_ssize_t length = (Py_ssize_t)x->dims[x->rank - 1];
+    int is_double = y->dtype == EVS_FFI_F64;
+    for (int i = 0; i < nparams; i++)
+        params[i] = is_double ? ((const double *)p->data)[i] : (double)((const float *)p->data)[i];
+    job->x = (const char *)in[0]->data;
+    job->g = arrays > 1 ? (const char *)in[1]->data : NULL;
+    job->y = (char *)y->data;
+    job->length = (Py_ssize_t)y->dims[y->rank - 1];
+    job->rows = job->length > 0 ? size / job->length : 0;
+    job->is_double = is_double;
+    job->next = 0;
+    return 1;
+}
+
+/* ev-softmax. Operands: the rows and four parameters: ratio, log_ratio, log (0
+ * or 1), threads. Result: the output rows. Returns NULL: success, in the ABI's
+ * terms (a call it cannot serve gets NaN, see ffi_rows). */
+static void *xla_ffi_ev_softmax_rows(evs_ffi_call_frame *frame) {
+    job_t job = {0};
     double p[4];
-    for (int i = 0; i < 4; i++)
-        p[i] = x->dtype == EVS_FFI_F64 ? ((const double *)params->data)[i]
-                                       : (double)((const float *)params->data)[i];
-    job_t job = {
-        .x = (const char *)x->data,
-        .y = (char *)y->data,
-        .rows = length > 0 ? size / length : 0,
-        .length = length,
-        .ratio = p[0],
-        .log_ratio = p[1],
-        .log_out = p[2] != 0.0,
-        .is_double = x->dtype == EVS_FFI_F64,
-        .next = 0,
-    };
+    if (ffi_metadata(frame) || !ffi_rows(frame, 1, 4, &job, p)) return NULL;
+    job.ratio = p[0];
+    job.log_ratio = p[1];
+    job.log_out = p[2] != 0.0;
     run_parallel(&job, (int)p[3], 0);
+    return NULL;
+}
+
+/* The VJP p * (g - <p, g>). Operands: the output rows p, the cotangent rows g,
+ * and one parameter: threads. Result: the gradient rows. */
+static void *xla_ffi_ev_softmax_vjp_rows(evs_ffi_call_frame *frame) {
+    job_t job = {0};
+    double p[1];
+    if (ffi_metadata(frame) || !ffi_rows(frame, 2, 1, &job, p)) return NULL;
+    run_parallel(&job, (int)p[0], 0);
     return NULL;
 }
 
 PyDoc_STRVAR(xla_ffi_handler_doc,
 "xla_ffi_handler()\n--\n\n"
-"A PyCapsule of the XLA FFI handler, for jax.ffi.register_ffi_target(platform='cpu').");
+"A PyCapsule of the XLA FFI handler of ev-softmax, for\n"
+"jax.ffi.register_ffi_target(platform='cpu').");
 
 static PyObject *xla_ffi_handler(PyObject *self, PyObject *noargs) {
     (void)self;
@@ -415,9 +476,20 @@ static PyObject *xla_ffi_handler(PyObject *self, PyObject *noargs) {
     return PyCapsule_New((void *)xla_ffi_ev_softmax_rows, NULL, NULL);
 }
 
+PyDoc_STRVAR(xla_ffi_vjp_handler_doc,
+"xla_ffi_vjp_handler()\n--\n\n"
+"A PyCapsule of the XLA FFI handler of the VJP p * (g - <p, g>).");
+
+static PyObject *xla_ffi_vjp_handler(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyCapsule_New((void *)xla_ffi_ev_softmax_vjp_rows, NULL, NULL);
+}
+
 static PyMethodDef methods[] = {
     {"ev_softmax_rows", ev_softmax_rows, METH_VARARGS, ev_softmax_rows_doc},
     {"xla_ffi_handler", xla_ffi_handler, METH_NOARGS, xla_ffi_handler_doc},
+    {"xla_ffi_vjp_handler", xla_ffi_vjp_handler, METH_NOARGS, xla_ffi_vjp_handler_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -67,30 +66,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
 
-from .. import _ext
 from .._lib._typing import Array, Namespace
+from . import _jax_kernels
+from ._jax_vjp import ev_softmax_vjp
 
 __all__ = ["ev_softmax", "log_ev_softmax"]
 
 _SCOPE = __name__.split(".")[0]
-
-
-def _register_kernel() -> str | None:
-    """Register the compiled CPU kernel as an XLA FFI target; its name, or None."""
-    kernels = _ext.cpu_kernels()
-    if kernels is None:
-        return None
-    # One name per copy of the package: a vendored copy registers its own target.
-    name = f"{__name__.rpartition('.adapters.')[0]}.ev_softmax_rows"
-    try:
-        jax.ffi.register_ffi_target(name, kernels.xla_ffi_handler(), platform="cpu")
-    except Exception:  # an XLA that refuses the handler: the XLA-only code paths remain
-        return None
-    return name
-
-
-_KERNEL_TARGET = _register_kernel()
-_KERNEL_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def _accumulation_dtype(dtype: Any) -> Any:
@@ -202,27 +184,6 @@ def _finish(rows: _Rows, axis: int, epsilon: float, log: bool) -> Array:
     return shifted + log_scale - jnp.log(total)
 
 
-def _kernel(target: str, xa: Array, axis: int, epsilon: float, log: bool) -> Array:
-    """ev-softmax (or its log) of ``xa`` along ``axis`` with the compiled CPU kernel.
-
-    The kernel (:mod:`evsoftmax._ext`, registered as an XLA FFI target) reads each
-    row once, follows every rule of the core (special rows included) and runs at
-    about the speed of ``jax.nn.softmax`` or faster.
-    """
-    rows = jnp.moveaxis(xa, axis, -1)
-    ratio = epsilon / (1.0 + epsilon)
-    log_ratio = math.log(ratio) if epsilon > 0.0 else -math.inf
-    params = jnp.array([ratio, log_ratio, float(log), float(_KERNEL_THREADS)], dtype=xa.dtype)
-    result = jax.ShapeDtypeStruct(rows.shape, rows.dtype)  # type: ignore[no-untyped-call]
-    out = jax.ffi.ffi_call(target, result, vmap_method="broadcast_all")(rows, params)
-    return jnp.moveaxis(out, -1, axis)
-
-
-def _kernel_target() -> str | None:
-    """The kernel's FFI target when it is registered and not turned off (read when tracing)."""
-    return _KERNEL_TARGET if _ext.available() else None
-
-
 # XLA:CPU keeps a whole chain of row reductions in one YNNPACK fusion only when
 # the row statistics have at least this many elements (its minimum size for
 # preferring YNNPACK); with fewer rows the chain is split into several fusions.
@@ -232,7 +193,7 @@ _FUSED_ROWS = 4096
 def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bool) -> Array:
     """ev-softmax or its log along ``axis``, in the accumulation dtype, cast back once.
 
-    On the CPU the compiled kernel runs when it is built (:func:`_kernel`).
+    On the CPU the compiled kernel runs when it is built (:mod:`._jax_kernels`).
     Without it: accelerators, and XLA:CPU with many rows, get one select-free expression
     that XLA compiles into a single fusion. XLA:CPU with few rows first assumes
     that no entry is ``-inf``/NaN/``+inf`` (two cheap reductions) and, if some
@@ -257,9 +218,8 @@ def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bo
         return _finish(_rows_without_invalid(xa, row_max, mean, big), axis, epsilon, log)
 
     def cpu(xa: Array) -> Array:
-        target = _kernel_target()
-        if target is not None:
-            return _kernel(target, xa, axis, epsilon, log)
+        if _jax_kernels.available():
+            return _jax_kernels.forward(xa, axis, epsilon, log)
         if xa.size >= _FUSED_ROWS * xa.shape[axis]:
             return fused(xa)
         if where is not None:
@@ -326,7 +286,7 @@ def _ev_softmax_jvp(
     probs = _ev_softmax(x, where, axis, epsilon)
     acc = _accumulation_dtype(x.dtype)
     p, t = probs.astype(acc), x_dot.astype(acc)
-    return probs, (p * (t - _inner(p, t, axis))).astype(x.dtype)
+    return probs, ev_softmax_vjp(p, t, axis).astype(x.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))

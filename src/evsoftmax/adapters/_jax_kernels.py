@@ -1,0 +1,78 @@
+"""evsoftmax's compiled CPU kernel as XLA FFI custom calls, for the JAX adapter.
+
+:mod:`evsoftmax._ext` carries two typed XLA FFI handlers: ev-softmax (or its
+log) of rows, and its closed-form VJP ``p * (g - <p, g>)``. They are registered
+for the CPU when this module is imported (one name per copy of the package, so
+a vendored copy registers its own), and called through ``jax.ffi.ffi_call``
+with the normalized axis moved last. Whether they are used is decided when a
+function is traced (:func:`available`), so ``EVSOFTMAX_NO_CPU_KERNELS=1`` turns
+them off for new traces.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+
+from .. import _ext
+from .._lib._typing import Array
+
+__all__ = ["available", "forward", "vjp"]
+
+_PREFIX = __name__.rpartition(".adapters.")[0]
+_THREADS = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def _register() -> bool:
+    """Register both handlers with XLA for the CPU; whether that worked."""
+    kernels = _ext.cpu_kernels()
+    if kernels is None:
+        return False
+    try:
+        jax.ffi.register_ffi_target(
+            f"{_PREFIX}.ev_softmax_rows", kernels.xla_ffi_handler(), platform="cpu"
+        )
+        jax.ffi.register_ffi_target(
+            f"{_PREFIX}.ev_softmax_vjp_rows", kernels.xla_ffi_vjp_handler(), platform="cpu"
+        )
+    except Exception:  # an XLA that refuses the handlers: the XLA-only code paths remain
+        return False
+    return True
+
+
+_REGISTERED = _register()
+
+
+def available() -> bool:
+    """Whether the kernels are registered and not turned off (read when tracing)."""
+    return _REGISTERED and _ext.available()
+
+
+def _call(target: str, axis: int, *arrays: Array, params: list[float]) -> Array:
+    """The FFI target on ``arrays`` with ``axis`` moved last, and back."""
+    rows = [jnp.moveaxis(a, axis, -1) for a in arrays]
+    result = jax.ShapeDtypeStruct(rows[0].shape, rows[0].dtype)  # type: ignore[no-untyped-call]
+    vector = jnp.array(params, dtype=rows[0].dtype)
+    out = jax.ffi.ffi_call(f"{_PREFIX}.{target}", result, vmap_method="broadcast_all")(
+        *rows, vector
+    )
+    return jnp.moveaxis(out, -1, axis)
+
+
+def forward(x: Array, axis: int, epsilon: float, log: bool) -> Array:
+    """ev-softmax (or its log) of float32/float64 ``x`` along ``axis`` with the kernel.
+
+    The kernel reads each row once, follows every rule of the core (special rows
+    included) and runs at about the speed of ``jax.nn.softmax`` or faster.
+    """
+    ratio = epsilon / (1.0 + epsilon)
+    log_ratio = math.log(ratio) if epsilon > 0.0 else -math.inf
+    return _call("ev_softmax_rows", axis, x, params=[ratio, log_ratio, float(log), _THREADS])
+
+
+def vjp(probs: Array, cotangent: Array, axis: int) -> Array:
+    """``p * (g - <p, g>)`` along ``axis`` with the kernel (float32/float64, same dtype)."""
+    return _call("ev_softmax_vjp_rows", axis, probs, cotangent, params=[_THREADS])
