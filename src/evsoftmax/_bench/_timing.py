@@ -3,8 +3,10 @@
 Each callable runs one complete, synchronised operation. After ``warmup`` calls
 (which also compile under JIT) one timed call sets how many calls make up a
 sample (at least ``min_sample_s`` long, as :mod:`timeit` does); then each round
-takes one sample of every method, starting from a different method each round,
-so background load on a shared machine falls on all methods alike. A method
+takes one sample of every method, in a new (seeded) random order each round,
+so background load on a shared machine falls on all methods alike, and no
+method always follows the same one (whose output would have evicted its
+input from the cache, or whose threads would still be spinning). A method
 stops sampling once it has ``min(3, repeats)`` samples and has used its
 ``max_time_s``, so that one slow peer cannot stretch the run.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -109,9 +112,10 @@ def interleaved(
     if on_round is not None:
         on_round()
     names = list(fns)
-    for round_index in range(plan.repeats):
-        shift = round_index % max(len(names), 1)
-        for name in names[shift:] + names[:shift]:
+    shuffle = random.Random(0).shuffle  # seeded: the same orders on every run
+    for _ in range(plan.repeats):
+        shuffle(names)
+        for name in names:
             m = results[name]
             if not _wants_more(m, plan):
                 continue

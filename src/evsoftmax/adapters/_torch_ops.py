@@ -158,11 +158,15 @@ def fast_path_applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
 
 def as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``x`` as contiguous ``(rows, length)`` rows along ``dim`` (a view when already so)."""
+    if dim == x.ndim - 1 and x.is_contiguous():  # the common case, in one cheap op
+        return x.view(-1, x.shape[dim])
     return x.movedim(dim, -1).contiguous().view(-1, x.shape[dim])
 
 
 def from_rows(rows: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
     """Undo :func:`as_rows`: ``rows`` back as a contiguous tensor of ``shape``."""
+    if dim == len(shape) - 1:
+        return rows.view(shape)
     moved = (*shape[:dim], *shape[dim + 1 :], shape[dim])
     return rows.view(moved).movedim(-1, dim).contiguous()
 
