@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 import evsoftmax.torch as evt  # noqa: E402
 
 from . import reference as ref  # noqa: E402
+from .closed_forms import no_ties  # noqa: E402
 from .cpu_kernels import PATHS, use_path  # noqa: E402
 
 # torch.compile's own internals use deprecated torch APIs (torch.jit.script_method,
@@ -111,6 +112,19 @@ def test_top_level_functions_compile_without_graph_breaks(name):
         )
         np.testing.assert_allclose(out.detach().double().numpy(), expected, rtol=1e-5, atol=1e-6)
         assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert _graph_breaks() == 0
+
+
+def test_torch_func_transforms_inside_torch_compile(each_path):
+    # The kernel op has no autograd or vmap rule: under a transform the traced form runs.
+    x = torch.tensor(no_ties((3, 4, 9), seed=3), dtype=torch.float64)
+    grad = torch.compile(torch.func.grad(lambda v: evt.ev_softmax(v)[0, 0]), fullgraph=True)
+    p = ref.ev_softmax(x[0].numpy())
+    expected = np.zeros_like(p)
+    expected[0] = p[0, 0] * ((np.arange(9) == 0) - p[0])
+    np.testing.assert_allclose(grad(x[0]).numpy(), expected, rtol=1e-10, atol=1e-12)
+    batched = torch.compile(torch.func.vmap(lambda v: evt.ev_softmax(v)), fullgraph=True)
+    np.testing.assert_allclose(batched(x).numpy(), ref.ev_softmax(x.numpy()), rtol=1e-10)
     assert _graph_breaks() == 0
 
 
