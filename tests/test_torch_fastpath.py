@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from evsoftmax.adapters import _torch_ops as ops  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .closed_forms import no_ties  # noqa: E402
-from .cpu_kernels import PATHS, use_path  # noqa: E402
+from .cpu_kernels import PATHS, require_cpu_kernels, use_path  # noqa: E402
 
 XP = array_namespace(torch.empty(0))
 EPSILONS = [0.0, 1e-6, 0.5]
@@ -151,6 +152,27 @@ def test_half_precision_fast_path(dtype, log, each_path):
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-2, atol=1e-3)
     composed = ops.composed_forward(x, 1, 0.1, None, log)
     torch.testing.assert_close(got, composed, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_kernel_runs_on_torchs_openmp_threads(log):
+    require_cpu_kernels()
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        assert ops._openmp_parallel() != 0  # torch's own libgomp was found
+    # 144000 entries: several threads. Values on a grid (plus small noise) stay far
+    # from their row mean, which 1500 normals per row would not.
+    rng = np.random.default_rng(8)
+    x = rng.choice([-3.0, -1.0, 1.0, 3.0], size=(96, 1500)) + rng.uniform(-0.1, 0.1, (96, 1500))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        got = ops.cpu_rows_forward(torch.tensor(x, dtype=torch.float32), 1, 0.0, log)
+    finally:
+        torch.set_num_threads(threads)
+    expected = _expected(x, 0.0, log)
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isfinite(got.numpy()), finite)
+    np.testing.assert_allclose(got.double().numpy()[finite], expected[finite], rtol=2e-5, atol=1e-7)
 
 
 def test_masks_and_non_cpu_use_the_composition(monkeypatch):

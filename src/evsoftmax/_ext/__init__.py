@@ -35,9 +35,6 @@ from types import ModuleType
 
 __all__ = ["available", "cpu_kernels", "ev_softmax_rows"]
 
-# Below this many entries a call runs on one thread: starting threads costs more.
-_ENTRIES_PER_THREAD = 1 << 15
-
 
 def _load() -> ModuleType | None:
     try:
@@ -79,7 +76,8 @@ def ev_softmax_rows(
 
     ``itemsize`` is 4 (float32) or 8 (float64). Every rule of the core holds,
     special rows included (NaN rows, -inf entries, rows with no valid entry).
-    With ``threads > 1`` the rows are spread over the OpenMP team of the
+    With ``threads > 1`` the rows are spread (each thread taking at least one
+    row and 32768 entries) over the OpenMP team of the
     libgomp whose ``GOMP_parallel`` is at address ``parallel`` (PyTorch passes
     its own, so that the kernel runs on its intra-op threads instead of
     competing with them), or over POSIX threads started for the call when
@@ -90,6 +88,5 @@ def ev_softmax_rows(
         raise RuntimeError("evsoftmax's compiled CPU kernels are not available")
     ratio = epsilon / (1.0 + epsilon)
     log_ratio = math.log(epsilon) - math.log1p(epsilon) if epsilon > 0.0 else -math.inf
-    threads = max(1, min(threads, rows * length // _ENTRIES_PER_THREAD))
     args = (rows, length, itemsize, ratio, log_ratio, log, threads, parallel)
     kernels.ev_softmax_rows(x, out, *args)

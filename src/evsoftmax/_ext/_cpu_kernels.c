@@ -241,13 +241,18 @@ static void *work_pthread(void *arg) {
 typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
 
 #define EVS_MAX_THREADS 256
+#define EVS_ENTRIES_PER_THREAD 32768
 
-/* Runs `work` on up to `threads` threads (at most one a row): the caller's OpenMP
+/* Runs `work` on up to `threads` threads: the caller's OpenMP
  * team when `parallel` is the address of a GOMP_parallel, else POSIX threads
  * started for this call. */
 static void run_parallel(job_t *job, int threads, uintptr_t parallel) {
+    /* Starting threads costs more than small jobs take: one a row, and at least
+     * EVS_ENTRIES_PER_THREAD entries each. */
+    Py_ssize_t by_size = job->rows * job->length / EVS_ENTRIES_PER_THREAD;
     if (threads > EVS_MAX_THREADS) threads = EVS_MAX_THREADS;
     if (threads > job->rows) threads = (int)job->rows;
+    if (threads > by_size) threads = by_size > 1 ? (int)by_size : 1;
     /* Several chunks per thread balance the load; one row is the smallest chunk. */
     job->chunk = threads > 1 ? job->rows / ((Py_ssize_t)threads * 8) : job->rows;
     if (job->chunk < 1) job->chunk = 1;
