@@ -33,7 +33,7 @@ import math
 import os
 from types import ModuleType
 
-__all__ = ["available", "cpu_kernels", "ev_softmax_rows"]
+__all__ = ["available", "cpu_kernels", "ev_softmax_rows", "off_support_weight"]
 
 
 def _load() -> ModuleType | None:
@@ -58,6 +58,18 @@ def cpu_kernels() -> ModuleType | None:
 def available() -> bool:
     """Whether the compiled CPU kernels are built and in use."""
     return cpu_kernels() is not None
+
+
+def off_support_weight(epsilon: float) -> tuple[float, float]:
+    r"""Weight of the entries outside the support relative to those inside, and its log.
+
+    That is :math:`\varepsilon / (1 + \varepsilon)` and
+    :math:`\log\varepsilon - \log(1 + \varepsilon)` (``0`` and ``-inf`` for
+    :math:`\varepsilon = 0`): the kernels' two ε parameters.
+    """
+    if epsilon > 0.0:
+        return epsilon / (1.0 + epsilon), math.log(epsilon) - math.log1p(epsilon)
+    return 0.0, -math.inf
 
 
 def ev_softmax_rows(
@@ -86,7 +98,6 @@ def ev_softmax_rows(
     kernels = cpu_kernels()
     if kernels is None:
         raise RuntimeError("evsoftmax's compiled CPU kernels are not available")
-    ratio = epsilon / (1.0 + epsilon)
-    log_ratio = math.log(epsilon) - math.log1p(epsilon) if epsilon > 0.0 else -math.inf
+    ratio, log_ratio = off_support_weight(epsilon)
     args = (rows, length, itemsize, ratio, log_ratio, log, threads, parallel)
     kernels.ev_softmax_rows(x, out, *args)

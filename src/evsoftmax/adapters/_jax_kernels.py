@@ -11,7 +11,6 @@ them off for new traces.
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax
@@ -68,8 +67,7 @@ def forward(x: Array, axis: int, epsilon: float, log: bool) -> Array:
     The kernel reads each row once, follows every rule of the core (special rows
     included) and runs at about the speed of ``jax.nn.softmax`` or faster.
     """
-    ratio = epsilon / (1.0 + epsilon)
-    log_ratio = math.log(ratio) if epsilon > 0.0 else -math.inf
+    ratio, log_ratio = _ext.off_support_weight(epsilon)
     return _call("ev_softmax_rows", axis, x, params=[ratio, log_ratio, float(log), _THREADS])
 
 

@@ -69,7 +69,7 @@ def off_support_shift(epsilon: float) -> float:
     That is :math:`\log\frac{\varepsilon}{1+\varepsilon}`, and ``-inf`` for
     :math:`\varepsilon = 0`.
     """
-    return math.log(epsilon) - math.log1p(epsilon) if epsilon > 0.0 else _NEG_INF
+    return _ext.off_support_weight(epsilon)[1]
 
 
 def valid_mask(x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
