@@ -1,6 +1,6 @@
 """A NumPy re-enactment of the CuPy adapter's CUDA kernels, for machines without a GPU.
 
-Each function follows ``evsoftmax/adapters/_cupy_kernels.py`` step by step:
+Each function follows ``evsoftmax/adapters/cupy/kernels.py`` step by step:
 the same launch geometry (``block_threads``, ``CACHE_ITEMS``), the same flat
 indexing of row ``r`` (``(r // inner) * length * inner + r % inner``, stride
 ``inner``), the same per-thread order of entries, the same online statistics
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from evsoftmax.adapters import _cupy_kernels as kernels
+from evsoftmax.adapters.cupy import kernels
 
 __all__ = [
     "bfloat16_from_bits",

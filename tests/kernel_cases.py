@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evsoftmax.adapters._cupy_kernels import CACHE_ITEMS, MAX_THREADS
+from evsoftmax.adapters.cupy.kernels import CACHE_ITEMS, MAX_THREADS
 
 from . import reference
 from .cupy_emulation import from_storage, to_storage

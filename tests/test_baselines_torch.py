@@ -130,7 +130,7 @@ def test_adapters_trace_without_graph_breaks(name):
     """The torch paths are plain torch operations: one graph, no break, under torch.compile."""
     import array_api_compat.torch as xpt
 
-    from evsoftmax.adapters import _torch_baselines
+    from evsoftmax.adapters.torch import baselines as _torch_baselines
 
     fn = getattr(_torch_baselines, name)
     kwargs = {"alpha": 1.25, "n_iter": 8} if name == "entmax_bisect" else {}

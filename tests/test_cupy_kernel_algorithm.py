@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from evsoftmax.adapters import _cupy_kernels as kernels
+from evsoftmax.adapters.cupy import kernels
 
 from . import reference
 from .cupy_emulation import (
@@ -229,12 +229,12 @@ def test_using_evsoftmax_does_not_import_cupy() -> None:
     code = (
         "import sys, numpy as np, evsoftmax as evs\n"
         "from evsoftmax import _dispatch\n"
-        "from evsoftmax.adapters import _cupy_kernels\n"
+        "from evsoftmax.adapters.cupy import kernels as _cupy_kernels\n"
         "evs.ev_softmax(np.ones((2, 3)))\n"
         "_cupy_kernels.forward_source('float32', 'probs', True)\n"
-        "assert _dispatch.ADAPTER_MODULES['cupy'] == ('.adapters._cupy',)\n"
+        "assert _dispatch.ADAPTER_MODULES['cupy'] == ('.adapters.cupy.adapter',)\n"
         "assert 'cupy' not in sys.modules, 'cupy was imported'\n"
-        "assert 'evsoftmax.adapters._cupy' not in sys.modules\n"
+        "assert 'evsoftmax.adapters.cupy.adapter' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

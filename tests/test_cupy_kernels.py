@@ -17,7 +17,7 @@ cupy = pytest.importorskip("cupy")
 
 import evsoftmax as evs  # noqa: E402
 from evsoftmax import _core, _dispatch  # noqa: E402
-from evsoftmax.adapters import _cupy_kernels as kernels  # noqa: E402
+from evsoftmax.adapters.cupy import kernels  # noqa: E402
 
 from . import reference  # noqa: E402
 from .backends import gpu_unavailable_reason, namespace  # noqa: E402
@@ -34,7 +34,7 @@ DTYPES = ("float16", "float32", "float64")
 def test_adapter_imports_without_building_kernels() -> None:
     """Importing the adapter needs no device: kernels are built on first use."""
     code = (
-        "from evsoftmax.adapters import _cupy\n"
+        "from evsoftmax.adapters.cupy import adapter as _cupy\n"
         "assert _cupy.forward_kernel.cache_info().currsize == 0\n"
         "assert _cupy.jvp_kernel.cache_info().currsize == 0\n"
     )
@@ -55,7 +55,7 @@ def _run(mode: str, x: object, case: Case, where: object) -> object:
 
 @requires_gpu
 def test_cupy_arrays_dispatch_to_the_kernels() -> None:
-    from evsoftmax.adapters import _cupy
+    from evsoftmax.adapters.cupy import adapter as _cupy
 
     xp = namespace("cupy")
     for name in ("ev_softmax", "log_ev_softmax", "ev_softmax_support", "ev_softmax_jvp"):
@@ -147,7 +147,7 @@ def test_non_contiguous_input_and_any_axis(axis: int) -> None:
 
 @requires_gpu
 def test_kernels_are_built_once_per_variant() -> None:
-    from evsoftmax.adapters import _cupy
+    from evsoftmax.adapters.cupy import adapter as _cupy
 
     x = cupy.asarray(np.random.default_rng(5).normal(size=(3, 17)), dtype=cupy.float32)
     evs.ev_softmax(x)
@@ -162,7 +162,7 @@ def test_kernels_are_built_once_per_variant() -> None:
 def test_bfloat16_kernels() -> None:
     """bfloat16 through the adapter (CuPy >= 14 with ml_dtypes); computed in float32."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
-    from evsoftmax.adapters import _cupy
+    from evsoftmax.adapters.cupy import adapter as _cupy
 
     host = np.random.default_rng(6).normal(size=(4, 300)).astype(ml_dtypes.bfloat16)
     try:
@@ -190,7 +190,7 @@ def test_long_rows_use_the_streamed_tail() -> None:
 
 def test_kernels_cover_the_design_dtypes_and_fall_back_otherwise() -> None:
     """No device needed: which inputs the adapter hands to its kernels."""
-    from evsoftmax.adapters import _cupy
+    from evsoftmax.adapters.cupy import adapter as _cupy
 
     for dtype in ("float16", "bfloat16", "float32", "float64"):
         assert _cupy._supported(dtype, 12, 4)

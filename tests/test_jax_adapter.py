@@ -15,7 +15,7 @@ from hypothesis import strategies as st  # noqa: E402
 import evsoftmax as evs  # noqa: E402
 from evsoftmax import _core  # noqa: E402
 from evsoftmax._dispatch import implementation  # noqa: E402
-from evsoftmax.adapters import _jax  # noqa: E402
+from evsoftmax.adapters.jax import adapter as _jax  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .cpu_kernels import PATHS, use_path  # noqa: E402

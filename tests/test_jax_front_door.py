@@ -16,7 +16,7 @@ jax = pytest.importorskip("jax")
 
 import evsoftmax  # noqa: E402
 import evsoftmax.jax as evj  # noqa: E402
-from evsoftmax.adapters import _jax  # noqa: E402
+from evsoftmax.adapters.jax import adapter as _jax  # noqa: E402
 
 PACKAGE_DIR = Path(evsoftmax.__file__).parent
 

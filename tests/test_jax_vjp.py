@@ -11,7 +11,7 @@ jax.config.update("jax_enable_x64", True)  # as the test conftest does for the j
 import jax.numpy as jnp  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
-from evsoftmax.adapters._jax_vjp import ev_softmax_vjp  # noqa: E402
+from evsoftmax.adapters.jax.vjp import ev_softmax_vjp  # noqa: E402
 
 from .cpu_kernels import PATHS, use_path  # noqa: E402
 

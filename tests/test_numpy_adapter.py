@@ -7,7 +7,7 @@ import pytest
 
 from evsoftmax import _core
 from evsoftmax._lib._compat import array_namespace
-from evsoftmax.adapters import _numpy
+from evsoftmax.adapters import numpy as _numpy
 
 from . import reference as ref
 from .cpu_kernels import PATHS, use_path

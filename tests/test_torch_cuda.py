@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="the CUDA kernels need triton")
 
 import evsoftmax.torch as evt  # noqa: E402
-from evsoftmax.adapters import _torch_triton  # noqa: E402
+from evsoftmax.adapters.torch import triton as _torch_triton  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .closed_forms import ev_softmax_vjp, log_ev_softmax_vjp, no_ties  # noqa: E402

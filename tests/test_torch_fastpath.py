@@ -17,7 +17,7 @@ from array_api_compat import array_namespace  # noqa: E402
 
 import evsoftmax.torch as evt  # noqa: E402
 from evsoftmax import _core  # noqa: E402
-from evsoftmax.adapters import _torch_ops as ops  # noqa: E402
+from evsoftmax.adapters.torch import ops  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .closed_forms import no_ties  # noqa: E402

@@ -37,7 +37,7 @@ if not INTERPRETED:
         assert "skipped" not in done.stdout, done.stdout
 
 else:
-    from evsoftmax.adapters import _torch_triton
+    from evsoftmax.adapters.torch import triton as _torch_triton
 
     @pytest.fixture
     def kernels():
@@ -154,7 +154,8 @@ else:
     @pytest.fixture
     def routed(kernels, monkeypatch):
         """Send CPU tensors through the (interpreted) kernels as CUDA tensors would go."""
-        from evsoftmax.adapters import _torch_autograd, _torch_ops
+        from evsoftmax.adapters.torch import autograd as _torch_autograd
+        from evsoftmax.adapters.torch import ops as _torch_ops
 
         calls = []
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from evsoftmax.adapters import _cupy_kernels as kernels
+from evsoftmax.adapters.cupy import kernels
 
 SHAPES = ((8192, 8192), (64, 128000))
 DTYPES = ("float32", "bfloat16", "float16")
@@ -215,7 +215,7 @@ def bench_case(shape: tuple[int, int], dtype_name: str, repeat: int, warmup: int
     import array_api_compat
 
     from evsoftmax import _core
-    from evsoftmax.adapters import _cupy as adapter
+    from evsoftmax.adapters.cupy import adapter
 
     xp = array_api_compat.array_namespace(cupy.empty(1))
     dtype = _device_dtype(dtype_name)

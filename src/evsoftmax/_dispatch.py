@@ -42,10 +42,10 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 # Framework name -> adapter modules, relative to this package (keeps it vendorable),
 # searched in order.
 ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
-    "numpy": (".adapters._numpy",),
-    "cupy": (".adapters._cupy",),
-    "torch": (".adapters._torch", ".adapters._torch_baselines"),
-    "jax": (".adapters._jax", ".adapters._jax_baselines"),
+    "numpy": (".adapters.numpy",),
+    "cupy": (".adapters.cupy.adapter",),
+    "torch": (".adapters.torch.adapter", ".adapters.torch.baselines"),
+    "jax": (".adapters.jax.adapter", ".adapters.jax.baselines"),
 }
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from . import *  # noqa: F403  (the public API, exactly as listed in the package's __all__)
 from . import __all__ as _package_all
-from .adapters import _jax as _adapter  # noqa: F401  (imports JAX now: fail early if missing)
+from .adapters.jax import adapter as _adapter  # noqa: F401  (imports JAX now: fail early if missing)
 
 __all__: list[str] = []
 __all__ += _package_all

@@ -39,7 +39,7 @@ from ._lib._validation import (
     validate_epsilon,
     validate_input,
 )
-from .adapters._torch_autograd import apply
+from .adapters.torch.autograd import apply
 
 __all__ = ["EvSoftmax", "EvSoftmaxLoss", "LogEvSoftmax", "ev_softmax", "log_ev_softmax"]
 

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from .._lib._typing import Array
-from . import _jax_kernels
+from ..._lib._typing import Array
+from . import kernels as _jax_kernels
 
 __all__ = ["ev_softmax_vjp"]
 

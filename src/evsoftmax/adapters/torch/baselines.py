@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .. import _entmax
-from .._lib._typing import Array, Namespace
-from .._rows import CLIP
+from ... import _entmax
+from ..._lib._typing import Array, Namespace
+from ..._rows import CLIP
 
 __all__ = ["entmax15", "entmax_bisect", "log_softmax", "softmax", "sparsemax"]
 

@@ -16,8 +16,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from .. import _ext
-from .._lib._typing import Array
+from ... import _ext
+from ..._lib._typing import Array
 
 __all__ = ["available", "forward", "vjp"]
 

@@ -2,7 +2,7 @@
 
 Imported by the dispatcher only when a CuPy array reaches a public function.
 Each call launches one kernel with a thread block per row (see
-``_cupy_kernels`` for the CUDA source and the algorithm). Kernels are built
+``kernels`` for the CUDA source and the algorithm). Kernels are built
 once per (dtype, variant) and cached; CuPy compiles them on first launch and
 keeps the binaries in its on-disk cache. Input the kernels do not cover (other
 dtypes, more than 2**31 - 1 rows) falls back to the array-API core.
@@ -17,9 +17,9 @@ from typing import Any
 import cupy
 import numpy as np
 
-from .. import _core
-from .._lib._typing import Array, Namespace
-from . import _cupy_kernels as kernels
+from ... import _core
+from ..._lib._typing import Array, Namespace
+from . import kernels
 
 __all__ = ["ev_softmax", "ev_softmax_jvp", "ev_softmax_support", "log_ev_softmax"]
 

@@ -1,8 +1,8 @@
 r"""ev-softmax on torch tensors without autograd: forward passes and closed-form derivatives.
 
-Everything here takes and returns plain tensors; ``_torch_autograd`` wraps it in an
+Everything here takes and returns plain tensors; ``autograd`` wraps it in an
 ``autograd.Function``. Three forward implementations agree with ``evsoftmax._core``
-(the Triton kernels in ``_torch_triton`` are a fourth):
+(the Triton kernels in ``triton`` are a fourth):
 
 * :func:`composed_forward`: eager torch ops for every layout, mask and device
   (masked inputs, meta tensors, subclasses, CUDA without triton). It is the
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .. import _ext
+from ... import _ext
 
 __all__ = [
     "accumulation_dtype",

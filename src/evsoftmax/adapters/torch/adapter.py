@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._torch_autograd import apply
+from .autograd import apply
 
 __all__ = ["ev_softmax", "log_ev_softmax"]
 

@@ -66,9 +66,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
 
-from .._lib._typing import Array, Namespace
-from . import _jax_kernels
-from ._jax_vjp import ev_softmax_vjp
+from ..._lib._typing import Array, Namespace
+from . import kernels as _jax_kernels
+from .vjp import ev_softmax_vjp
 
 __all__ = ["ev_softmax", "log_ev_softmax"]
 
@@ -193,7 +193,7 @@ _FUSED_ROWS = 4096
 def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bool) -> Array:
     """ev-softmax or its log along ``axis``, in the accumulation dtype, cast back once.
 
-    On the CPU the compiled kernel runs when it is built (:mod:`._jax_kernels`).
+    On the CPU the compiled kernel runs when it is built (:mod:`.kernels`).
     Without it: accelerators, and XLA:CPU with many rows, get one select-free expression
     that XLA compiles into a single fusion. XLA:CPU with few rows first assumes
     that no entry is ``-inf``/NaN/``+inf`` (two cheap reductions) and, if some

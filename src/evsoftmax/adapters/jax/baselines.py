@@ -20,8 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .. import _entmax, _evidential, _sparsemax
-from .._lib._typing import Namespace
+from ... import _entmax, _evidential, _sparsemax
+from ..._lib._typing import Namespace
 
 __all__ = [
     "entmax15",

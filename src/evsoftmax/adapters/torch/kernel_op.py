@@ -1,6 +1,6 @@
 """The compiled CPU kernel as a PyTorch custom op, for ``torch.compile`` graphs.
 
-Inductor's own fusion of the traced form (``_torch_ops.traced_forward``) runs
+Inductor's own fusion of the traced form (``ops.traced_forward``) runs
 at 1.2-1.5x a compiled softmax on the CPU; the kernel of :mod:`evsoftmax._ext`
 runs at about an eager softmax, which is faster than Inductor's. Inside a
 compiled graph, unmasked CPU inputs therefore call the kernel through this op
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
-from . import _torch_ops as ops
+from ... import _ext
+from . import ops
 
 __all__ = ["applies", "cpu_rows_forward"]
 

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._torch_ops import as_rows, from_rows
+from .ops import as_rows, from_rows
 
 __all__ = ["CHUNK", "SINGLE_PASS_MAX", "forward", "log_softmax_vjp", "softmax_vjp", "supports"]
 

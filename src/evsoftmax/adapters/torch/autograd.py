@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from . import _torch_kernel_op as kernel_op
-from . import _torch_ops as ops
+from . import kernel_op, ops
 
 __all__ = [
     "EvSoftmaxEagerFunction",
@@ -43,9 +42,9 @@ def _triton_module() -> Any:
     """The Triton kernels module, or None when triton is not installed."""
     if importlib.util.find_spec("triton") is None:
         return None
-    from . import _torch_triton
+    from . import triton as _triton_kernels
 
-    return _torch_triton
+    return _triton_kernels
 
 
 def forward(

@@ -1,0 +1,1 @@
+"""cupy execution paths; the modules are imported lazily by ``evsoftmax._dispatch``."""

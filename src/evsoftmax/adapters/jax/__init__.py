@@ -1,0 +1,1 @@
+"""jax execution paths; the modules are imported lazily by ``evsoftmax._dispatch``."""

@@ -1,0 +1,1 @@
+"""torch execution paths; the modules are imported lazily by ``evsoftmax._dispatch``."""
