@@ -42,8 +42,6 @@ __all__ = ["sparse_expectation"]
 
 def _validate_probs(probs: Any, xp: Namespace) -> Array:
     """``probs`` must be a real floating array with at least one dimension."""
-    if not hasattr(probs, "shape") or not hasattr(probs, "dtype"):
-        raise TypeError(f"probs must be an array, got {type(probs).__name__}")
     if not xp.isdtype(probs.dtype, "real floating"):
         raise TypeError(f"probs must have a real floating dtype, got {probs.dtype}")
     if probs.ndim == 0:
@@ -265,6 +263,9 @@ def sparse_expectation(
     >>> calls  # one call, on the 3 non-zero entries of 6
     [3]
     """
+    if not hasattr(probs, "shape") or not hasattr(probs, "dtype"):
+        # Before inferring the namespace, whose own error would not name the argument.
+        raise TypeError(f"probs must be an array, got {type(probs).__name__}")
     xp = array_namespace(probs) if xp is None else xp
     probs = _validate_probs(probs, xp)
     fn = _validate_fn(fn)
