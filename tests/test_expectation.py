@@ -38,7 +38,7 @@ def dense_expectation(probs: np.ndarray, table: np.ndarray, axis: int) -> np.nda
     out = np.zeros(batch + table.shape[2:])
     for row, index in enumerate(np.ndindex(*batch)):
         for k in range(probs.shape[axis]):
-            entry = index[:axis] + (k,) + index[axis:]
+            entry = (*index[:axis], k, *index[axis:])
             out[index] += probs[entry] * table[row, k]
     return out
 
@@ -128,6 +128,21 @@ def test_size_bound_pads_fn_calls_and_keeps_the_sum(xp):
         got = evs.sparse_expectation(xp.asarray(probs), fn, size=size)
         assert [len(r) for r, _ in fn.calls] == [size]
         np.testing.assert_allclose(to_numpy(got), dense_expectation(probs, table, -1), rtol=1e-12)
+
+
+def test_size_padding_stays_on_the_support_and_is_not_summed(xp):
+    # fn is NaN wherever the probability is 0 (entry (0, 0) included): the padding
+    # pairs must repeat a real pair, and their values must not be added.
+    probs = sparse_probs((4, 6))
+    probs[0, 0] = 0.0
+    table = np.where(probs == 0, np.nan, RNG.normal(size=(4, 6)))
+    count = int(np.count_nonzero(probs))
+    fn = Lookup(xp, table)
+    got = evs.sparse_expectation(xp.asarray(probs), fn, size=count + 3)
+    rows, classes = fn.calls[0]
+    assert len(rows) == count + 3 and (probs[rows, classes] != 0).all()
+    expected = dense_expectation(probs, np.nan_to_num(table), -1)
+    np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-12)
 
 
 def test_size_too_small_is_a_value_error_naming_size(xp):
@@ -291,6 +306,19 @@ class TestTorch:
         for got, expected in zip(grads[0] + [grads[1]], grads[2] + [grads[3]], strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
 
+    def test_size_padding_keeps_fn_gradients_finite(self):
+        torch = self.torch
+        probs_np = sparse_probs((4, 6))
+        probs_np[0, 0] = 0.0
+        probs = torch.tensor(probs_np)
+        # d/dw log(w) = 1/w is infinite where w = 0, i.e. off the support: fn must not
+        # be evaluated there, even for padding whose cotangent is 0 (0 * inf = NaN).
+        w = torch.tensor(probs_np.reshape(-1), requires_grad=True)
+        size = int(np.count_nonzero(probs_np)) + 4
+        out = evs.sparse_expectation(probs, lambda r, c: torch.log(w[r * 6 + c]), size=size)
+        out.sum().backward()
+        np.testing.assert_allclose(w.grad.numpy(), (probs_np != 0).reshape(-1) * 1.0)
+
     def test_all_zero_probs_stay_connected(self):
         torch = self.torch
         probs = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
@@ -349,6 +377,19 @@ class TestJax:
         grads = [jax.grad(lambda w, f=f: jnp.sum(f(w) ** 2))(weight) for f in (sparse, dense)]
         np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-14)
 
+    def test_size_padding_keeps_fn_gradients_finite(self):
+        jax, jnp = self.jax, self.jnp
+        probs_np = sparse_probs((4, 6))
+        probs_np[0, 0] = 0.0
+        probs = jnp.asarray(probs_np)
+        size = int(np.count_nonzero(probs_np)) + 4
+
+        def total(w):
+            return evs.sparse_expectation(probs, lambda r, c: jnp.log(w[r, c]), size=size).sum()
+
+        for grad in (jax.grad(total), jax.jit(jax.grad(total))):
+            np.testing.assert_allclose(grad(probs), (probs_np != 0) * 1.0)
+
     def test_jit_with_exact_size(self):
         jax, jnp = self.jax, self.jnp
         probs = sparse_probs((5, 6))
@@ -376,7 +417,7 @@ class TestJax:
         jax, jnp = self.jax, self.jnp
         probs = jnp.asarray(sparse_probs((4, 6)))
         fn = self.lookup(np.ones((4, 6)))
-        with pytest.raises(ValueError, match="size must be given under jax.jit"):
+        with pytest.raises(ValueError, match=r"size must be given under jax\.jit"):
             jax.jit(lambda p: evs.sparse_expectation(p, fn))(probs)
         with pytest.raises(ValueError, match="size=2 is smaller"):
             evs.sparse_expectation(probs, fn, size=2)

@@ -87,6 +87,19 @@ def check_values(values: Any, n_pairs: int, xp: Namespace) -> Array:
     return values
 
 
+def padding(pairs: Array, found: int | Array, xp: Namespace) -> Array:
+    """The pair that fills ``fn``'s input up to ``size``: the last non-zero one (shape ``(1,)``).
+
+    Repeating a real pair, rather than some fixed entry that may have probability
+    0, keeps ``fn`` on the support, where it is presumably finite: its padding
+    values are multiplied by 0, and a NaN or inf there (even only in its
+    derivative, e.g. ``log`` of a zero entry) would poison the sum or the gradient.
+    Entry 0 when there is no non-zero entry at all.
+    """
+    last = xp.reshape(xp.maximum(xp.asarray(found, device=device(pairs)) - 1, 0), (1,))
+    return xp.take(pairs, xp.astype(last, pairs.dtype)) if pairs.shape[0] else xp.zeros_like(last)
+
+
 def terms_dtype(probs: Array, values: Array, xp: Namespace) -> tuple[Any, Any]:
     """``(result dtype, accumulation dtype)`` of ``probs * values``.
 
@@ -164,7 +177,7 @@ def _sparse_expectation(
     check_size(found, size)
     if size is not None and size > found:
         # fn sees exactly `size` pairs, as under jax.jit; the padding is never summed.
-        pairs = xp.concat([pairs, xp.zeros(size - found, dtype=pairs.dtype, device=device(pairs))])
+        pairs = xp.concat([pairs, xp.broadcast_to(padding(pairs, found, xp), (size - found,))])
     weights = xp.take(xp.reshape(flat, (-1,)), pairs[:found])
     rows, classes = pairs // max(n_classes, 1), pairs % max(n_classes, 1)
     values = check_values(fn(rows, classes), int(pairs.shape[0]), xp)[:found, ...]
@@ -218,8 +231,9 @@ def sparse_expectation(
     size : int, optional
         A static upper bound on the number of non-zero entries, needed under
         ``jax.jit`` (where shapes must be static). ``fn`` then receives exactly
-        ``size`` pairs; the ones past the true count are padding (row 0, class
-        0) whose results are discarded. When the non-zeros are known (eagerly,
+        ``size`` pairs; the ones past the true count repeat the last non-zero
+        pair (so ``fn`` never sees a zero-probability pair when there is a
+        non-zero one) and their results are discarded. When the non-zeros are known (eagerly,
         on every library) and exceed ``size``: ``ValueError``. Under
         ``jax.jit`` they cannot be checked, and the rows whose terms did not fit
         are NaN (the others exact): a term is never silently dropped.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ..._expectation import check_size, check_values, flat_rows, terms_dtype
+from ..._expectation import check_size, check_values, flat_rows, padding, terms_dtype
 from ..._lib._typing import Array, Namespace
 
 __all__ = ["sparse_expectation"]
@@ -64,16 +64,17 @@ def sparse_expectation(
     total = jnp.sum(counts)
     n = _pair_count(total, size)
     (pairs,) = jnp.nonzero(jnp.reshape(nonzero, (-1,)), size=n, fill_value=0)
+    kept = jnp.arange(n) < total
+    pairs = jnp.where(kept, pairs, padding(pairs, jnp.minimum(total, n), jnp))
     rows, classes = pairs // max(n_classes, 1), pairs % max(n_classes, 1)
     values = check_values(fn(rows, classes), n, jnp)
     out_dtype, acc = terms_dtype(probs, values, jnp)
     trailing = tuple(values.shape[1:])
-    # Slots past the true count are padding (pair 0); zero both factors so that
-    # neither the sum nor its gradient sees them, whatever fn returned there.
-    kept = jnp.reshape(jnp.arange(n) < total, (n,) + (1,) * len(trailing))
+    # Slots past the true count repeat a real pair: zero their values so that
+    # neither the sum nor the gradient counts that pair twice.
+    kept = jnp.reshape(kept, (n,) + (1,) * len(trailing))
     weights = jnp.reshape(jnp.take(jnp.reshape(flat, (-1,)), pairs), kept.shape)
-    weights = jnp.where(kept, weights.astype(acc), 0)
-    terms = weights * jnp.where(kept, values.astype(acc), 0)
+    terms = weights.astype(acc) * jnp.where(kept, values.astype(acc), 0)
     out = jax.ops.segment_sum(terms, rows, num_segments=math.prod(batch))
     # Rows with a pair past slot n lost terms (only under jit: eagerly that raised).
     lost = (counts > 0) & (jnp.cumulative_sum(counts) > n)
