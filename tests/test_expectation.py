@@ -159,6 +159,19 @@ def test_nan_probability_makes_its_row_nan(xp):
     assert np.isnan(got[0]) and not np.isnan(got[1:]).any()
 
 
+def test_numpy_masked_entries_are_zero_probability():
+    probs = sparse_probs((3, 4))
+    mask = np.zeros((3, 4), dtype=bool)
+    mask[0, np.flatnonzero(probs[0])[0]] = True
+    table = np.where(mask, np.nan, RNG.normal(size=(3, 4)))
+    fn = Lookup(np, table)
+    got = evs.sparse_expectation(np.ma.array(probs, mask=mask), fn)
+    assert type(got) is np.ndarray
+    assert len(fn.calls[0][0]) == np.count_nonzero(probs) - 1
+    expected = dense_expectation(np.where(mask, 0.0, probs), np.nan_to_num(table), -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
 def test_dtypes(xp):
     probs = xp.asarray(sparse_probs((3, 4)), dtype=xp.float32)
     table = RNG.normal(size=(3, 4))

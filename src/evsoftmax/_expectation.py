@@ -28,6 +28,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ._core import accumulation_dtype
 from ._dispatch import implementation
 from ._lib._compat import array_namespace, device
@@ -41,7 +43,12 @@ __all__ = ["sparse_expectation"]
 
 
 def _validate_probs(probs: Any, xp: Namespace) -> Array:
-    """``probs`` must be a real floating array with at least one dimension."""
+    """``probs`` must be a real floating array with at least one dimension.
+
+    A NumPy masked array's masked entries are probability 0 (never half-read).
+    """
+    if isinstance(probs, np.ma.MaskedArray):
+        probs = np.ma.getdata(np.ma.filled(probs, np.zeros((), dtype=probs.dtype)))
     if not xp.isdtype(probs.dtype, "real floating"):
         raise TypeError(f"probs must have a real floating dtype, got {probs.dtype}")
     if probs.ndim == 0:
@@ -253,7 +260,7 @@ def sparse_expectation(
     -----
     The pairs are the entries with ``probs != 0``: for probabilities that is
     ``probs > 0``, and a NaN entry is a term too, so it makes its row NaN as in
-    the dense sum.
+    the dense sum. The masked entries of a NumPy masked array count as 0.
 
     Gradients flow into ``probs`` and through ``fn`` (torch autograd, JAX).
     The gradient with respect to an evaluated ``probs[r, k]`` is ``f(r, k)``;
