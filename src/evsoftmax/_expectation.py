@@ -48,7 +48,7 @@ def _validate_probs(probs: Any, xp: Namespace) -> Array:
     A NumPy masked array's masked entries are probability 0 (never half-read).
     """
     if isinstance(probs, np.ma.MaskedArray):
-        probs = np.ma.getdata(np.ma.filled(probs, np.zeros((), dtype=probs.dtype)))
+        probs = probs.filled(0)
     if not xp.isdtype(probs.dtype, "real floating"):
         raise TypeError(f"probs must have a real floating dtype, got {probs.dtype}")
     if probs.ndim == 0:
