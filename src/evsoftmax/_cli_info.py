@@ -10,6 +10,7 @@ torch or cupy).
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -123,8 +124,8 @@ def _cpu_flags() -> frozenset[str] | None:
     except OSError:
         pass
     try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:
+        features = importlib.import_module("numpy._core._multiarray_umath").__cpu_features__
+    except (ImportError, AttributeError):
         return None
     return frozenset(ours for ours, theirs in _NUMPY_FEATURES.items() if features.get(theirs))
 
