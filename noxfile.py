@@ -116,7 +116,7 @@ def _tests(session: nox.Session) -> None:
     session.install("-r", f"backends/{backend}.txt")
     _install_package(session, "[test]")
     env = {"EVSOFTMAX_TEST_BACKENDS": backend, "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1"}
-    session.run("pytest", "-n", "auto", *session.posargs, env=env)
+    session.run("pytest", "-n", "auto", "--durations=10", *session.posargs, env=env)
 
 
 for _backend in BACKENDS:
