@@ -1,6 +1,6 @@
 """Every ```python block of README.md and docs/*.md runs as written, and shows true output.
 
-Conventions (docs/index.md's contributor note repeats them):
+Conventions (for everyone who writes a page):
 
 * The blocks of one page run in page order in one namespace, as a reader would
   paste them into one interpreter; each page starts from an empty namespace.

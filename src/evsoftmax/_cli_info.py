@@ -48,6 +48,9 @@ _BACKENDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "cupy": ("cupy", ("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy"), "cupy"),
 }
 
+# Integration modules (evsoftmax.integrations.NAME) -> their extra.
+_INTEGRATIONS = {"flax": "flax", "equinox": "equinox"}
+
 # The C kernel's clones (GCC ``target_clones``, x86-64 Linux builds) and the CPU
 # flags (as /proc/cpuinfo names them) each needs; GCC's loader picks the first
 # clone the CPU supports, the same test as ``__builtin_cpu_supports("arch=...")``.
@@ -111,6 +114,15 @@ def _backends() -> dict[str, dict[str, Any]]:
     for name, (module, distributions, extra) in _BACKENDS.items():
         version = _version(module, distributions)
         remedy = _FROM_CLONE.format(extra=extra) if extra and version is None else ""
+        found[name] = {"installed": version is not None, "version": version, "remedy": remedy}
+    return found
+
+
+def _integrations() -> dict[str, dict[str, Any]]:
+    found = {}
+    for name, extra in _INTEGRATIONS.items():
+        version = _version(name, (name,))
+        remedy = _FROM_CLONE.format(extra=extra) if version is None else ""
         found[name] = {"installed": version is not None, "version": version, "remedy": remedy}
     return found
 
@@ -242,6 +254,7 @@ def collect() -> dict[str, Any]:
         },
         "platform": {"system": platform.platform(), "machine": platform.machine()},
         "backends": _backends(),
+        "integrations": _integrations(),
         "fast_paths": {name: probe() for name, probe in fast_paths.items()},
     }
 
@@ -264,6 +277,10 @@ def _text(report: dict[str, Any]) -> str:
         "backends:",
     ]
     for name, found in report["backends"].items():
+        state = found["version"] if found["installed"] else f"not installed ({found['remedy']})"
+        lines.append(f"  {name:<17} {state}")
+    lines += ["", "integrations (evsoftmax.integrations):"]
+    for name, found in report["integrations"].items():
         state = found["version"] if found["installed"] else f"not installed ({found['remedy']})"
         lines.append(f"  {name:<17} {state}")
     lines += ["", "fast paths:"]
