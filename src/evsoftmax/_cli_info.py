@@ -32,10 +32,10 @@ HELP = "Show versions, the backends found and which fast paths are active (and w
 # installed from a clone of the repository.
 _FROM_CLONE = 'from a clone of the repository: pip install ".[{extra}]"'
 _REBUILD = (
-    "install a C compiler (gcc or clang on Linux, the Xcode command line tools on macOS, "
-    "Microsoft C++ Build Tools on Windows), then reinstall from the clone: "
-    "pip install --force-reinstall --no-deps ."
+    "install a C compiler (gcc or clang on Linux, the Xcode command line tools on macOS), "
+    "then reinstall from the clone: pip install --force-reinstall --no-deps ."
 )
+_NO_POSIX = "none on this platform: the kernel uses POSIX threads (Linux, macOS)"
 _ENV_OFF = "EVSOFTMAX_NO_CPU_KERNELS"
 
 # Backend name -> (module to look for, distribution names that may provide it, extra).
@@ -167,7 +167,9 @@ def _cpu_kernel() -> dict[str, Any]:
     kernels = _ext._KERNELS
     if kernels is None:
         why = "the C extension evsoftmax._ext._cpu_kernels is not built (no C compiler at install)"
-        return _path(False, False, why_not=why, remedy=_REBUILD)
+        return _path(
+            False, False, why_not=why, remedy=_REBUILD if os.name == "posix" else _NO_POSIX
+        )
     isa = _kernel_isa(kernels)
     if os.environ.get(_ENV_OFF):
         why = f"turned off by the environment variable {_ENV_OFF}={os.environ[_ENV_OFF]}"
@@ -182,7 +184,10 @@ def _jax_ffi(cpu_kernel: dict[str, Any]) -> dict[str, Any]:
         )
     if not cpu_kernel["available"]:
         return _path(
-            False, False, why_not="needs the CPU kernel, which is not built", remedy=_REBUILD
+            False,
+            False,
+            why_not="needs the CPU kernel, which is not built",
+            remedy=cpu_kernel["remedy"],
         )
     if not cpu_kernel["active"]:
         return _path(
