@@ -206,15 +206,16 @@ def _triton() -> dict[str, Any]:
         return _path(
             False, False, why_not="torch is not installed", remedy=_FROM_CLONE.format(extra="torch")
         )
-    if importlib.util.find_spec("triton") is None:
-        return _path(False, False, why_not="triton is not installed", remedy="pip install triton")
     import torch
 
+    # The GPU first: without one, installing triton would not help.
     if not torch.cuda.is_available():
         build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device visible"
         why = f"torch.cuda.is_available() is False ({build})"
         remedy = "a CUDA build of torch on a machine with an NVIDIA GPU (see docs/gpu.md)"
         return _path(False, False, "CUDA tensors in eager mode", why, remedy)
+    if importlib.util.find_spec("triton") is None:
+        return _path(False, False, why_not="triton is not installed", remedy="pip install triton")
     return _path(True, True, f"CUDA tensors on {torch.cuda.get_device_name()}")
 
 
