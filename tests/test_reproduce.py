@@ -198,4 +198,4 @@ def test_command_line_names_missing_dependencies(monkeypatch, capsys):
     assert cli.main(["reproduce", "cvae"]) == 1
     err = capsys.readouterr().err
     assert "no-such-package" in err
-    assert "evsoftmax[reproduce]" in err
+    assert 'pip install ".[reproduce]" (from a clone of the repository)' in err

@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     missing = missing_dependencies()
     if missing:
         print(
-            f"evsoftmax reproduce needs {', '.join(missing)}: pip install 'evsoftmax[reproduce]'",
+            f"evsoftmax reproduce needs {', '.join(missing)}: "
+            'pip install ".[reproduce]" (from a clone of the repository)',
             file=sys.stderr,
         )
         return 1
