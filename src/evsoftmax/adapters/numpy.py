@@ -25,7 +25,7 @@ __all__ = ["ev_softmax", "log_ev_softmax"]
 
 def _shifted_and_support(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``x - rowmax`` (a new buffer) and the entries at or above their row mean, or None."""
-    with np.errstate(invalid="ignore"):  # -inf - -inf: such rows go to the core
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf - -inf, overflow: to the core
         shifted = np.subtract(x, np.max(x, axis=axis, keepdims=True))
         mean = np.sum(shifted, axis=axis, keepdims=True)
     mean /= x.shape[axis]
