@@ -191,12 +191,12 @@ def emulate_forward(
     row_max, shifted_sum, count, bad = _row_stats(v, valid)
     mean = (shifted_sum / count.astype(acc_dtype)).astype(acc_dtype)
     row_max, mean = row_max[:, None, None], mean[:, None, None]
-    eps = acc(epsilon)
-    log_eps = acc(math.log(epsilon) if epsilon > 0 else -math.inf)
-    log1p_eps = acc(math.log1p(epsilon))
+    # The weights relative to the support: 1 in it, eps / (1 + eps) outside.
+    ratio = acc(epsilon / (1.0 + epsilon))
+    log_ratio = acc(math.log(epsilon) - math.log1p(epsilon) if epsilon > 0 else -math.inf)
     s = v - row_max
     in_support = s >= mean
-    weight = np.where(in_support, acc(1) + eps, eps) * np.exp(s)
+    weight = np.where(in_support, acc(1), ratio) * np.exp(s)
 
     if mode == "support":
         out = valid & in_support
@@ -212,7 +212,7 @@ def emulate_forward(
             out = np.where(valid, weight * (acc(1) / total), acc(0))
             fill = (acc(0), acc(np.nan))
         else:
-            log_w = np.where(in_support, s + log1p_eps, s + log_eps)
+            log_w = np.where(in_support, s, s + log_ratio)
             out = np.where(valid, log_w - np.log(total), acc(-np.inf))
             fill = (acc(-np.inf), acc(np.nan))
     empty = (count == 0)[:, None, None]

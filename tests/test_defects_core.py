@@ -359,3 +359,16 @@ def test_evidential_minus_inf_bias_is_excluded(xp) -> None:
         evs.evidential_sparsification(xp.asarray(features), xp.asarray(weight), xp.asarray(none))
     )
     np.testing.assert_array_equal(got, np.zeros((5, 4)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("mode", ["probs", "log_probs"])
+def test_cupy_kernel_replay_large_epsilon(dtype: str, mode: str) -> None:
+    """D2 in the CuPy kernels (replayed in NumPy): weights eps/(1+eps), finite for 1e300."""
+    from .cupy_emulation import emulate_forward
+
+    x = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, -3.0]])
+    for epsilon in (3e38, 1e300):
+        got = emulate_forward(x, axis=-1, epsilon=epsilon, where=None, mode=mode, dtype=dtype)
+        reference = ref.ev_softmax if mode == "probs" else ref.log_ev_softmax
+        np.testing.assert_allclose(got, reference(x, eps=epsilon), rtol=2e-3, atol=1e-3)

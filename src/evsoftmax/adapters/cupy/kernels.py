@@ -20,10 +20,11 @@ again in each pass, ``TILE_ITEMS`` loads at a time:
    support, as ``_core.row_statistics`` guarantees. A valid NaN or ``+inf``
    flags the row. The per-thread states are combined by a warp butterfly and
    then across warps.
-2. **normalizer**: ``Z = sum over valid k of (1{s_k >= mean} + eps) * exp(s_k)``
-   with ``s = x - max``, reduced the same way.
+2. **normalizer**: ``Z = sum over valid k of w_k * exp(s_k)`` with ``s = x - max``
+   and ``w = 1`` in the support, ``eps / (1 + eps)`` outside it (DESIGN section 4),
+   reduced the same way.
 3. **output**: probabilities ``weight / Z``, log-probabilities
-   ``s + log(1{support} + eps) - log Z`` or the support mask, with the DESIGN
+   ``s + log(w) - log Z`` or the support mask, with the DESIGN
    §4 values for flagged rows (NaN) and rows without a valid entry (0, -inf,
    False).
 
@@ -243,20 +244,21 @@ __device__ __forceinline__ bool ev_is_valid(ev_acc_t v, const unsigned char* mas
 #endif
 }
 
-// (1{s in support} + epsilon) * exp(s) for a valid entry with shifted score s.
-__device__ __forceinline__ ev_acc_t ev_weight(ev_acc_t s, ev_acc_t mean, ev_acc_t epsilon) {
-    return (s >= mean ? (ev_acc_t)1 + epsilon : epsilon) * EV_EXP(s);
+// exp(s) in the support, ratio * exp(s) outside it (ratio = eps / (1 + eps), the weights
+// relative to the support of DESIGN section 4: finite for every finite eps).
+__device__ __forceinline__ ev_acc_t ev_weight(ev_acc_t s, ev_acc_t mean, ev_acc_t ratio) {
+    return (s >= mean ? (ev_acc_t)1 : ratio) * EV_EXP(s);
 }
 
 __device__ __forceinline__ ev_out_t ev_output(
-    bool valid, ev_acc_t s, ev_acc_t mean, ev_acc_t scale, ev_acc_t epsilon,
-    ev_acc_t log_epsilon, ev_acc_t log1p_epsilon) {
+    bool valid, ev_acc_t s, ev_acc_t mean, ev_acc_t scale, ev_acc_t ratio,
+    ev_acc_t log_ratio) {
 #if EV_MODE == EV_MODE_PROBS
     // scale = 1 / Z
-    return ev_store(valid ? ev_weight(s, mean, epsilon) * scale : (ev_acc_t)0);
+    return ev_store(valid ? ev_weight(s, mean, ratio) * scale : (ev_acc_t)0);
 #elif EV_MODE == EV_MODE_LOG_PROBS
     // scale = log Z
-    return ev_store(valid ? (s >= mean ? s + log1p_epsilon : s + log_epsilon) - scale : -EV_INF);
+    return ev_store(valid ? (s >= mean ? s : s + log_ratio) - scale : -EV_INF);
 #else
     return (ev_out_t)(valid && s >= mean);
 #endif
@@ -304,10 +306,10 @@ __device__ __forceinline__ void ev_stats_push_tile(
 template <int N>
 __device__ __forceinline__ ev_acc_t ev_weight_tile(
     const ev_acc_t (&v)[N], unsigned int valid, ev_acc_t row_max, ev_acc_t mean,
-    ev_acc_t epsilon, ev_acc_t total) {
+    ev_acc_t ratio, ev_acc_t total) {
 #pragma unroll
     for (int j = 0; j < N; ++j)
-        if (valid & (1u << j)) total += ev_weight(v[j] - row_max, mean, epsilon);
+        if (valid & (1u << j)) total += ev_weight(v[j] - row_max, mean, ratio);
     return total;
 }
 
@@ -315,14 +317,13 @@ template <int N>
 __device__ __forceinline__ void ev_write_tile(
     ev_out_t* __restrict__ out, long long start, long long inner, long long length,
     long long first, const ev_acc_t (&v)[N], unsigned int valid, ev_acc_t row_max,
-    ev_acc_t mean, ev_acc_t scale, ev_acc_t epsilon, ev_acc_t log_epsilon,
-    ev_acc_t log1p_epsilon) {
+    ev_acc_t mean, ev_acc_t scale, ev_acc_t ratio, ev_acc_t log_ratio) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
         const long long k = first + threadIdx.x + (long long)j * blockDim.x;
         if (k < length)
             out[start + k * inner] = ev_output((valid >> j) & 1u, v[j] - row_max, mean, scale,
-                                               epsilon, log_epsilon, log1p_epsilon);
+                                               ratio, log_ratio);
     }
 }
 
@@ -332,7 +333,7 @@ __device__ __forceinline__ void ev_write_tile(
 extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forward(
     const ev_store_t* __restrict__ x, const unsigned char* __restrict__ mask,
     ev_out_t* __restrict__ out, const long long length, const long long inner,
-    const ev_acc_t epsilon, const ev_acc_t log_epsilon, const ev_acc_t log1p_epsilon) {
+    const ev_acc_t ratio, const ev_acc_t log_ratio) {
     const long long row = blockIdx.x;
     const long long start = (row / inner) * length * inner + row % inner;
     const long long cached_span = (long long)EV_CACHE * blockDim.x;
@@ -361,11 +362,11 @@ extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forwa
     // Pass 2: the normalizer Z (not needed for the support).
     ev_acc_t scale = (ev_acc_t)0;
 #if EV_MODE != EV_MODE_SUPPORT
-    ev_acc_t total = ev_weight_tile(cached, cached_valid, row_max, mean, epsilon, (ev_acc_t)0);
+    ev_acc_t total = ev_weight_tile(cached, cached_valid, row_max, mean, ratio, (ev_acc_t)0);
     for (long long first = cached_span; first < length; first += tile) {
         ev_acc_t v[EV_TILE];
         const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
-        total = ev_weight_tile(v, valid, row_max, mean, epsilon, total);
+        total = ev_weight_tile(v, valid, row_max, mean, ratio, total);
     }
     total = ev_block_sum(total);
 #if EV_MODE == EV_MODE_PROBS
@@ -377,12 +378,12 @@ extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forwa
 
     // Pass 3: the output.
     ev_write_tile(out, start, inner, length, 0, cached, cached_valid, row_max, mean, scale,
-                  epsilon, log_epsilon, log1p_epsilon);
+                  ratio, log_ratio);
     for (long long first = cached_span; first < length; first += tile) {
         ev_acc_t v[EV_TILE];
         const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
-        ev_write_tile(out, start, inner, length, first, v, valid, row_max, mean, scale, epsilon,
-                      log_epsilon, log1p_epsilon);
+        ev_write_tile(out, start, inner, length, first, v, valid, row_max, mean, scale, ratio,
+                      log_ratio);
     }
 }
 """
