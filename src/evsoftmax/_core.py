@@ -140,10 +140,8 @@ def _normalizer(weights: Array, axis: int, xp: Namespace) -> Array:
     return xp.where(total == 0.0, 1.0, total)
 
 
-def _weights(
-    shifted: Array, valid: Array, support: Array, epsilon: float, xp: Namespace
-) -> Array:
-    """Unnormalized probabilities ``exp(shifted)`` on the support, times ``eps / (1 + eps)`` off it."""
+def _weights(shifted: Array, valid: Array, support: Array, epsilon: float, xp: Namespace) -> Array:
+    """Unnormalized probabilities: ``exp(shifted)``, times ``eps / (1 + eps)`` off the support."""
     exp = xp.where(valid, xp.exp(shifted), 0.0)
     ratio = off_support_weight(epsilon)[0]
     return xp.where(support, exp, ratio * exp)

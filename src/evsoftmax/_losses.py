@@ -28,10 +28,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from . import _core, _entmax, _sparsemax
-from ._dispatch import implementation
 import numpy as np
 
+from . import _core, _entmax, _sparsemax
+from ._dispatch import implementation
 from ._lib._compat import device
 from ._lib._prepare import empty_like, is_empty, prepare
 from ._lib._typing import Array, Namespace

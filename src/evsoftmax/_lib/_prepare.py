@@ -19,9 +19,7 @@ __all__ = ["Prepared", "empty_like", "is_empty", "prepare"]
 Prepared = tuple[Array, int, "Array | None", Namespace]
 
 
-def prepare(
-    x: Any, axis: Any, where: Any, xp: Namespace | None, name: str = "x"
-) -> Prepared:
+def prepare(x: Any, axis: Any, where: Any, xp: Namespace | None, name: str = "x") -> Prepared:
     """Infer the namespace and return ``(x, axis, where, xp)`` validated and normalized.
 
     A NumPy masked array is read as its data with its mask as ``where=False``
