@@ -67,14 +67,27 @@ def test_large_epsilon_is_finite_on_the_core(xp, epsilon: float) -> None:
         np.testing.assert_allclose(logp, ref.log_ev_softmax(x, eps=epsilon), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [">f4", ">f8", np.float16])
+@pytest.mark.parametrize("dtype", [">f4", ">f8", np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("epsilon", [3e38, 1e300])
-def test_large_epsilon_numpy_fallbacks(dtype: object, epsilon: float, kernel: str) -> None:
-    """D2 as reported: big-endian and float16 NumPy input go to the core."""
+def test_large_epsilon_numpy_paths(dtype: object, epsilon: float, kernel: str) -> None:
+    """D2 as reported: big-endian and float16 go to the core; native floats without the
+    kernel to NumPy's in-place path (which added eps to the indicator, too)."""
     x = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, -3.0]], dtype=dtype)
     p = evs.ev_softmax(x, epsilon=epsilon)
     assert np.isfinite(p).all()
     np.testing.assert_allclose(p, ref.ev_softmax(x, eps=epsilon), **_tolerance(x.dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_tiny_epsilon_log_is_finite(dtype: type, kernel: str) -> None:
+    """log(eps / (1 + eps)) is taken in float64: eps = 1e-300 stays finite in float32."""
+    x = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, -3.0]], dtype=dtype)
+    out = evs.log_ev_softmax(x, epsilon=1e-300)
+    expected = ref.log_ev_softmax(x, eps=1e-300)
+    if np.finfo(dtype).bits < 32:
+        with np.errstate(over="ignore"):
+            expected = expected.astype(dtype)
+    np.testing.assert_allclose(out, expected, **_tolerance(x.dtype))
 
 
 # -- huge ranges: the exact mean's support (D16) ------------------------------------------
