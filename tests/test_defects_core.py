@@ -14,6 +14,7 @@ import evsoftmax as evs
 from evsoftmax import _ext
 
 from . import reference as ref
+from . import reference_baselines as ref_baselines
 from . import reference_losses as ref_losses
 from .backends import to_numpy
 
@@ -385,3 +386,22 @@ def test_cupy_kernel_replay_large_epsilon(dtype: str, mode: str) -> None:
         got = emulate_forward(x, axis=-1, epsilon=epsilon, where=None, mode=mode, dtype=dtype)
         reference = ref.ev_softmax if mode == "probs" else ref.log_ev_softmax
         np.testing.assert_allclose(got, reference(x, eps=epsilon), rtol=2e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "fn", [evs.softmax, evs.log_softmax, evs.sparsemax, evs.entmax15, evs.entmax_bisect]
+)
+def test_baselines_on_huge_ranges_do_not_overflow(xp, fn) -> None:
+    """x - max beyond the dtype's range is -inf (weight 0), formed without an overflow."""
+    x = np.array([[3e38, -3e38, 0.0], [1.0, 2.0, -3.0]], np.float32)
+    out = to_numpy(fn(xp.asarray(x, dtype=xp.float32)))  # filterwarnings=error: no warning
+    if fn is evs.log_softmax:
+        with np.errstate(over="ignore"):
+            expected = ref_baselines.log_softmax(x).astype(np.float32)
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    else:
+        np.testing.assert_allclose(out[0], [1.0, 0.0, 0.0], atol=1e-7)
+    float16 = np.array([[65504, -65504, 0]], np.float16)
+    if fn is evs.log_softmax:
+        got = evs.log_softmax(float16)  # no 'overflow encountered in cast'
+        assert got.dtype == np.float16 and got[0, 1] == -np.inf

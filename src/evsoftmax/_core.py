@@ -30,6 +30,7 @@ from ._lib._typing import Array, Namespace
 
 __all__ = [
     "accumulation_dtype",
+    "cast_result",
     "ev_softmax",
     "ev_softmax_jvp",
     "ev_softmax_support",
@@ -147,7 +148,7 @@ def _weights(shifted: Array, valid: Array, support: Array, epsilon: float, xp: N
     return xp.where(support, exp, ratio * exp)
 
 
-def _to_output(out: Array, dtype: object, xp: Namespace) -> Array:
+def cast_result(out: Array, dtype: object, xp: Namespace) -> Array:
     """Cast ``out`` (accumulation dtype, ``<= 0`` or NaN) to ``dtype`` without an overflow.
 
     Values below the half-precision range round to ``-inf`` anyway; mapping them
@@ -185,7 +186,7 @@ def log_ev_softmax(
     log_weights = xp.where(support, shifted, shifted + log_ratio)
     log_weights = xp.where(valid, log_weights, -math.inf)
     out = xp.where(bad, math.nan, log_weights - xp.log(_normalizer(weights, axis, xp)))
-    return _to_output(out, out_dtype, xp)
+    return cast_result(out, out_dtype, xp)
 
 
 def ev_softmax_support(x: Array, *, axis: int, where: Array | None, xp: Namespace) -> Array:
