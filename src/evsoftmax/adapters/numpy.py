@@ -43,13 +43,15 @@ def _weights(support: np.ndarray, epsilon: float, dtype: np.dtype[np.floating]) 
     if epsilon == 0.0:
         return support.astype(dtype)
     ratio = _core.off_support_weight(epsilon)[0]
-    return np.where(support, dtype.type(1.0), dtype.type(ratio))
+    weights: np.ndarray = np.where(support, dtype.type(1.0), dtype.type(ratio))
+    return weights
 
 
 def _log_weights(support: np.ndarray, epsilon: float, dtype: np.dtype[np.floating]) -> np.ndarray:
     """``log`` of :func:`_weights`, from ``log(eps) - log1p(eps)`` (finite for tiny eps)."""
     log_ratio = _core.off_support_weight(epsilon)[1]
-    return np.where(support, dtype.type(0.0), dtype.type(log_ratio))
+    logs: np.ndarray = np.where(support, dtype.type(0.0), dtype.type(log_ratio))
+    return logs
 
 
 def _fast(x: Array, where: Array | None) -> bool:
