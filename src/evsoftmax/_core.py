@@ -20,6 +20,13 @@ Comparing *shifted* scores with their mean keeps the row maximum in the
 support under any rounding: every valid ``s`` is ``<= 0``, so their mean is
 ``<= 0`` and the maximum (``s = 0``) always passes. A constant row therefore
 gives the uniform distribution at any length and magnitude.
+
+The code follows the numerical recipe of DESIGN section 4 (docs/math.md), which
+every execution path transcribes: the threshold is the sum of the shifted
+scores divided once by the valid count; the weights are divided by
+:math:`1 + \varepsilon` (1 on the support, :math:`\varepsilon/(1+\varepsilon)`
+off it), so any finite :math:`\varepsilon` gives finite probabilities; a row
+whose shift overflows gets the exact mean's support (:func:`row_statistics`).
 """
 
 from __future__ import annotations
@@ -84,17 +91,20 @@ def _support_scale(hi: Array, lo: Array, count: Array, dtype: object, xp: Namesp
     return xp.where(risky, xp.pow(xp.full_like(k, 0.5), k), 1.0)
 
 
-def _row_mean(values: Array, count: Array, axis: int, xp: Namespace) -> Array:
-    """The row sums of ``values`` divided once by ``count``, in ``values``' dtype.
+def _sum_dtype(dtype: object, xp: Namespace) -> object:
+    """The dtype row sums are taken in: float64 for float32 (exact for moderate rows)."""
+    return xp.float64 if dtype == xp.float32 else dtype
 
-    float32 is summed in float64 (exact for rows of moderate length) and the
-    quotient rounded once back to float32, as the compiled kernel does, so that
-    a mean that float32 represents exactly is found exactly.
+
+def _row_mean(values: Array, count: Array, axis: int, xp: Namespace) -> Array:
+    """The row sums of ``values`` divided once by ``count``, rounded to ``values``' dtype.
+
+    The sum is taken in ``count``'s dtype (:func:`_sum_dtype`: float64 for float32)
+    and the quotient rounded once, as the compiled kernel does, so that a mean
+    that float32 represents exactly is found exactly.
     """
-    if values.dtype == xp.float32:
-        total = xp.sum(values, axis=axis, keepdims=True, dtype=xp.float64)
-        return xp.astype(total / xp.astype(count, xp.float64), xp.float32)
-    return xp.sum(values, axis=axis, keepdims=True) / count
+    total = xp.sum(values, axis=axis, keepdims=True, dtype=count.dtype)
+    return xp.astype(total / count, values.dtype, copy=False)
 
 
 def row_statistics(
@@ -121,10 +131,10 @@ def row_statistics(
     ordinary = ~bad & (hi != -math.inf)
     hi = xp.where(ordinary, hi, 0.0)
     lo = xp.where(ordinary, lo, 0.0)
-    count = xp.sum(xp.astype(valid, x.dtype), axis=axis, keepdims=True)
+    count = xp.sum(xp.astype(valid, _sum_dtype(x.dtype, xp)), axis=axis, keepdims=True)
     count = xp.where(count == 0.0, 1.0, count)
     kept = valid & ~bad
-    scale = _support_scale(hi, lo, count, x.dtype, xp)
+    scale = _support_scale(hi, lo, xp.astype(count, x.dtype), x.dtype, xp)
     scaled = xp.where(kept, x, hi) * scale - hi * scale
     threshold = _row_mean(scaled, count, axis, xp)
     support = kept & (scaled >= threshold)
