@@ -74,7 +74,7 @@ def _valid_entries(x: Array, where: Array | None, xp: Namespace) -> Array:
 
 
 def _support_scale(hi: Array, lo: Array, count: Array, dtype: object, xp: Namespace) -> Array:
-    """Per row: 1, or an exact power of two ``2**-k >= ...`` when the shift could overflow.
+    """Per row: 1, or the power of two ``2**-k`` when the shift or its sum could overflow.
 
     ``hi`` and ``lo`` are the finite valid row maximum and minimum, ``count``
     (>= 1) the number of valid entries. The shifted scores ``x - hi`` and their
