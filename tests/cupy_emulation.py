@@ -191,11 +191,12 @@ def emulate_forward(
     row_max, shifted_sum, count, bad = _row_stats(v, valid)
     mean = (shifted_sum / count.astype(acc_dtype)).astype(acc_dtype)
     row_max, mean = row_max[:, None, None], mean[:, None, None]
+    h, mh, mean = _threshold(v, valid, row_max, mean, count)
     # The weights relative to the support: 1 in it, eps / (1 + eps) outside.
     ratio = acc(epsilon / (1.0 + epsilon))
     log_ratio = acc(math.log(epsilon) - math.log1p(epsilon) if epsilon > 0 else -math.inf)
     s = v - row_max
-    in_support = s >= mean
+    in_support = v * h - mh >= mean  # ev_in
     weight = np.where(in_support, acc(1), ratio) * np.exp(s)
 
     if mode == "support":
@@ -218,6 +219,27 @@ def emulate_forward(
     empty = (count == 0)[:, None, None]
     out = np.where(bad[:, None, None], fill[1], np.where(empty, fill[0], out))
     return _scatter(out, index, shape, dtype, mode)
+
+
+def _threshold(
+    v: np.ndarray, valid: np.ndarray, row_max: np.ndarray, mean: np.ndarray, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ev_threshold``: ``(h, mh, mean)``, rescaled where the shifted sum overflowed."""
+    acc = v.dtype.type
+    wide = mean == -np.inf
+    k = np.ones(count.shape, dtype=np.int64)
+    while ((2**k) < 2 * count).any():
+        k = np.where((2**k) < 2 * count, k + 1, k)
+    h = np.where(wide, np.ldexp(acc(1), -k)[:, None, None], acc(1)).astype(v.dtype)
+    mh = (row_max * h).astype(v.dtype)
+    t = (v * h - mh).astype(np.float64)
+    # The extra pass, in double: per-thread sums in entry order, then the block (as for Z).
+    total = np.zeros(v.shape[:2], dtype=np.float64)
+    for j in range(v.shape[2]):
+        total = np.where(valid[:, :, j], total + t[:, :, j], total)
+    (total,) = _block_reduce((total,), (0.0,), _combine_sums)
+    scaled_mean = (total / count.astype(np.float64)).astype(v.dtype)[:, None, None]
+    return h, mh, np.where(wide, scaled_mean, mean)
 
 
 def _scatter(

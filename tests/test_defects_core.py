@@ -405,3 +405,25 @@ def test_baselines_on_huge_ranges_do_not_overflow(xp, fn) -> None:
     if fn is evs.log_softmax:
         got = evs.log_softmax(float16)  # no 'overflow encountered in cast'
         assert got.dtype == np.float16 and got[0, 1] == -np.inf
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode", ["support", "probs", "log_probs"])
+def test_cupy_kernel_replay_huge_ranges(dtype: str, mode: str) -> None:
+    """D16 in the CuPy kernels (replayed in NumPy): the exact mean's support."""
+    from .cupy_emulation import emulate_forward
+
+    big = float(np.finfo(dtype).max)
+    x = np.array([[0.9 * big, -0.9 * big, 0.0], [big, -big, 0.5 * big]], dtype)
+    long = np.tile(x[:1], (1, 14))[:, :41]  # exact mean -0.9 max + ... = 0: the zeros tie
+    for rows in (x, long):
+        support = np.array([ref.exact_support_row(r) for r in rows])
+        got = emulate_forward(rows, axis=-1, epsilon=0.5, where=None, mode=mode, dtype=dtype)
+        if mode == "support":
+            np.testing.assert_array_equal(got, support)
+        elif mode == "probs":
+            np.testing.assert_allclose(got, ref.ev_softmax(rows, eps=0.5), rtol=1e-6)
+        else:
+            with np.errstate(over="ignore"):
+                expected = ref.log_ev_softmax(rows, eps=0.5).astype(dtype)
+            np.testing.assert_allclose(got, expected, rtol=1e-6)
