@@ -205,6 +205,16 @@ def validate_where(where: Any, x: Array, xp: Namespace, name: str = "where") -> 
     return mask
 
 
+def _is_foreign(where: Any, x: Array) -> bool:
+    """Whether ``where`` is an array of another library than ``x`` (a tracer is not)."""
+    if not hasattr(where, "__dlpack__"):
+        return False
+    try:
+        return array_namespace(where) is not array_namespace(x)
+    except TypeError:
+        return True  # an array library that array_api_compat does not know
+
+
 def _as_mask(where: Any, x: Array, xp: Namespace, name: str) -> Array:
     """``where`` as an array of ``xp`` on ``x``'s device.
 
@@ -214,7 +224,7 @@ def _as_mask(where: Any, x: Array, xp: Namespace, name: str) -> Array:
     """
     if isinstance(where, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a plain boolean array, got a masked array")
-    if hasattr(where, "__dlpack__") and type(where) is not type(x):
+    if _is_foreign(where, x):
         try:
             where = xp.from_dlpack(where)
         except Exception:
