@@ -427,3 +427,16 @@ def test_cupy_kernel_replay_huge_ranges(dtype: str, mode: str) -> None:
             with np.errstate(over="ignore"):
                 expected = ref.log_ev_softmax(rows, eps=0.5).astype(dtype)
             np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_KERNEL, reason="the compiled CPU kernel is not built")
+def test_kernel_float64_huge_range_tie_stays_in() -> None:
+    """The kernel sums the scaled scores in long double: [1.7e308, -1.7e308, 0] has mean 0.
+
+    (The array-API core sums them in float64, whose one rounding may decide such a
+    tie; docs/math.md says so.)
+    """
+    x = np.array([[1.7e308, -1.7e308, 0.0], [1e308, -1.5e308, -0.25e308]])
+    expected = np.array([ref.exact_support_row(r) for r in x])
+    logp = evs.log_ev_softmax(x)  # eps = 0: -inf exactly off the support
+    assert (np.isfinite(logp) == expected).all()

@@ -100,23 +100,26 @@ static inline double exp_nonpositive_f64(double s) {
 /* Defines wide_row_<T>(x, y, length, m, count, ratio, log_ratio, log_out): the row
  * (of maximum m and count valid entries) whose shifted scores or their sum overflow,
  * which only happens when its valid range exceeds the dtype's maximum. The support is
- * that of the exact mean (DESIGN section 4, the same mechanism on every path): in
- * double, t = x 2^-k - m 2^-k with 2^k >= 2 count, so that neither a difference nor
- * the sum can overflow, and scaling by a power of two is exact; entries with
- * t >= sum(t) / count are in. Weights stay exp(x - m) (0 where the shift overflows).
- * A rare row: plain scalar code. */
+ * that of the exact mean (DESIGN section 4, the same mechanism on every path):
+ * t = x 2^-k - m 2^-k with 2^k >= 2 count, so that neither a difference nor the sum
+ * can overflow, and scaling by a power of two is exact; entries with
+ * t >= sum(t) / count are in. t is formed in double and summed in long double (64
+ * significant bits on x86-64), so that a float64 row's mean is exact for moderate
+ * lengths and a tie with it stays in. Weights stay exp(x - m) (0 where the shift
+ * overflows). A rare row: plain scalar code. */
 #define EVS_DEFINE_WIDE_ROW(T, EXP)                                                         \
     static void wide_row_##T(const T *restrict x, T *restrict y, Py_ssize_t length, T m,    \
                              double count, T ratio, T log_ratio, int log_out) {             \
         int k = 1;                                                                          \
         while (ldexp(1.0, k) < 2.0 * count) k++;                                            \
-        double h = ldexp(1.0, -k), mh = (double)m * h, sum = 0.0;                           \
+        double h = ldexp(1.0, -k), mh = (double)m * h;                                      \
+        long double sum = 0.0L;                                                             \
         for (Py_ssize_t i = 0; i < length; i++)                                             \
-            if (x[i] != -INFINITY) sum += (double)x[i] * h - mh;                            \
-        double mean = sum / count;                                                          \
+            if (x[i] != -INFINITY) sum += (long double)((double)x[i] * h - mh);             \
+        long double mean = sum / (long double)count;                                        \
         T total = 0;                                                                        \
         for (Py_ssize_t i = 0; i < length; i++) {                                           \
-            int in = x[i] != -INFINITY && (double)x[i] * h - mh >= mean;                    \
+            int in = x[i] != -INFINITY && (long double)((double)x[i] * h - mh) >= mean;     \
             T e = EXP(x[i] - m);                                                            \
             T w = in ? e : ratio * e;                                                       \
             if (!log_out) y[i] = w;                                                         \
@@ -125,7 +128,7 @@ static inline double exp_nonpositive_f64(double s) {
         if (log_out) {                                                                      \
             T log_total = (T)log((double)total);                                            \
             for (Py_ssize_t i = 0; i < length; i++) {                                       \
-                int in = x[i] != -INFINITY && (double)x[i] * h - mh >= mean;                \
+                int in = x[i] != -INFINITY && (long double)((double)x[i] * h - mh) >= mean; \
                 T s = x[i] - m;                                                             \
                 y[i] = (in ? s : s + log_ratio) - log_total;                                \
             }                                                                               \
