@@ -92,8 +92,16 @@ def _support_scale(hi: Array, lo: Array, count: Array, dtype: object, xp: Namesp
 
 
 def _sum_dtype(dtype: object, xp: Namespace) -> object:
-    """The dtype row sums are taken in: float64 for float32 (exact for moderate rows)."""
-    return xp.float64 if dtype == xp.float32 else dtype
+    """The dtype row sums are taken in: float64 for float32 where the namespace has it.
+
+    JAX without ``jax_enable_x64`` has no float64 (asking for it warns): float32 then.
+    """
+    if dtype != xp.float32:
+        return dtype
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is not None and "float64" not in info().dtypes(kind="real floating"):
+        return dtype
+    return xp.float64
 
 
 def _row_mean(values: Array, count: Array, axis: int, xp: Namespace) -> Array:
