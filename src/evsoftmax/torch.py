@@ -304,6 +304,12 @@ class EvSoftmaxLoss(torch.nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         class_dim = 0 if input.ndim == 1 else 1
+        if target.dtype == torch.bool or target.is_complex():
+            # As nn.CrossEntropyLoss: a bool tensor is neither class indices nor probabilities.
+            raise TypeError(
+                "target must hold class indices (an integer tensor) or class probabilities "
+                f"(a floating tensor), got dtype {target.dtype}"
+            )
         logp = log_ev_softmax(input, dim=class_dim, epsilon=self.epsilon)
         if target.is_floating_point():
             return _probability_target_loss(
