@@ -60,7 +60,11 @@ def prior_figure(results: Results, path: Path) -> None:
         bars.set_ylim(0, 1)
         bars.set_xticks(np.arange(latent), [f"z={z}" for z in order], fontsize=8)
         w = final.wasserstein[0]
-        bars.set_title(f"W even {w[0]:.2f}, W odd {w[1]:.2f}", fontsize=9)
+        tv = final.total_variation[0]
+        bars.set_title(
+            f"paper's W even {w[0]:.3f}, odd {w[1]:.3f}; TV even {tv[0]:.2f}, odd {tv[1]:.2f}",
+            fontsize=9,
+        )
         if r == 0:
             bars.legend(fontsize=8, loc="upper right")
     figure.suptitle("Prior p(z | y) over the decoded latent classes (first seed)")
@@ -68,7 +72,7 @@ def prior_figure(results: Results, path: Path) -> None:
 
 
 def wasserstein_figure(results: Results, path: Path) -> None:
-    """Fig. 2: Wasserstein distance over training, mean ± standard error over seeds."""
+    """Fig. 2: the paper's Wasserstein distance over training, mean ± standard error over seeds."""
     figure = Figure(figsize=(10, 3.8), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
     for q, (ax, (query, _)) in enumerate(zip(axes, _QUERIES, strict=True)):
@@ -82,7 +86,7 @@ def wasserstein_figure(results: Results, path: Path) -> None:
         ax.set_title(f"query y = {query}")
         ax.set_xlabel("training iteration")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Wasserstein distance to the truth")
+    axes[0].set_ylabel("paper's Wasserstein distance to the truth")
     axes[0].legend()
     _save(figure, path)
 
