@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,11 @@ def main(args: argparse.Namespace) -> int:
     """Run ``evsoftmax reproduce`` with parsed ``args``."""
     err = Console(stderr=True)
     if args.experiment in NOT_YET_AVAILABLE:
-        err.print(f"evsoftmax reproduce {args.experiment}: {NOT_YET_AVAILABLE[args.experiment]}")
+        # Plain print: the message must not be wrapped into a terminal's width.
+        print(
+            f"evsoftmax reproduce {args.experiment}: {NOT_YET_AVAILABLE[args.experiment]}",
+            file=sys.stderr,
+        )
         return 2
     names = AVAILABLE if args.experiment == "all" else (args.experiment,)
     try:

@@ -171,13 +171,18 @@ class _Model:
         ]
 
     def elbo_loss(
-        self, x: torch.Tensor, classes: torch.Tensor, generator: torch.Generator
+        self, x: torch.Tensor, classes: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """``L(x_i, y_i)`` per pair ``(n,)``: one decoder call per pair."""
+        """``L(x_i, y_i)`` per pair ``(n,)``: one decoder call per pair.
+
+        ``z`` is one reparameterized sample drawn with ``generator``, or the
+        posterior mean when ``generator`` is None.
+        """
         y = torch.nn.functional.one_hot(classes, CLASSES).to(x.dtype)
         mu, log_var = _one(self.encoder, torch.cat([x, y], dim=-1)).chunk(2, dim=-1)
-        noise = torch.randn(mu.shape, generator=generator)
-        z = mu + torch.exp(0.5 * log_var) * noise
+        z = mu
+        if generator is not None:
+            z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator)
         logits = _one(self.decoder, torch.cat([z, y], dim=-1))
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
         kl = 0.5 * (mu.square() + log_var.exp() - 1.0 - log_var).sum(-1)
