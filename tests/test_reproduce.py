@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("rich")
 
 from evsoftmax import cli  # noqa: E402
-from evsoftmax._reproduce import losses, metric, normalizers, ssvae, training  # noqa: E402
+from evsoftmax._reproduce import losses, metric, normalizers, ssvae, training, vqvae  # noqa: E402
 from evsoftmax._reproduce.data import load  # noqa: E402
 from evsoftmax._reproduce.experiment import run_cvae  # noqa: E402
 from evsoftmax._reproduce.options import EXACT, QUICK, CVAEOptions, quick  # noqa: E402
@@ -269,10 +269,11 @@ def test_command_line_exact_variant(tmp_path):
     assert summary["normalizers"]["softmax"]["decoder_calls_per_example"]["mean"] == 10.0
 
 
-@pytest.mark.parametrize("experiment", ["vqvae", "seq2seq"])
-def test_command_line_names_experiments_not_yet_available(experiment, capsys):
-    assert cli.main(["reproduce", experiment, "--quick"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+def test_command_line_names_seq2seq_not_yet_available(capsys):
+    assert cli.main(["reproduce", "seq2seq", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "not yet available" in err
+    assert "ev_attention" in err
 
 
 def test_command_line_all_writes_one_document(tmp_path, capsys):
@@ -281,12 +282,13 @@ def test_command_line_all_writes_one_document(tmp_path, capsys):
     assert cli.main([*argv, "--json", str(json_path), "--plots", str(plots)]) == 0
     assert "skipped seq2seq" in capsys.readouterr().out
     document = json.loads(json_path.read_text())
-    assert set(document["experiments"]) == {"cvae", "ssvae"}
-    assert set(document["not_available"]) == {"vqvae", "seq2seq"}
+    assert set(document["experiments"]) == {"cvae", "ssvae", "vqvae"}
+    assert set(document["not_available"]) == {"seq2seq"}
     for summary in document["experiments"].values():
         assert summary["options"]["steps"] == 12
         assert summary["options"]["seeds"] == 1
-    for name in ("cvae_priors.png", "cvae_wasserstein.png", "ssvae_accuracy.png"):
+    pngs = ("cvae_priors.png", "cvae_wasserstein.png", "ssvae_accuracy.png", "vqvae_samples.png")
+    for name in pngs:
         assert (plots / name).read_bytes()[:8] == PNG_MAGIC
 
 
@@ -377,3 +379,44 @@ def test_command_line_names_missing_dependencies(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no-such-package" in err
     assert "evsoftmax[reproduce]" in err
+
+
+# -- vqvae -----------------------------------------------------------------------------
+
+
+def test_vqvae_sampling_counts_non_zero_codes():
+    options = vqvae.QUICK.replace(codes=12, prior_hidden=8)
+    prior = vqvae._Prior(options.codes, options.prior_hidden)
+    digits = torch.arange(10)
+    gen = torch.Generator().manual_seed(0)
+    grids, nonzero = vqvae.sample(prior, "softmax", digits, gen)
+    assert grids.shape == (10, vqvae.POSITIONS)
+    assert ((grids >= 0) & (grids < 12)).all()
+    assert nonzero == 12.0  # softmax: every code, every step
+    again, _ = vqvae.sample(prior, "softmax", digits, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(grids, again)
+    _, sparse = vqvae.sample(prior, "sparsemax", digits, gen)
+    assert 1.0 <= sparse <= 12.0
+
+
+def test_vqvae_quantizes_to_the_nearest_code():
+    model = vqvae._VQVAE(codes=5, dims=3)
+    vectors = torch.randn(2, 16, 3)
+    got = model.quantize(vectors)
+    distances = ((vectors.unsqueeze(-2) - model.codebook.detach()) ** 2).sum(-1)
+    torch.testing.assert_close(got, distances.argmin(-1))
+
+
+def test_command_line_vqvae_quick_path(tmp_path):
+    json_path, plots = tmp_path / "vqvae.json", tmp_path / "plots"
+    argv = ["reproduce", "vqvae", "--quick", "--steps", "10", "--seeds", "1", "--no-progress"]
+    assert cli.main([*argv, "--json", str(json_path), "--plots", str(plots)]) == 0
+    summary = json.loads(json_path.read_text())
+    assert summary["options"]["steps"] == 10
+    assert list(summary["normalizers"]) == list(NAMES)
+    codes = summary["options"]["codes"]
+    assert summary["normalizers"]["softmax"]["nonzero_codes"]["mean"] == codes
+    for entry in summary["normalizers"].values():
+        assert 0.0 <= entry["acc1"]["mean"] <= entry["acc3"]["mean"] <= 100.0
+        assert 1.0 <= entry["nonzero_codes"]["mean"] <= codes
+    assert (plots / "vqvae_samples.png").read_bytes()[:8] == PNG_MAGIC
