@@ -90,7 +90,7 @@ class SSVAEOptions:
     normalizers: tuple[str, ...] = NORMALIZERS
     seeds: int = 3
     first_seed: int = 0
-    steps: int = 3000
+    steps: int = 1000
     labeled_fraction: float = 0.1
     batch_size: int = 64
     labeled_batch_size: int = 16
@@ -99,7 +99,7 @@ class SSVAEOptions:
     learning_rate: float = 1e-3
     alpha: float | None = None
     epsilon: float = 1e-6
-    eval_every: int = 250
+    eval_every: int = 100
     test_fraction: float = 0.2
     threads: int = 1
 
