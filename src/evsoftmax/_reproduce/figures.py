@@ -62,7 +62,11 @@ def prior_figure(results: Results, path: Path) -> None:
         bars.set_xlabel("latent class z (sorted by the digit its image shows)", fontsize=8)
         bars.set_ylabel("prior p(z | y)", fontsize=9)
         w = final.wasserstein[0]
-        bars.set_title(f"W even {w[0]:.2f}, W odd {w[1]:.2f}", fontsize=9)
+        tv = final.total_variation[0]
+        bars.set_title(
+            f"paper's W even {w[0]:.3f}, odd {w[1]:.3f}; TV even {tv[0]:.2f}, odd {tv[1]:.2f}",
+            fontsize=9,
+        )
         # Beside the bars, never over them.
         bars.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     figure.suptitle("Prior p(z | y) over the decoded latent classes (first seed)")
@@ -70,7 +74,7 @@ def prior_figure(results: Results, path: Path) -> None:
 
 
 def wasserstein_figure(results: Results, path: Path) -> None:
-    """Fig. 2: Wasserstein distance over training, mean ± standard error over seeds.
+    """Fig. 2: the paper's Wasserstein distance over training, mean ± standard error over seeds.
 
     The legend (beside the panels) names the normalizers and says what the
     shaded bands are.
@@ -90,7 +94,7 @@ def wasserstein_figure(results: Results, path: Path) -> None:
                 )
         ax.set_title(f"query y = {query}")
         ax.set_xlabel("training iteration")
-        ax.set_ylabel("Wasserstein distance to the truth")
+        ax.set_ylabel("paper's Wasserstein distance to the truth")
         ax.yaxis.set_tick_params(labelleft=True)
         ax.grid(alpha=0.3)
     handles, _labels = axes[0].get_legend_handles_labels()
