@@ -54,7 +54,7 @@ def forward(
     if torch.compiler.is_compiling():
         if kernel_op.applies(x, where):
             return kernel_op.cpu_rows_forward(x, dim, epsilon, log)
-        return ops.traced_forward(x, dim, epsilon, where, log)
+        return ops.composed_forward(x, dim, epsilon, where, log)
     if ops.fast_path_applies(x, where):
         return ops.cpu_rows_forward(x, dim, epsilon, log)
     triton_ops = _triton_for(x)
