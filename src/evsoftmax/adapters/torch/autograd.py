@@ -217,7 +217,14 @@ def _transforms_active() -> bool:
 def apply(
     x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
 ) -> torch.Tensor:
-    """ev-softmax (or its log) of ``x`` along the non-negative ``dim``, differentiable."""
+    """ev-softmax (or its log) of ``x`` along ``dim``, differentiable.
+
+    ``dim`` is non-negative, except while :func:`ops.recording` (a trace or an
+    export records the composed ops, differentiated by autograd, with ``dim`` as
+    the caller gave it).
+    """
+    if ops.recording():
+        return ops.composed_forward(x, dim, epsilon, where, log)
     if torch.compiler.is_compiling():
         function: Any = EvSoftmaxFunction
     elif _transforms_active():

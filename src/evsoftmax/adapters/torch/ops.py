@@ -40,13 +40,15 @@ __all__ = [
     "as_rows",
     "composed_forward",
     "cpu_rows_forward",
+    "empty_result",
     "ev_softmax_vjp",
     "fast_path_applies",
     "from_rows",
-    "traced_forward",
     "log_ev_softmax_jvp",
     "log_ev_softmax_vjp",
     "off_support_shift",
+    "recording",
+    "static_graph",
     "valid_mask",
 ]
 
@@ -83,6 +85,25 @@ def valid_mask(x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
 _OVERFLOW_SCALE = 2.0**-64
 
 
+def recording() -> bool:
+    """Whether ``torch.jit.trace``, ``torch.export`` or an ONNX exporter records the ops.
+
+    Those take :func:`composed_forward` directly, outside any ``autograd.Function``
+    (which a trace can neither save nor export) and without the compiled kernel
+    (which writes through ``data_ptr``: a trace would record its output as a constant).
+    """
+    return bool(torch.jit.is_tracing() or torch.compiler.is_exporting())
+
+
+def empty_result(x: torch.Tensor) -> torch.Tensor:
+    """ev-softmax (or its log) of an empty ``x``: an empty tensor computed from ``x``.
+
+    Computed rather than created, so that it stays in ``x``'s autograd graph (its
+    gradient is an empty zero tensor), as with ``torch.softmax``.
+    """
+    return x * 0
+
+
 def static_graph() -> bool:
     """Whether the ops are being recorded into a graph (compile, export, jit trace, functorch).
 
@@ -105,8 +126,8 @@ def _off_support_weights(epsilon: float, x: torch.Tensor) -> tuple[Any, Any]:
     which Dynamo specializes.) Both forms stay finite for every finite
     :math:`\varepsilon`, ``1e300`` included.
     """
-    if not torch.compiler.is_compiling():
-        return _ext.off_support_weight(epsilon)
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return _ext.off_support_weight(epsilon)  # an exported graph holds them as constants
     eps = torch.zeros((), dtype=torch.float64, device=x.device) + epsilon
     return eps / (1.0 + eps), torch.log(eps) - torch.log1p(eps)
 
@@ -139,7 +160,8 @@ def composed_forward(
     keep = shifted >= threshold
     if static_graph() or not bool(torch.isfinite(threshold).all()):
         finite = torch.isfinite(threshold)
-        keep = torch.where(finite, keep, _at_or_above_scaled_mean(x, top, valid, count, dim))
+        # Logical ops rather than a boolean where, which onnxruntime does not implement.
+        keep = (keep & finite) | (_at_or_above_scaled_mean(x, top, valid, count, dim) & ~finite)
     ratio, log_ratio = _off_support_weights(epsilon, x)
     exp = torch.exp(shifted)
     weights = torch.where(valid, torch.where(keep, exp, exp * ratio), 0.0)
