@@ -158,7 +158,8 @@ def composed_forward(
     shifted = x - top
     threshold = torch.where(valid, shifted, 0.0).sum(dim, keepdim=True) / count
     keep = shifted >= threshold
-    if static_graph() or not bool(torch.isfinite(threshold).all()):
+    # Meta tensors have no values to branch on either.
+    if static_graph() or x.device.type == "meta" or not bool(torch.isfinite(threshold).all()):
         finite = torch.isfinite(threshold)
         # Logical ops rather than a boolean where, which onnxruntime does not implement.
         keep = (keep & finite) | (_at_or_above_scaled_mean(x, top, valid, count, dim) & ~finite)
