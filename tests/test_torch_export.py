@@ -76,9 +76,7 @@ def _onnx_session(model, args, tmp_path, dynamo: bool, names, dynamic=True):
         kwargs["dynamic_shapes"] = tuple({0: torch.export.Dim("batch")} for _ in args)
     elif dynamic:
         kwargs["dynamic_axes"] = {name: {0: "batch"} for name in names}
-    torch.onnx.export(
-        model, args, str(path), dynamo=dynamo, input_names=list(names), **kwargs
-    )
+    torch.onnx.export(model, args, str(path), dynamo=dynamo, input_names=list(names), **kwargs)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == list(names)
     return session
@@ -121,7 +119,9 @@ def test_torch_export_runs_on_new_inputs_without_the_kernel_op(each_path):
     module = program.module()
     for seed in (5, 6):
         x, where = _inputs(seed, rows=8)
-        _close(module(torch.tensor(x), torch.tensor(where)).numpy(), _expected(x, where, True, 0.25))
+        _close(
+            module(torch.tensor(x), torch.tensor(where)).numpy(), _expected(x, where, True, 0.25)
+        )
 
 
 def test_torch_export_of_the_unmasked_module(each_path):

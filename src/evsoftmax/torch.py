@@ -40,7 +40,7 @@ from ._lib._validation import (
     validate_input,
 )
 from .adapters.torch.autograd import apply
-from .adapters.torch.ops import empty_result, recording
+from .adapters.torch.ops import empty_result, jit_tracing, recording
 
 __all__ = ["EvSoftmax", "EvSoftmaxLoss", "LogEvSoftmax", "ev_softmax", "log_ev_softmax"]
 
@@ -58,7 +58,7 @@ def _validate_where(where: Any, x: torch.Tensor) -> torch.Tensor | None:
     if mask.dtype != torch.bool:
         raise TypeError(f"where must be a boolean array, got dtype {mask.dtype}")
     # A trace records sizes as tensors; there torch's broadcasting checks the shapes.
-    if not torch.jit.is_tracing() and not broadcast_shapes_to(tuple(mask.shape), tuple(x.shape)):
+    if not jit_tracing() and not broadcast_shapes_to(tuple(mask.shape), tuple(x.shape)):
         raise ValueError(
             f"where with shape {tuple(mask.shape)} does not broadcast to the input's "
             f"shape {tuple(x.shape)}"

@@ -52,7 +52,7 @@ def applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
     """Whether a compiled graph should call the kernel op for ``x``.
 
     Unmasked CPU input, and no ``torch.func`` transform around the call (the op
-    has no autograd or vmap rule of its own; the traced form composes with them).
+    has no autograd or vmap rule of its own; the composed form composes with them).
     """
     if where is not None or x.device.type != "cpu" or not _ext.available():
         return False
