@@ -175,8 +175,9 @@ def composed_forward(
         # A row with no valid entry has -inf log-weights; a total of 1 keeps them -inf.
         out = log_weights - torch.log(torch.where(has_valid, total, 1.0))
     else:
-        # A row with no valid entry has zero weights; an infinite total keeps them 0 (not 0/0).
-        out = weights / torch.where(has_valid, total, math.inf)
+        # A row with no valid entry has zero weights; an infinite total keeps them 0 (not
+        # 0/0). Times the reciprocal, as torch.softmax and the C kernel normalize.
+        out = weights * torch.where(has_valid, total, math.inf).reciprocal()
     return out.to(out_dtype)
 
 
