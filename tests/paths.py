@@ -51,7 +51,11 @@ __all__ = ["PATHS", "Path", "by_name", "check", "main"]
 
 ROOT = _FsPath(__file__).resolve().parent.parent
 Result = tuple[np.ndarray, str]
-Runner = Callable[[pc.Request], Result]
+# A runner takes a *bundle*: requests that share one input and dtype (different
+# functions and epsilons), and returns one result per request, or raises when the
+# bundle as a whole fails. Paths with ``bundled=True`` compute a bundle in one
+# traced/compiled/exported program (one compile per input instead of one per call).
+Runner = Callable[[list[pc.Request]], list[Result]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Path:
     # Environment for the whole battery in a subprocess, or None to run in-process.
     subprocess_env: dict[str, str] | None = None
     kernel: bool | None = None  # True: needs the compiled CPU kernel; False: runs without it
+    bundled: bool = False
 
     def unavailable(self) -> str | None:
         """Why this path cannot run here (a visible skip), or None."""
@@ -84,20 +89,79 @@ class Path:
                 return "evsoftmax's compiled CPU kernels are not built"
         return None
 
+    @property
+    def in_child(self) -> bool:
+        return os.environ.get("EVSOFTMAX_PATHS_CHILD") == self.name
+
     @functools.cached_property
     def runner(self) -> Runner:
-        if self.subprocess_env is not None and os.environ.get("EVSOFTMAX_PATHS_CHILD") != self.name:
-            return _subprocess_runner(self)
         inner = self.make()
         env = {"EVSOFTMAX_NO_CPU_KERNELS": "1" if self.kernel is False else None}
         if self.kernel is None:
             return inner
 
-        def run(req: pc.Request) -> Result:
-            with _environment(env, jax_state=self.name):
-                return inner(req)
+        def run(bundle: list[pc.Request]) -> list[Result]:
+            with _environment(env):
+                return inner(bundle)
 
         return run
+
+    @functools.cached_property
+    def _from_child(self) -> dict[str, Result | str]:
+        return _run_in_subprocess(self)
+
+    def results(self, reqs: list[pc.Request]) -> list[Result | str]:
+        """Results (or error descriptions) of ``reqs``, all of one group and dtype."""
+        if self.subprocess_env is not None and not self.in_child:
+            return [self._from_child.get(r.key, "not run in the subprocess") for r in reqs]
+        if not self.bundled:
+            return [_attempt(self.runner, [r])[0] for r in reqs]
+        out: list[Result | str] = []
+        for bundle in _split(reqs, lambda r: r.inp.label):
+            got = _attempt(self.runner, bundle)
+            if all(isinstance(g, str) for g in got) and len(bundle) > 1:
+                # One failing function must not hide the others: retry per function.
+                got = []
+                for part in _split(bundle, lambda r: r.function):
+                    tried = _attempt(self.runner, part)
+                    if all(isinstance(g, str) for g in tried) and len(part) > 1:
+                        tried = [_attempt(self.runner, [r])[0] for r in part]
+                    got += tried
+            out += got
+        return out
+
+
+def _split(reqs: list[pc.Request], key: Callable[[pc.Request], str]) -> list[list[pc.Request]]:
+    parts: dict[str, list[pc.Request]] = {}
+    for r in reqs:
+        parts.setdefault(key(r), []).append(r)
+    return list(parts.values())
+
+
+def _attempt(runner: Runner, bundle: list[pc.Request]) -> list[Result | str]:
+    """``runner(bundle)`` with warnings as errors (as pytest's filterwarnings=error does).
+
+    Deprecation notices that frameworks raise about their own internals while
+    compiling or exporting are ignored; any other warning fails the call.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for category in (DeprecationWarning, FutureWarning, UserWarning):
+                warnings.filterwarnings("ignore", category=category, module=_FRAMEWORKS)
+            got = runner(bundle)
+        assert len(got) == len(bundle)
+        return list(got)
+    except Exception as exc:
+        return [f"raised {_describe(exc)}"] * len(bundle)
+
+
+_FRAMEWORKS = r"(torch|onnx|onnxscript|onnxruntime|jax|jaxlib|triton|dask)(\.|$)"
+
+
+def _each(one: Callable[[pc.Request], Result]) -> Runner:
+    """A runner from a per-request function."""
+    return lambda bundle: [one(r) for r in bundle]
 
 
 # --- environment switching -------------------------------------------------------
@@ -106,7 +170,7 @@ _JAX_KERNEL_STATE: list[str | None] = [None]
 
 
 @contextlib.contextmanager
-def _environment(env: dict[str, str | None], jax_state: str) -> Iterator[None]:
+def _environment(env: dict[str, str | None]) -> Iterator[None]:
     """Set (value) or unset (None) environment variables for one call, then restore them."""
     saved = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
@@ -142,9 +206,18 @@ def _numpy_result(out: Any) -> Result:
     return to_numpy(out), _dtype_name(out)
 
 
-def _inputs_numpy(req: pc.Request) -> tuple[np.ndarray, np.ndarray | None]:
-    x = pc.apply_view(req.inp.base(req.dtype), req.inp.view)
-    return x, req.inp.where
+def _base_function(function: str) -> str:
+    return function.removeprefix("grad_").removeprefix("jvp_")
+
+
+def _batch_axis(ndim: int, axis: int) -> tuple[int, int]:
+    """A non-normalized axis to map over, and the normalized axis inside the map."""
+    axis %= ndim
+    b = 0 if axis != 0 else 1
+    return b, axis - (1 if b < axis else 0)
+
+
+# --- torch ------------------------------------------------------------------------
 
 
 def _torch_tensor(a: np.ndarray, dtype: str) -> Any:
@@ -156,7 +229,7 @@ def _torch_tensor(a: np.ndarray, dtype: str) -> Any:
 
 
 def _torch_inputs(req: pc.Request) -> tuple[Any, Any, Any]:
-    """``x`` (with the input's layout), ``where`` and the cotangent as tensors."""
+    """``x`` (with the input's layout), ``where`` and the cotangent, as tensors."""
     import torch
 
     x = pc.apply_view(_torch_tensor(req.inp.base(req.dtype), req.dtype), req.inp.view)
@@ -179,195 +252,206 @@ def _torch_forward(function: str, axis: int, epsilon: float) -> Callable[..., An
     raise KeyError(function)
 
 
-def _base_function(function: str) -> str:
-    return function.removeprefix("grad_").removeprefix("jvp_")
+def _torch_bundle(bundle: list[pc.Request], vmapped: bool = False) -> Callable[..., tuple]:
+    """``(x, where, c) -> results`` for requests of ONE input, derivatives by torch.func.
+
+    With ``vmapped``, the values come from ``torch.func.vmap`` over a batch axis.
+    """
+    import torch
+
+    axis = bundle[0].inp.axis
+
+    def value_calls(axis: int) -> list[Callable[..., Any]]:
+        return [
+            _torch_forward(r.function, axis, r.epsilon) for r in bundle if r.function in pc.FORWARD
+        ]
+
+    derivatives = [
+        (r.function, _torch_forward(_base_function(r.function), axis, r.epsilon))
+        for r in bundle
+        if r.function not in pc.FORWARD
+    ]
+
+    def values(x: Any, w: Any) -> list[Any]:
+        if not vmapped:
+            return [f(x, w) for f in value_calls(axis)]
+        b, inner = _batch_axis(x.ndim, axis)
+        calls = value_calls(inner)
+        mask = None if w is None else torch.broadcast_to(w, x.shape)
+        mapped = torch.func.vmap(
+            lambda v, m: tuple(f(v, m) for f in calls),
+            in_dims=(b, None if mask is None else b),
+            out_dims=b,
+        )
+        return list(mapped(x, mask)) if calls else []
+
+    def run(x: Any, w: Any, c: Any) -> tuple:
+        got = iter(values(x, w))
+        extra = []
+        for function, f in derivatives:
+            if function.startswith("grad_"):
+                extra.append(torch.func.grad(lambda v, f=f: (f(v, w) * c).sum())(x))
+            else:
+                extra.append(torch.func.jvp(lambda v, f=f: f(v, w), (x,), (c,))[1])
+        more = iter(extra)
+        return tuple(next(got) if r.function in pc.FORWARD else next(more) for r in bundle)
+
+    return run
 
 
-def _batch_axis(ndim: int, axis: int) -> tuple[int, int]:
-    """A non-normalized axis to map over, and the normalized axis inside the map."""
-    axis %= ndim
-    b = 0 if axis != 0 else 1
-    return b, axis - (1 if b < axis else 0)
+def _torch_cell(
+    bundle: list[pc.Request],
+    *,
+    vmapped: bool = False,
+    with_where: bool = False,
+    example: bool = False,
+) -> tuple[Callable[..., tuple], list[Any]]:
+    """One function of flat tensor arguments computing every request of a cell, and its arguments.
+
+    A cell holds a few inputs; putting them in one program makes one compile or
+    export per cell instead of one per call. ``with_where`` gives inputs without
+    a mask an all-True one (broadcast along the normalized axis). With
+    ``example``, the arguments are stand-ins of one more dimension and other
+    sizes (to trace on, then call with the real ones).
+    """
+    import torch
+
+    args: list[Any] = []
+    plan = []
+    for part in _split(bundle, lambda r: r.inp.label):
+        x, w, c = _torch_inputs(part[0])
+        if with_where and w is None:
+            axis = part[0].inp.axis % x.ndim
+            w = torch.ones(x.shape[axis], dtype=torch.bool).reshape(-1, *[1] * (x.ndim - 1 - axis))
+        if all(r.function in pc.FORWARD for r in part):
+            c = None
+        if example:
+            shape = (3, *(n + 2 for n in x.shape))
+            if w is not None:
+                w = torch.ones(
+                    [1 if m == 1 else shape[i - w.ndim] for i, m in enumerate(w.shape)],
+                    dtype=torch.bool,
+                )
+            x = torch.randn(shape, dtype=torch.float64).to(x.dtype)
+            c = None if c is None else torch.ones_like(x)
+        slots = []
+        for t in (x, w, c):
+            slots.append(None if t is None else len(args))
+            if t is not None:
+                args.append(t)
+        plan.append((_torch_bundle(part, vmapped), slots))
+
+    def run(*flat: Any) -> tuple:
+        out: list[Any] = []
+        for f, slots in plan:
+            out += f(*(None if s is None else flat[s] for s in slots))
+        return tuple(out)
+
+    return run, args
 
 
 def _torch_eager() -> Runner:
+    """The public torch functions eagerly; gradients by torch.autograd."""
     import torch
 
-    def run(req: pc.Request) -> Result:
+    def one(req: pc.Request) -> Result:
         x, where, c = _torch_inputs(req)
-        name = _base_function(req.function)
-        f = _torch_forward(name, req.inp.axis, req.epsilon)
+        f = _torch_forward(_base_function(req.function), req.inp.axis, req.epsilon)
         if req.function.startswith("grad_"):
             leaf = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad((f(leaf, where) * c).sum(), leaf)
             return _numpy_result(grad)
         return _numpy_result(f(x, where))
 
-    return run
+    return _each(one)
 
 
 def _torch_func() -> Runner:
-    """torch.func transforms, eagerly: vmap for values, grad, jvp."""
-    import torch
+    """torch.func transforms, eagerly: vmap for values, grad and jvp for derivatives."""
 
-    def run(req: pc.Request) -> Result:
-        x, where, c = _torch_inputs(req)
-        axis, eps = req.inp.axis, req.epsilon
-        name = _base_function(req.function)
-        if req.function.startswith("grad_"):
-            f = _torch_forward(name, axis, eps)
-            return _numpy_result(torch.func.grad(lambda v: (f(v, where) * c).sum())(x))
-        if req.function.startswith("jvp_"):
-            f = _torch_forward(name, axis, eps)
-            return _numpy_result(torch.func.jvp(lambda v: f(v, where), (x,), (c,))[1])
-        return _numpy_result(_torch_vmapped(name, x, where, axis, eps, compiled=False))
+    def run(bundle: list[pc.Request]) -> list[Result]:
+        f, args = _torch_cell(bundle, vmapped=True)
+        return [_numpy_result(o) for o in f(*args)]
 
     return run
 
 
-def _torch_vmapped(name: str, x: Any, where: Any, axis: int, eps: float, compiled: bool) -> Any:
+# torch.compile backend for the matrix (see tests/test_paths.py for the choice).
+COMPILE_BACKEND = os.environ.get("EVSOFTMAX_MATRIX_COMPILE_BACKEND", "aot_eager")
+
+
+def _compile(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(f, fullgraph=True)`` from a clean Dynamo state (no silent eager fallback)."""
     import torch
+    import torch._dynamo
 
-    b, inner = _batch_axis(x.ndim, axis)
-    w = None if where is None else torch.broadcast_to(where, x.shape).contiguous()
-    f = _torch_forward(name, inner, eps)
-    if w is None:
-        mapped = torch.func.vmap(lambda v: f(v), in_dims=b, out_dims=b)
-        args: tuple[Any, ...] = (x,)
-    else:
-        mapped = torch.func.vmap(lambda v, m: f(v, m), in_dims=(b, b), out_dims=b)
-        args = (x, w)
-    if compiled:
-        mapped = _compiled(("vmap", name, b, inner, eps, w is None), lambda: mapped)
-    return mapped(*args)
+    # Each cell compiles a new closure of the same code: reset so that no
+    # recompile limit is reached (Dynamo would then run the code eagerly).
+    torch._dynamo.reset()
+    return torch.compile(f, fullgraph=True, backend=COMPILE_BACKEND)
 
 
-_COMPILED: dict[Any, Any] = {}
-
-
-def _compiled(key: Any, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
-    """One ``torch.compile(fullgraph=True)`` callable per key, reused across calls."""
-    import torch
-
-    if key not in _COMPILED:
-        import torch._dynamo
-
-        # Never fall back to eager silently after many recompilations.
-        torch._dynamo.config.recompile_limit = 10_000
-        torch._dynamo.config.accumulated_recompile_limit = 100_000
-        _COMPILED[key] = torch.compile(build(), fullgraph=True, backend=COMPILE_BACKEND)
-    return _COMPILED[key]
-
-
-# torch.compile backend for the matrix (inductor is what users get by default).
-COMPILE_BACKEND = os.environ.get("EVSOFTMAX_MATRIX_COMPILE_BACKEND", "inductor")
-
-
-def _torch_compile(with_where: bool) -> Callable[[], Runner]:
-    """torch.compile of the public call; ``with_where`` always passes a mask (all True if none)."""
+def _torch_compile(with_where: bool, vmapped: bool = False) -> Callable[[], Runner]:
+    """torch.compile of the public calls (of their vmap and grad with ``vmapped``)."""
 
     def make() -> Runner:
-        import torch
-
-        def run(req: pc.Request) -> Result:
-            x, where, c = _torch_inputs(req)
-            if with_where and where is None:
-                where = torch.ones(x.shape[req.inp.axis], dtype=torch.bool)
-                if req.inp.axis % x.ndim != x.ndim - 1:
-                    where = where.reshape(-1, *([1] * (x.ndim - 1 - req.inp.axis % x.ndim)))
-            key = (req.function, req.inp.axis, req.epsilon, where is None)
-            f = _torch_forward(req.function, req.inp.axis, req.epsilon)
-            compiled = _compiled(key, lambda: f if where is not None else (lambda v: f(v)))
-            return _numpy_result(compiled(x) if where is None else compiled(x, where))
+        def run(bundle: list[pc.Request]) -> list[Result]:
+            f, args = _torch_cell(bundle, vmapped=vmapped, with_where=with_where)
+            return [_numpy_result(o) for o in _compile(f)(*args)]
 
         return run
 
     return make
 
 
-def _torch_compile_func() -> Runner:
-    """torch.compile around torch.func.vmap (values) and torch.func.grad (gradients)."""
+def _torch_module(f: Callable[..., tuple]) -> Any:
+    """A ``torch.nn.Module`` around ``f`` (for export and tracing)."""
     import torch
 
-    def run(req: pc.Request) -> Result:
-        x, where, c = _torch_inputs(req)
-        axis, eps = req.inp.axis, req.epsilon
-        name = _base_function(req.function)
-        if req.function.startswith("grad_"):
-            f = _torch_forward(name, axis, eps)
+    class Cell(torch.nn.Module):
+        def forward(self, *args: Any) -> Any:
+            return f(*args)
 
-            def build() -> Callable[..., Any]:
-                return torch.func.grad(lambda v, m, t: (f(v, m) * t).sum())
-
-            return _numpy_result(_compiled(("grad", name, axis, eps), build)(x, where, c))
-        return _numpy_result(_torch_vmapped(name, x, where, axis, eps, compiled=True))
-
-    return run
-
-
-class _Module:
-    """A ``torch.nn.Module`` around one public call (for export and tracing)."""
-
-    @staticmethod
-    def build(function: str, axis: int, epsilon: float, masked: bool) -> Any:
-        import torch
-
-        f = _torch_forward(function, axis, epsilon)
-
-        if masked:
-
-            class Masked(torch.nn.Module):
-                def forward(self, x: Any, where: Any) -> Any:
-                    return f(x, where)
-
-            return Masked().eval()
-
-        class Plain(torch.nn.Module):
-            def forward(self, x: Any) -> Any:
-                return f(x)
-
-        return Plain().eval()
+    return Cell().eval()
 
 
 def _torch_export() -> Runner:
+    """torch.export.export, then the exported program's module called."""
     import torch
 
-    def run(req: pc.Request) -> Result:
-        x, where, _ = _torch_inputs(req)
-        module = _Module.build(req.function, req.inp.axis, req.epsilon, where is not None)
-        args = (x,) if where is None else (x, where)
-        program = torch.export.export(module, args)
-        return _numpy_result(program.module()(*args))
+    def run(bundle: list[pc.Request]) -> list[Result]:
+        f, args = _torch_cell(bundle)
+        program = torch.export.export(_torch_module(f), tuple(args))
+        return [_numpy_result(o) for o in program.module()(*args)]
 
     return run
 
 
 def _torch_onnx(dynamo: bool) -> Callable[[], Runner]:
+    """torch.onnx.export (legacy or dynamo), run by onnxruntime."""
+
     def make() -> Runner:
         import onnxruntime
         import torch
 
-        def run(req: pc.Request) -> Result:
-            x, where, _ = _torch_inputs(req)
-            module = _Module.build(req.function, req.inp.axis, req.epsilon, where is not None)
-            args = (x,) if where is None else (x, where)
-            names = ["x"] if where is None else ["x", "where"]
+        def run(bundle: list[pc.Request]) -> list[Result]:
+            f, args = _torch_cell(bundle)
+            names = [f"a{i}" for i in range(len(args))]
             buffer = io.BytesIO()
-            with warnings_ignored():
+            with _quiet():
+                module = _torch_module(f)
                 if dynamo:
-                    program = torch.onnx.export(module, args, dynamo=True, input_names=names)
-                    program.save(buffer)  # type: ignore[union-attr]
+                    program = torch.onnx.export(module, tuple(args), dynamo=True, input_names=names)
+                    program.save(buffer)
                 else:
-                    torch.onnx.export(module, args, buffer, dynamo=False, input_names=names)
+                    torch.onnx.export(module, tuple(args), buffer, dynamo=False, input_names=names)
             session = onnxruntime.InferenceSession(
                 buffer.getvalue(), providers=["CPUExecutionProvider"]
             )
-            feeds = {
-                i.name: np.ascontiguousarray(a.numpy())
-                for i, a in zip(session.get_inputs(), args, strict=False)
-            }
-            (out,) = session.run(None, feeds)
-            return np.asarray(out).astype(np.float64) if out.dtype != bool else out, str(out.dtype)
+            fed = {i.name for i in session.get_inputs()}
+            feeds = {n: np.ascontiguousarray(a.numpy()) for n, a in zip(names, args, strict=True)}
+            outs = session.run(None, {n: a for n, a in feeds.items() if n in fed})
+            return [(np.asarray(o), str(np.asarray(o).dtype)) for o in outs]
 
         return run
 
@@ -375,30 +459,23 @@ def _torch_onnx(dynamo: bool) -> Callable[[], Runner]:
 
 
 @contextlib.contextmanager
-def warnings_ignored() -> Iterator[None]:
-    """Exporters warn about their own internals (deprecations, tracer notes)."""
-    import warnings
-
+def _quiet() -> Iterator[None]:
+    """Exporters warn about their own internals (tracer notes, deprecations)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 
 
 def _torch_jit_trace() -> Runner:
-    """torch.jit.trace on an input of another rank (and shape), then called on the case."""
+    """torch.jit.trace on inputs of another rank and shape, then called on the cell's inputs."""
     import torch
 
-    def run(req: pc.Request) -> Result:
-        x, where, _ = _torch_inputs(req)
-        module = _Module.build(req.function, req.inp.axis, req.epsilon, where is not None)
-        example = torch.randn((3,) + tuple(max(n, 1) + 1 for n in x.shape), dtype=torch.float64)
-        example = example.to(x.dtype)
-        args: tuple[Any, ...] = (example,)
-        if where is not None:
-            args = (example, torch.ones(example.shape[-where.ndim :], dtype=torch.bool))
-        with warnings_ignored():
-            traced = torch.jit.trace(module, args, check_trace=False)
-        return _numpy_result(traced(x) if where is None else traced(x, where))
+    def run(bundle: list[pc.Request]) -> list[Result]:
+        f, args = _torch_cell(bundle)
+        _, examples = _torch_cell(bundle, example=True)
+        with _quiet():
+            traced = torch.jit.trace(_torch_module(f), tuple(examples), check_trace=False)
+        return [_numpy_result(o) for o in traced(*args)]
 
     return run
 
@@ -409,47 +486,50 @@ def _triton() -> Runner:
     from evsoftmax.adapters.torch import ops as _torch_ops
     from evsoftmax.adapters.torch import triton as kernels
 
-    # As CUDA tensors would go (tests/test_torch_triton.py does the same with monkeypatch).
-    kernels.supports = lambda t: True  # type: ignore[assignment]
-    _torch_autograd._TRITON_DEVICES = frozenset({"cuda", "cpu"})  # type: ignore[attr-defined]
-    _torch_autograd._triton_module = lambda: kernels  # type: ignore[attr-defined]
-    _torch_ops.fast_path_applies = lambda x, where: False  # type: ignore[assignment]
+    # As CUDA tensors go (tests/test_torch_triton.py does the same with monkeypatch);
+    # this runs in a child process of its own.
+    kernels.supports = lambda t: True
+    _torch_autograd._TRITON_DEVICES = frozenset({"cuda", "cpu"})
+    _torch_autograd._triton_module = lambda: kernels
+    _torch_ops.fast_path_applies = lambda x, where: False
     return _torch_eager()
 
 
+# --- NumPy, CuPy replay, Dask, array-api-strict ------------------------------------
+
+
 def _cupy_replay() -> Runner:
+    """The CuPy adapter's CUDA kernels, replayed step by step in NumPy."""
     from .cupy_emulation import emulate_forward
 
     modes = {"ev_softmax": "probs", "log_ev_softmax": "log_probs", "ev_softmax_support": "support"}
 
-    def run(req: pc.Request) -> Result:
-        x, where = _inputs_numpy(req)
-        with np.errstate(all="ignore"):
-            values = x.astype(np.float32) if req.dtype == "bfloat16" else x
-            out = emulate_forward(
-                values,
-                axis=req.inp.axis,
-                epsilon=req.epsilon,
-                where=where,
-                mode=modes[req.function],
-                dtype=req.dtype,
-            )
+    def one(req: pc.Request) -> Result:
+        x = pc.apply_view(req.inp.base(req.dtype), req.inp.view)
+        values = x.astype(np.float32) if req.dtype == "bfloat16" else x
+        out = emulate_forward(
+            values,
+            axis=req.inp.axis,
+            epsilon=req.epsilon,
+            where=req.inp.where,
+            mode=modes[req.function],
+            dtype=req.dtype,
+        )
         return out, "bool" if out.dtype == bool else req.dtype
 
-    return run
+    return _each(one)
 
 
-def _numpy_like(convert: Callable[[np.ndarray, str], Any]) -> Callable[[], Runner]:
+def _numpy_like(convert: Callable[[np.ndarray], Any]) -> Callable[[], Runner]:
     """The top-level functions on arrays made by ``convert`` (NumPy, Dask, array-api-strict)."""
 
     def make() -> Runner:
         import evsoftmax as evs
 
-        def run(req: pc.Request) -> Result:
-            x = pc.apply_view(convert(req.inp.base(req.dtype), req.dtype), req.inp.view)
+        def one(req: pc.Request) -> Result:
+            x = pc.apply_view(convert(req.inp.base(req.dtype)), req.inp.view)
             w = req.inp.where
-            where = None if w is None else convert(w, "bool")
-            kw = {"axis": req.inp.axis, "where": where}
+            kw: dict[str, Any] = {"axis": req.inp.axis, "where": None if w is None else convert(w)}
             if req.function != "ev_softmax_support":
                 kw["epsilon"] = req.epsilon
             out = getattr(evs, req.function)(x, **kw)
@@ -461,25 +541,24 @@ def _numpy_like(convert: Callable[[np.ndarray, str], Any]) -> Callable[[], Runne
                     return to_numpy(out), _dtype_name(out)
             return _numpy_result(out)
 
-        return run
+        return _each(one)
 
     return make
 
 
-def _as_numpy(a: np.ndarray, dtype: str) -> Any:
+def _as_numpy(a: np.ndarray) -> Any:
     return np.array(a)
 
 
-def _as_dask(a: np.ndarray, dtype: str) -> Any:
+def _as_dask(a: np.ndarray) -> Any:
     import dask.array as da
 
-    # Two chunks along the first and last axes: the normalized axis is split in
-    # every group (each normalizes along the first or the last axis, or both views).
+    # Two chunks along the first and the last axis: every group's normalized axis is split.
     chunks = [max(1, (n + 1) // 2) if i in (0, a.ndim - 1) else -1 for i, n in enumerate(a.shape)]
     return da.from_array(np.array(a), chunks=tuple(chunks))
 
 
-def _as_strict(a: np.ndarray, dtype: str) -> Any:
+def _as_strict(a: np.ndarray) -> Any:
     import array_api_strict
 
     return array_api_strict.asarray(np.array(a))
@@ -488,7 +567,7 @@ def _as_strict(a: np.ndarray, dtype: str) -> Any:
 # --- JAX --------------------------------------------------------------------------
 
 
-def _jax_setup() -> Any:
+def _jax() -> Any:
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -504,85 +583,101 @@ def _jax_inputs(req: pc.Request) -> tuple[Any, Any, Any]:
     return x, where, c
 
 
-def _jax_forward(function: str, axis: int, epsilon: float) -> Callable[..., Any]:
+def _jax_bundle(bundle: list[pc.Request]) -> Callable[..., tuple]:
+    """``(x, where, c) -> results`` (not jitted): the public functions, grad, jvp."""
     import evsoftmax as evs
 
-    if function == "ev_softmax_support":
-        return lambda x, w: evs.ev_softmax_support(x, axis=axis, where=w)
-    f = getattr(evs, function)
-    return lambda x, w: f(x, axis=axis, epsilon=epsilon, where=w)
-
-
-def _jax_transformed(req: pc.Request, axis: int | None = None) -> Callable[..., Any]:
-    """``(x, where, c) -> result`` for the request, with grad/jvp applied (not jitted)."""
-    jax = _jax_setup()
+    jax = _jax()
     import jax.numpy as jnp
 
-    name = _base_function(req.function)
-    f = _jax_forward(name, req.inp.axis if axis is None else axis, req.epsilon)
-    if req.function.startswith("grad_"):
-        return lambda x, w, c: jax.grad(lambda v: jnp.sum(f(v, w) * c))(x)
-    if req.function.startswith("jvp_"):
-        return lambda x, w, c: jax.jvp(lambda v: f(v, w), (x,), (c,))[1]
-    return lambda x, w, c: f(x, w)
+    axis = bundle[0].inp.axis
+
+    def forward(function: str, eps: float) -> Callable[..., Any]:
+        if function == "ev_softmax_support":
+            return lambda x, w: evs.ev_softmax_support(x, axis=axis, where=w)
+        f = getattr(evs, function)
+        return lambda x, w: f(x, axis=axis, epsilon=eps, where=w)
+
+    calls = [(r.function, forward(_base_function(r.function), r.epsilon)) for r in bundle]
+
+    def run(x: Any, w: Any, c: Any) -> tuple:
+        out = []
+        for function, f in calls:
+            if function.startswith("grad_"):
+                out.append(jax.grad(lambda v, f=f: jnp.sum(f(v, w) * c))(x))
+            elif function.startswith("jvp_"):
+                out.append(jax.jvp(lambda v, f=f: f(v, w), (x,), (c,))[1])
+            else:
+                out.append(f(x, w))
+        return tuple(out)
+
+    return run
 
 
 def _jax_jit() -> Runner:
-    jax = _jax_setup()
+    """jax.jit of the public functions (and of their grad/jvp), one program per bundle."""
+    jax = _jax()
 
-    def run(req: pc.Request) -> Result:
-        x, where, c = _jax_inputs(req)
-        return _numpy_result(jax.jit(_jax_transformed(req))(x, where, c))
+    def run(bundle: list[pc.Request]) -> list[Result]:
+        x, where, c = _jax_inputs(bundle[0])
+        return [_numpy_result(o) for o in jax.jit(_jax_bundle(bundle))(x, where, c)]
 
     return run
 
 
 def _jax_export() -> Runner:
-    """jax.export of the jitted call, serialized, deserialized and called."""
-    jax = _jax_setup()
+    """jax.export of the jitted bundle, serialized, deserialized and called."""
+    jax = _jax()
     from jax import export
 
-    def run(req: pc.Request) -> Result:
-        x, where, c = _jax_inputs(req)
-        exported = export.export(jax.jit(_jax_transformed(req)))(x, where, c)
+    def run(bundle: list[pc.Request]) -> list[Result]:
+        x, where, c = _jax_inputs(bundle[0])
+        f = _jax_bundle(bundle)
+        if where is None:
+            exported = export.export(jax.jit(lambda v, t: f(v, None, t)))(x, c)
+            args: tuple[Any, ...] = (x, c)
+        else:
+            exported = export.export(jax.jit(f))(x, where, c)
+            args = (x, where, c)
         restored = export.deserialize(exported.serialize())
-        return _numpy_result(restored.call(x, where, c))
+        return [_numpy_result(o) for o in restored.call(*args)]
 
     return run
 
 
 def _jax_shard_map() -> Runner:
     """shard_map over 2 host devices along a batch axis (the input doubled along it)."""
-    jax = _jax_setup()
+    jax = _jax()
     import jax.numpy as jnp
     from jax.sharding import PartitionSpec as P
 
     shard_map = getattr(jax, "shard_map", None)
-    if shard_map is None:  # older JAX
+    if shard_map is None:  # JAX before 0.6
         from jax.experimental.shard_map import shard_map
     if jax.device_count() < 2:
         raise RuntimeError(f"shard_map needs 2 host devices, found {jax.devices()}")
     mesh = jax.make_mesh((2,), ("d",))
 
-    def run(req: pc.Request) -> Result:
-        x, where, c = _jax_inputs(req)
-        b, _ = _batch_axis(x.ndim, req.inp.axis)
-        w = None if where is None else jnp.broadcast_to(where, x.shape)
+    def run(bundle: list[pc.Request]) -> list[Result]:
+        x, where, c = _jax_inputs(bundle[0])
+        b, _ = _batch_axis(x.ndim, bundle[0].inp.axis)
         n = x.shape[b]
         # Rows are independent: two copies along b split evenly over the 2 devices.
         x2, c2 = jnp.concatenate([x, x], axis=b), jnp.concatenate([c, c], axis=b)
-        w2 = None if w is None else jnp.concatenate([w, w], axis=b)
         spec = P(*([None] * b), "d")
-        f = _jax_transformed(req)
-        if w2 is None:
+        f = _jax_bundle(bundle)
+        specs = tuple(spec for _ in bundle)
+        if where is None:
             mapped = shard_map(
-                lambda v, t: f(v, None, t), mesh=mesh, in_specs=(spec, spec), out_specs=spec
+                lambda v, t: f(v, None, t), mesh=mesh, in_specs=(spec, spec), out_specs=specs
             )
-            out = jax.jit(mapped)(x2, c2)
+            got = jax.jit(mapped)(x2, c2)
         else:
-            mapped = shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)
-            out = jax.jit(mapped)(x2, w2, c2)
-        return _numpy_result(jax.lax.slice_in_dim(out, 0, n, axis=b))
+            w = jnp.broadcast_to(where, x.shape)
+            w2 = jnp.concatenate([w, w], axis=b)
+            mapped = shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=specs)
+            got = jax.jit(mapped)(x2, w2, c2)
+        return [_numpy_result(jax.lax.slice_in_dim(o, 0, n, axis=b)) for o in got]
 
     return run
 
@@ -590,28 +685,31 @@ def _jax_shard_map() -> Runner:
 # --- subprocess paths -------------------------------------------------------------
 
 
-def _subprocess_runner(path: Path) -> Runner:
-    """Run ``path``'s whole battery in one child process; serve the results from its .npz."""
+def _run_in_subprocess(path: Path) -> dict[str, Result | str]:
+    """Run ``path``'s whole battery in one child process; return its results by request key."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "results.npz")
         env = {**os.environ, **(path.subprocess_env or {}), "EVSOFTMAX_PATHS_CHILD": path.name}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         command = [sys.executable, "-m", "tests.paths", "--dump", path.name, out]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, cwd=ROOT, check=False
+        )
         if done.returncode != 0:
-            message = f"{path.name}: the battery's subprocess failed:\n{done.stdout}\n{done.stderr}"
-            raise RuntimeError(message[-4000:])
+            message = (
+                f"the battery's subprocess failed: {done.stdout[-1500:]}\n{done.stderr[-1500:]}"
+            )
+            raise RuntimeError(message)
         with np.load(out, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     meta = json.loads(str(arrays.pop("__meta__")))
-
-    def run(req: pc.Request) -> Result:
-        entry = meta[req.key]
+    results: dict[str, Result | str] = {}
+    for key, entry in meta.items():
         if "error" in entry:
-            raise RuntimeError(f"(in the subprocess) {entry['error']}")
-        return arrays[entry["array"]], entry["dtype"]
-
-    return run
+            results[key] = f"(in the subprocess) {entry['error']}"
+        else:
+            results[key] = (arrays[entry["array"]], entry["dtype"])
+    return results
 
 
 def _dump(name: str, file: str) -> None:
@@ -619,41 +717,27 @@ def _dump(name: str, file: str) -> None:
     path = by_name(name)
     meta: dict[str, dict[str, str]] = {}
     arrays: dict[str, np.ndarray] = {}
-    runner = path.runner
     for group in pc.GROUPS:
         for dtype in path.dtypes:
             if path.skip(group, dtype) is not None:
                 continue
-            for req in pc.requests(group, dtype, path.functions):
-                try:
-                    values, dtype_name = _call(runner, req)
-                except Exception as exc:
-                    meta[req.key] = {"error": _describe(exc)}
+            reqs = pc.requests(group, dtype, path.functions)
+            for req, got in zip(reqs, path.results(reqs), strict=True):
+                if isinstance(got, str):
+                    meta[req.key] = {"error": got}
                     continue
                 key = f"a{len(arrays)}"
-                arrays[key] = np.asarray(values)
-                meta[req.key] = {"array": key, "dtype": dtype_name}
+                arrays[key] = np.asarray(got[0])
+                meta[req.key] = {"array": key, "dtype": got[1]}
     np.savez(file, __meta__=np.array(json.dumps(meta)), **arrays)
 
 
-def _call(runner: Runner, req: pc.Request) -> Result:
-    """``runner(req)`` with warnings as errors (as pytest's filterwarnings=error does).
-
-    Deprecation notices that frameworks raise about their own internals while
-    compiling or exporting are ignored; any other warning fails the call.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for category in (DeprecationWarning, FutureWarning, UserWarning):
-            warnings.filterwarnings("ignore", category=category, module=_FRAMEWORKS)
-        return runner(req)
-
-
-_FRAMEWORKS = r"(torch|onnx|onnxscript|onnxruntime|jax|jaxlib|triton|dask)(\.|$)"
-
-
 def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
+    """One line: the exception's type, its first line and (for tracebacks) its last."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) > 2:
+        lines = [lines[0], "...", lines[-1]]
+    text = f"{type(exc).__name__}: {' '.join(lines)}"
     if len(text) > 400:
         text = text[:400] + " ..."
     return text
@@ -678,10 +762,15 @@ def _onnx_skip(group: str, dtype: str) -> str | None:
 
 _SHARD_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
+_ALL = pc.FORWARD + pc.GRADS + pc.JVPS
+_TRACED = {"bundled": True}
+
 PATHS: tuple[Path, ...] = (
+    # NumPy session
     Path("numpy-kernel", "numpy", _numpy_like(_as_numpy), skip=_numpy_skip, kernel=True),
     Path("numpy-no-kernel", "numpy", _numpy_like(_as_numpy), skip=_numpy_skip, kernel=False),
     Path("cupy-replay", "numpy", _cupy_replay, needs=("ml_dtypes",)),
+    # array-api-strict and Dask sessions
     Path(
         "array-api-strict",
         "array_api_strict",
@@ -689,19 +778,23 @@ PATHS: tuple[Path, ...] = (
         skip=_half_skip(("float16", "bfloat16"), "array-api-strict has no half-precision dtypes"),
     ),
     Path("dask", "dask", _numpy_like(_as_dask), skip=_numpy_skip),
+    # torch session
     Path("torch-kernel", "torch", _torch_eager, pc.FORWARD + pc.GRADS, kernel=True),
     Path("torch-no-kernel", "torch", _torch_eager, pc.FORWARD + pc.GRADS, kernel=False),
-    Path("torch-func", "torch", _torch_func, pc.FORWARD + pc.GRADS + pc.JVPS),
-    Path("torch-compile", "torch", _torch_compile(False)),
-    Path("torch-compile-where", "torch", _torch_compile(True)),
-    Path("torch-compile-func", "torch", _torch_compile_func, pc.FORWARD + pc.GRADS),
-    Path("torch-export", "torch", _torch_export),
+    Path("torch-func", "torch", _torch_func, _ALL, **_TRACED),
+    Path("torch-compile", "torch", _torch_compile(False), **_TRACED),
+    Path("torch-compile-where", "torch", _torch_compile(True), **_TRACED),
+    Path(
+        "torch-compile-func", "torch", _torch_compile(False, True), pc.FORWARD + pc.GRADS, **_TRACED
+    ),
+    Path("torch-export", "torch", _torch_export, **_TRACED),
     Path(
         "torch-onnx-legacy",
         "torch",
         _torch_onnx(False),
         needs=("onnx", "onnxruntime"),
         skip=_onnx_skip,
+        **_TRACED,
     ),
     Path(
         "torch-onnx-dynamo",
@@ -709,26 +802,22 @@ PATHS: tuple[Path, ...] = (
         _torch_onnx(True),
         needs=("onnx", "onnxruntime", "onnxscript"),
         skip=_onnx_skip,
+        **_TRACED,
     ),
-    Path("torch-jit-trace", "torch", _torch_jit_trace),
+    Path("torch-jit-trace", "torch", _torch_jit_trace, **_TRACED),
     Path(
         "torch-triton",
         "torch",
         _triton,
-        ("ev_softmax", "log_ev_softmax") + pc.GRADS,
+        ("ev_softmax", "log_ev_softmax", *pc.GRADS),
         needs=("triton",),
         subprocess_env={"TRITON_INTERPRET": "1"},
     ),
-    Path("jax-jit-kernel", "jax", _jax_jit, pc.FORWARD + pc.GRADS + pc.JVPS, kernel=True),
-    Path("jax-jit-xla", "jax", _jax_jit, pc.FORWARD + pc.GRADS + pc.JVPS, kernel=False),
-    Path("jax-export", "jax", _jax_export),
-    Path(
-        "jax-shard-map",
-        "jax",
-        _jax_shard_map,
-        pc.FORWARD + pc.GRADS + pc.JVPS,
-        subprocess_env=_SHARD_ENV,
-    ),
+    # JAX session
+    Path("jax-jit-kernel", "jax", _jax_jit, _ALL, kernel=True, **_TRACED),
+    Path("jax-jit-xla", "jax", _jax_jit, _ALL, kernel=False, **_TRACED),
+    Path("jax-export", "jax", _jax_export, **_TRACED),
+    Path("jax-shard-map", "jax", _jax_shard_map, _ALL, subprocess_env=_SHARD_ENV, **_TRACED),
 )
 
 
@@ -783,15 +872,8 @@ def check(path: Path, group: str, dtype: str) -> tuple[str | None, list[str], in
         return reason, [], 0
     failures = []
     reqs = pc.requests(group, dtype, path.functions)
-    for req in reqs:
-        try:
-            got, got_dtype = _call(path.runner, req)
-        except Exception as exc:
-            failures.append(
-                f"{req.inp.label} {req.function} eps={req.epsilon:g}: raised {_describe(exc)}"
-            )
-            continue
-        problem = _compare(req, got, got_dtype)
+    for req, got in zip(reqs, path.results(reqs), strict=True):
+        problem = got if isinstance(got, str) else _compare(req, *got)
         if problem is not None:
             failures.append(f"{req.inp.label} {req.function} eps={req.epsilon:g}: {problem}")
     return None, failures, len(reqs)
