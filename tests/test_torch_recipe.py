@@ -32,7 +32,12 @@ CASES = [
     ("huge-eps-1e300-f64", [[0.0, 0.0, 0.0], [1.0, 2.0, -3.0]], torch.float64, 1e300),
     ("offset-1e7", [[1e7 + 2, 1e7 + 1, 1e7]], torch.float32, 3.0),
     ("offset-1e7-tie", [[1e7 + 2, 1e7 + 1, 1e7]], torch.float32, 0.0),
-    ("overflow-f32", [[3e38, -3e38, -0.3e38], [_F32_MAX, -_F32_MAX, 0.0]], torch.float32, 0.0),
+    (
+        "overflow-f32",
+        [[3e38, -3e38, -0.3e38], [_F32_MAX, -_F32_MAX, 0.0], [3e38, -3e38, 0.0]],
+        torch.float32,
+        0.0,
+    ),
     ("overflow-f32-eps", [[3e38, -3e38, -0.3e38, 1.0]], torch.float32, 1e-3),
     ("overflow-f64", [[1.7e308, -1.7e308, -0.2e308, 1.7e308]], torch.float64, 0.0),
     ("overflow-bf16", [[3e38, -3e38, -0.3e38]], torch.bfloat16, 0.0),
@@ -133,3 +138,20 @@ def test_overflow_rows_mixed_with_ordinary_rows(path, monkeypatch, request):
     x = torch.tensor(rows, dtype=torch.float32)
     _check(evt.log_ev_softmax(x), rows, torch.float32, 0.0, True)
     _check(evt.ev_softmax(x, epsilon=0.1), rows, torch.float32, 0.1, False)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("path", PATHS)
+def test_log_gradient_counts_valid_entries_whose_probability_underflows(path, epsilon, monkeypatch):
+    # -top - top underflows: log p is -inf on a valid entry, whose cotangent still
+    # enters g - p * sum(g). It used to be taken for a masked entry (gradient 0).
+    use_path(path, monkeypatch)
+    top = _F32_MAX
+    x = torch.tensor([[top, 0.5 * top, -top], [1.0, 2.0, -3.0]], requires_grad=True)
+    g = torch.tensor([[0.5, -1.0, 2.0], [1.0, 1.0, 1.5]])
+    out = evt.log_ev_softmax(x, epsilon=epsilon)
+    (grad,) = torch.autograd.grad(out, x, g)
+    p = ref.ev_softmax(x.detach().double().numpy(), eps=epsilon)
+    gd = g.double().numpy()
+    expected = gd - p * gd.sum(-1, keepdims=True)
+    np.testing.assert_allclose(grad.double().numpy(), expected, rtol=1e-6, atol=1e-6)

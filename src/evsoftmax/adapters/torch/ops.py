@@ -42,6 +42,7 @@ __all__ = [
     "jit_tracing",
     "log_ev_softmax_jvp",
     "log_ev_softmax_vjp",
+    "may_hold_minus_inf",
     "off_support_shift",
     "recording",
     "static_graph",
@@ -186,10 +187,14 @@ def _at_or_above_scaled_mean(
 ) -> torch.Tensor:
     """The support, for rows whose shift ``x - max`` or its sum overflows.
 
-    Only rows whose valid range exceeds the dtype's maximum overflow; there the
-    scores scaled by :data:`_OVERFLOW_SCALE` give the exact mean's support.
+    Only rows whose valid range exceeds the dtype's maximum overflow. float32
+    scores are shifted and summed in float64, where they cannot overflow (and the
+    shift is exact); float64 scores are scaled by :data:`_OVERFLOW_SCALE` first.
     """
-    scaled = torch.where(valid, x * _OVERFLOW_SCALE - top * _OVERFLOW_SCALE, 0.0)
+    if x.dtype == torch.float64:
+        scaled = torch.where(valid, x * _OVERFLOW_SCALE - top * _OVERFLOW_SCALE, 0.0)
+    else:
+        scaled = torch.where(valid, x.double() - top.double(), 0.0)
     return scaled >= scaled.sum(dim, keepdim=True) / count
 
 
@@ -372,7 +377,7 @@ def ev_softmax_vjp(probs: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.T
     return out.to(grad.dtype)
 
 
-def _may_hold_invalid(logp: torch.Tensor) -> bool:
+def may_hold_minus_inf(logp: torch.Tensor) -> bool:
     """False only when ``logp`` is known to hold no ``-inf`` (then no masking is needed)."""
     if torch.compiler.is_compiling() or logp.device.type != "cpu":
         return True
@@ -391,10 +396,11 @@ def log_ev_softmax_vjp(
 ) -> torch.Tensor:
     r""":math:`g - p \sum g` over the valid entries of each row, exactly 0 on the others.
 
-    ``valid`` is None when the invalid entries are exactly those where ``logp`` is
-    ``-inf`` (always the case for ``epsilon > 0``).
+    ``valid`` is the validity mask; None means the invalid entries are exactly
+    those where ``logp`` is ``-inf`` (a valid entry whose probability underflows
+    is -inf too, so the autograd Functions keep the mask).
     """
-    if valid is not None or _may_hold_invalid(logp):
+    if valid is not None or may_hold_minus_inf(logp):
         grad = torch.where(_invalid(logp, valid), 0.0, grad)
     lp, g = _in_accumulation_dtype(logp, grad)
     out = torch._log_softmax_backward_data(g, lp, dim, lp.dtype)
