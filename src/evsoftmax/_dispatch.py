@@ -89,5 +89,6 @@ def call(
     anything else goes to the adapter's ``name`` or ``fallback`` with ``kwargs``.
     """
     if is_empty(x):
-        return empty_like(x, xp, dtype=empty_dtype)
+        # An adapter's own empty_like may keep the result in the input's autograd graph.
+        return implementation("empty_like", xp, empty_like)(x, xp, dtype=empty_dtype)
     return implementation(name, xp, fallback)(x, xp=xp, **kwargs)

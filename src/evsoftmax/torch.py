@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ._lib._compat import array_namespace
-from ._lib._prepare import empty_like, is_empty
+from ._lib._prepare import is_empty
 from ._lib._validation import (
     broadcast_shapes_to,
     normalize_axis,
@@ -40,6 +40,7 @@ from ._lib._validation import (
     validate_input,
 )
 from .adapters.torch.autograd import apply
+from .adapters.torch.ops import empty_result, jit_tracing, recording
 
 __all__ = ["EvSoftmax", "EvSoftmaxLoss", "LogEvSoftmax", "ev_softmax", "log_ev_softmax"]
 
@@ -56,7 +57,8 @@ def _validate_where(where: Any, x: torch.Tensor) -> torch.Tensor | None:
     mask = where if isinstance(where, torch.Tensor) else torch.as_tensor(where)
     if mask.dtype != torch.bool:
         raise TypeError(f"where must be a boolean array, got dtype {mask.dtype}")
-    if not broadcast_shapes_to(tuple(mask.shape), tuple(x.shape)):
+    # A trace records sizes as tensors; there torch's broadcasting checks the shapes.
+    if not jit_tracing() and not broadcast_shapes_to(tuple(mask.shape), tuple(x.shape)):
         raise ValueError(
             f"where with shape {tuple(mask.shape)} does not broadcast to the input's "
             f"shape {tuple(x.shape)}"
@@ -86,8 +88,12 @@ def _normalize(
     axis = normalize_axis(dim, x.ndim, "dim")
     mask = _validate_where(where, x)
     eps = _validate_epsilon(epsilon)
+    if recording():
+        # Like nn.Softmax, a traced or exported graph then follows the rank of later
+        # inputs. (A trace records sizes as tensors: no test of emptiness here.)
+        return apply(x, int(dim) if dim < 0 else axis, eps, mask, log)
     if is_empty(x):
-        return empty_like(x, _XP)  # type: ignore[no-any-return]
+        return empty_result(x)
     return apply(x, axis, eps, mask, log)
 
 
@@ -187,6 +193,14 @@ class _EvSoftmaxBase(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, epsilon={self.epsilon}"
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        # torch.jit.script calls this first, on the module and on every submodule.
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script (its forward "
+            "validates and dispatches in Python); use torch.jit.trace, torch.export.export, "
+            "torch.onnx.export or torch.compile instead"
+        )
 
 
 class EvSoftmax(_EvSoftmaxBase):
