@@ -18,8 +18,8 @@ from evsoftmax._dispatch import implementation  # noqa: E402
 from evsoftmax.adapters.jax import adapter as _jax  # noqa: E402
 
 from . import reference as ref  # noqa: E402
-from .cpu_kernels import PATHS, use_path  # noqa: E402
-from .jax_helpers import masked_example, rows_away_from_ties  # noqa: E402
+from .cpu_kernels import PATHS  # noqa: E402
+from .jax_helpers import masked_example, rows_away_from_ties, use_jax_path  # noqa: E402
 
 EPSILONS = (0.0, 1e-6, 0.3)
 
@@ -31,7 +31,7 @@ def each_path(request, monkeypatch):
     The path is chosen when a function is traced, so the traces are dropped
     before and after.
     """
-    use_path(request.param, monkeypatch)
+    use_jax_path(request.param, monkeypatch)
     jax.clear_caches()
     yield request.param
     jax.clear_caches()

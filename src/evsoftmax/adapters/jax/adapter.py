@@ -66,66 +66,98 @@ def _accumulation_dtype(dtype: Any) -> Any:
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
 
 
-def _overflow_scale(length: int, dtype: Any) -> float:
+def _overflow_scale(length: int) -> float:
     """``2**-k`` with ``2**k >= 2 * length``: scaled scores whose sums cannot overflow."""
-    return float(np.ldexp(np.asarray(1.0, dtype), -max(1, math.ceil(math.log2(2 * length)))))
+    return math.ldexp(1.0, -max(1, math.ceil(math.log2(2 * length))))
 
 
-def _support(x: Array, row_max: Array, valid: Array, axis: int) -> Array:
-    """DESIGN §4's support: valid entries ``>=`` the mean of the valid shifted scores.
+def _threshold(x: Array, row_max: Array, valid: Array, axis: int, big: float) -> Array:
+    """Per row: the threshold and the scale the support test compares scores at.
 
-    The threshold is the *sum* of the shifted scores divided once by the valid
-    count (an entry equal to an exactly representable mean stays in). Shifted
-    scores are ``<= 0`` and so is their rounded mean, so the row maximum
-    (shifted score 0) is always in. A row whose valid entries are finite but
-    whose shift or sum overflows (a range beyond the dtype's maximum) gets its
-    support from the scores scaled by an exact power of two instead
-    (``t = x * 2**-k - max * 2**-k`` with ``2**k >= 2n``: neither the
-    differences nor their sum can overflow), which is the exact mean's support.
+    DESIGN §4: the threshold is the *sum* of the valid shifted scores divided
+    once by the valid count (so an entry equal to an exactly representable mean
+    stays in). Shifted scores are ``<= 0`` and so is their rounded mean, so the
+    row maximum (shifted score 0) is always in.
+
+    A row whose shift or sum may overflow (mean below ``-big / K``, which every
+    row with an overflowing shift or sum reaches: its clamped sum is ``<= -big``)
+    is compared at scale ``2**-k`` instead (``t = x * 2**-k - max * 2**-k`` with
+    ``2**k >= 2K``: neither the differences nor their sum can overflow), which
+    gives the exact mean's support; such a row spans more than ``big / K``, so
+    scaling loses nothing that could move an entry across its threshold.
+    Both sums run in the same pass; the choice is made per row in arithmetic
+    (``f`` is exactly 0 or 1), without a select, for the reasons in
+    :func:`_xla_form`.
     """
-    count = jnp.maximum(jnp.sum(valid, axis=axis, keepdims=True, dtype=x.dtype), 1.0)
-    shifted = x - row_max
-    threshold = jnp.sum(jnp.where(valid, shifted, 0.0), axis=axis, keepdims=True) / count
-    # Finite valid entries make the sum -inf only by overflow (never NaN or +inf).
-    overflow = (threshold == -jnp.inf) & jnp.isfinite(row_max)
-    scale = _overflow_scale(x.shape[axis], x.dtype)
-    scaled = x * scale - row_max * scale
-    scaled_threshold = jnp.sum(jnp.where(valid, scaled, 0.0), axis=axis, keepdims=True) / count
-    return jnp.where(overflow, scaled >= scaled_threshold, shifted >= threshold)
+    length = x.shape[axis]
+    scale = _overflow_scale(length)
+    count = jnp.maximum(jnp.sum(valid, axis=axis, keepdims=True), 1.0)
+    plain = jnp.sum(jnp.maximum(x - row_max, -big) * valid, axis=axis, keepdims=True) / count
+    scaled = jnp.maximum(x * scale - row_max * scale, -big) * valid
+    scaled_mean = jnp.sum(scaled, axis=axis, keepdims=True) / count
+    # f = 1 where -plain >= big / K, else 0, by the gate of _xla_form (a clamp
+    # would leave the YNNPACK fusion; a K / big factor is flushed to 0 on the CPU).
+    f = jnp.exp(jnp.minimum(big * jnp.floor(-plain - big / length), 0.0))
+    return f * scaled_mean + (1.0 - f) * jnp.maximum(plain, -big), f * scale + (1.0 - f)
+
+
+def _lift_empty(total: Array) -> Array:
+    """``max(total, 1)`` for totals that are 0 or ``>= 1``, keeping NaN.
+
+    A valid row's maximum alone contributes exactly 1 to its total, so only
+    empty rows have a total below 1 (namely 0). ``|t - 1/2| + 1/2`` maps 0 to 1
+    and every ``t >= 1`` to itself exactly (below ``2**23`` in float32), and
+    unlike ``max``, which drops NaN inside YNNPACK fusions, it keeps a NaN
+    total NaN.
+    """
+    return jnp.abs(total - 0.5) + 0.5
 
 
 def _xla_form(x: Array, *, axis: int, epsilon: float, log: bool) -> Array:
     """ev-softmax (or its log) of ``x`` (accumulation dtype, ``-inf`` = excluded), in XLA.
 
     DESIGN §4's recipe: valid entries only, shift by the valid row maximum,
-    support from :func:`_support`, weights ``exp(x - max)`` times 1 on the
-    support and ``ε/(1+ε)`` off it (finite for every finite ε), normalized by
-    their sum. NaN or ``+inf`` among the valid entries reach every output of
-    their row through ``exp`` and the row total; a row with no valid entry
-    (total 0) gives zeros (``-inf`` for the log).
+    the support from :func:`_threshold`, weights ``exp(x - max)`` times 1 on
+    the support and ``ε/(1+ε)`` off it (finite for every finite ε), normalized
+    by their sum.
+
+    It is written for XLA:CPU, which hands reductions and the arithmetic around
+    them to YNNPACK fusions that take arithmetic only (never a comparison or a
+    select; their ``max``/``min`` drop NaN): a select between two reductions
+    splits the work into passes that each write a full-size temporary (4-6x
+    ``jax.nn.softmax`` instead of about 2x). Hence exact indicators from
+    arithmetic: ``valid = max(x - max(x, -big) + 1, 0)`` is 1, or 0 for
+    ``-inf``; ``floor(z) >= 0`` exactly when ``z >= 0``, so
+    ``gate = big * floor(t - threshold)`` is ``>= 0`` on the support and
+    ``<= -big`` off it, and since shifted scores are ``<= 0``,
+    ``exp(min(shifted, gate))`` is ``exp(shifted)`` on the support and exactly
+    0 off it (``max(exp(min(gate, 0)), ε/(1+ε))`` is exactly 1 or ``ε/(1+ε)``).
+    NaN or ``+inf`` among the valid entries reach the row total through plain
+    subtraction and ``exp``, which makes the whole row NaN; a row with no
+    valid entry gives zeros (``-inf`` for the log).
     """
-    valid = x != -jnp.inf
-    row_max = jnp.max(x, axis=axis, keepdims=True)
-    row_max = jnp.where(row_max == -jnp.inf, 0.0, row_max)  # empty rows: no -inf - -inf
-    support = _support(x, row_max, valid, axis)
-    shifted = x - row_max  # -inf on excluded entries, so their weight is exactly 0
+    big = float(np.finfo(x.dtype).max)
+    row_max = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), -big)  # empty rows: -big
+    valid = jnp.maximum(x - jnp.maximum(x, -big) + 1.0, 0.0)  # 1 if x > -inf else 0
+    threshold, scale = _threshold(x, row_max, valid, axis, big)
+    gate = big * jnp.floor(x * scale - row_max * scale - threshold)
+    shifted = x - row_max  # -inf on excluded entries (and overflowed shifts): weight 0
     ratio, log_ratio = _ext.off_support_weight(epsilon)
-    weights = jnp.exp(shifted)
-    if epsilon > 0.0:
-        weights = weights * jnp.where(support, 1.0, ratio)
+    if epsilon == 0.0:
+        weights = jnp.exp(jnp.minimum(shifted, gate))
     else:
-        weights = jnp.where(support, weights, 0.0 * weights)  # 0·NaN keeps a NaN row NaN
-    total = jnp.sum(weights, axis=axis, keepdims=True)
-    total = jnp.where(total == 0.0, 1.0, total)  # empty rows (a valid row's max gives 1)
+        weights = jnp.exp(shifted) * jnp.maximum(jnp.exp(jnp.minimum(gate, 0.0)), ratio)
+    total = _lift_empty(jnp.sum(weights, axis=axis, keepdims=True))
     if not log:
         return weights / total
-    return shifted + jnp.where(support, 0.0, log_ratio) - jnp.log(total)
+    # (A select is fine here: the log form has no speed target.)
+    return shifted + jnp.where(gate < 0.0, log_ratio, 0.0) - jnp.log(total)
 
 
 # Rows shorter than this take the XLA form even where the kernel serves: the
 # kernel's per-row work does not amortize on such rows (measured in the JAX
 # adapter benchmark, see docs/jax.md "Performance").
-_KERNEL_MIN_LENGTH = 1
+_KERNEL_MIN_LENGTH = 16
 
 
 def _kernel_form(x: Array, *, axis: int, epsilon: float, log: bool) -> Array:
