@@ -167,7 +167,7 @@ def _kernel_form(x: Array, *, axis: int, epsilon: float, log: bool) -> Array:
     return _xla_form(x, axis=axis, epsilon=epsilon, log=log)
 
 
-_FORWARD = Primitive(f"{_SCOPE}_ev_softmax_rows")
+_FORWARD = Primitive(f"{__name__.rpartition('.adapters.')[0]}_ev_softmax_rows")
 
 
 def _rows(x: Array, axis: int, epsilon: float, log: bool) -> Array:

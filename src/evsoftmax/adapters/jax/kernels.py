@@ -63,7 +63,7 @@ def _local(axis_context: Any) -> bool:
         return bool(devices == 1)
     mesh = getattr(axis_context, "mesh", None)
     if mesh is not None:  # shard_map body: local when every axis with several devices is manual
-        manual = getattr(axis_context, "manual_axes", frozenset())
+        manual: frozenset[Any] = getattr(axis_context, "manual_axes", frozenset())
         return all(size == 1 or name in manual for name, size in mesh.shape.items())
     return True  # pmap: one replica per device
 
