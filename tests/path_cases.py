@@ -128,7 +128,7 @@ class Input:
     view: str | None = None
 
     def base(self, dtype: str) -> np.ndarray:
-        """The contiguous NumPy array (in ``dtype``) that :meth:`apply_view` turns into the input."""
+        """The contiguous array in ``dtype`` that :func:`apply_view` turns into the input."""
         if self.view == "T":
             return np.ascontiguousarray(as_dtype(self.values, dtype).T)
         if self.view == "stride":

@@ -872,7 +872,8 @@ def _compare(req: pc.Request, got: np.ndarray, got_dtype: str) -> str | None:
     if support:
         bad = got != want
         if bad.any():
-            return f"support differs at {np.argwhere(bad)[:4].tolist()}: got {got.astype(int).tolist()}"
+            where_bad = np.argwhere(bad)[:4].tolist()
+            return f"support differs at {where_bad}: got {got.astype(int).tolist()}"
         return None
     got = got.astype(np.float64)
     if care is not None:
@@ -944,7 +945,7 @@ def summary(paths: list[Path]) -> str:
         print(lines[-1], flush=True)
     lines.append("")
     lines.append("cell = dtypes passing / dtypes run (float16, bfloat16, float32, float64)")
-    return "\n".join(lines + ["", *details])
+    return "\n".join([*lines, "", *details])
 
 
 def main(argv: list[str] | None = None) -> int:
