@@ -839,6 +839,9 @@ PATHS: tuple[Path, ...] = (
         ("ev_softmax", "log_ev_softmax", *pc.GRADS),
         needs=("triton",),
         subprocess_env={"TRITON_INTERPRET": "1"},
+        # The interpreter runs each kernel program in NumPy: the traced paths' ε sweep.
+        epsilons=_TRACED["epsilons"],
+        derivative_epsilons=_TRACED["derivative_epsilons"],
     ),
     # JAX session
     Path("jax-jit-kernel", "jax", _jax_jit, _ALL, kernel=True, **_TRACED),
