@@ -128,7 +128,7 @@ class Input:
     view: str | None = None
 
     def base(self, dtype: str) -> np.ndarray:
-        """The contiguous NumPy array (in ``dtype``) that :meth:`apply_view` turns into the input."""
+        """The contiguous array in ``dtype`` that :func:`apply_view` turns into the input."""
         if self.view == "T":
             return np.ascontiguousarray(as_dtype(self.values, dtype).T)
         if self.view == "stride":
@@ -292,13 +292,24 @@ class Request:
         return f"{self.group}|{self.dtype}|{self.inp.label}|{self.function}|{self.epsilon!r}"
 
 
-def requests(group: str, dtype: str, functions: tuple[str, ...]) -> list[Request]:
+def requests(
+    group: str,
+    dtype: str,
+    functions: tuple[str, ...],
+    epsilons: tuple[float, ...] = EPSILONS,
+    derivative_epsilons: tuple[float, ...] = EPSILONS,
+) -> list[Request]:
     """Every call of ``group`` in ``dtype`` for the ``functions`` a path offers."""
     out = []
     for inp in GROUPS[group](dtype):
         for function in functions:
-            epsilons = (0.0,) if function == "ev_softmax_support" else EPSILONS
-            out += [Request(group, dtype, function, eps, inp) for eps in epsilons]
+            if function == "ev_softmax_support":
+                eps_list: tuple[float, ...] = (0.0,)
+            elif function in FORWARD:
+                eps_list = epsilons
+            else:
+                eps_list = derivative_epsilons
+            out += [Request(group, dtype, function, eps, inp) for eps in eps_list]
     return out
 
 

@@ -74,6 +74,16 @@ class Path:
     subprocess_env: dict[str, str] | None = None
     kernel: bool | None = None  # True: needs the compiled CPU kernel; False: runs without it
     bundled: bool = False
+    # When a function's program fails, retry its calls one by one (False where an
+    # export costs seconds: the function's calls then report the function's error).
+    per_call: bool = True
+    # The ε of the value functions and of the derivatives (see _TRACED below).
+    epsilons: tuple[float, ...] = pc.EPSILONS
+    derivative_epsilons: tuple[float, ...] = pc.EPSILONS
+
+    def requests(self, group: str, dtype: str) -> list[pc.Request]:
+        """The calls of one cell of the battery."""
+        return pc.requests(group, dtype, self.functions, self.epsilons, self.derivative_epsilons)
 
     def unavailable(self) -> str | None:
         """Why this path cannot run here (a visible skip), or None."""
@@ -113,7 +123,9 @@ class Path:
     def results(self, reqs: list[pc.Request]) -> list[Result | str]:
         """Results (or error descriptions) of ``reqs``, all of one group and dtype."""
         if self.subprocess_env is not None and not self.in_child:
-            return [self._from_child.get(r.key, "not run in the subprocess") for r in reqs]
+            got = self._from_child
+            missing = got.get("__error__", "not run in the subprocess")
+            return [got.get(r.key, missing) for r in reqs]
         if not self.bundled:
             return [_attempt(self.runner, [r])[0] for r in reqs]
         out: list[Result | str] = []
@@ -124,7 +136,7 @@ class Path:
                 got = []
                 for part in _split(bundle, lambda r: r.function):
                     tried = _attempt(self.runner, part)
-                    if all(isinstance(g, str) for g in tried) and len(part) > 1:
+                    if all(isinstance(g, str) for g in tried) and len(part) > 1 and self.per_call:
                         tried = [_attempt(self.runner, [r])[0] for r in part]
                     got += tried
             out += got
@@ -441,7 +453,9 @@ def _torch_onnx(dynamo: bool) -> Callable[[], Runner]:
             with _quiet():
                 module = _torch_module(f)
                 if dynamo:
-                    program = torch.onnx.export(module, tuple(args), dynamo=True, input_names=names)
+                    program = torch.onnx.export(
+                        module, tuple(args), dynamo=True, input_names=names, verbose=False
+                    )
                     program.save(buffer)
                 else:
                     torch.onnx.export(module, tuple(args), buffer, dynamo=False, input_names=names)
@@ -658,6 +672,9 @@ def _jax_shard_map() -> Runner:
         raise RuntimeError(f"shard_map needs 2 host devices, found {jax.devices()}")
     mesh = jax.make_mesh((2,), ("d",))
 
+    def put(a: Any, spec: Any) -> Any:
+        return jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
+
     def run(bundle: list[pc.Request]) -> list[Result]:
         x, where, c = _jax_inputs(bundle[0])
         b, _ = _batch_axis(x.ndim, bundle[0].inp.axis)
@@ -671,13 +688,14 @@ def _jax_shard_map() -> Runner:
             mapped = shard_map(
                 lambda v, t: f(v, None, t), mesh=mesh, in_specs=(spec, spec), out_specs=specs
             )
-            got = jax.jit(mapped)(x2, c2)
+            got = jax.jit(mapped)(put(x2, spec), put(c2, spec))
         else:
             w = jnp.broadcast_to(where, x.shape)
             w2 = jnp.concatenate([w, w], axis=b)
             mapped = shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=specs)
-            got = jax.jit(mapped)(x2, w2, c2)
-        return [_numpy_result(jax.lax.slice_in_dim(o, 0, n, axis=b)) for o in got]
+            got = jax.jit(mapped)(put(x2, spec), put(w2, spec), put(c2, spec))
+        # The first copy, sliced on the host (a sharded odd-sized slice is not allowed).
+        return [(np.take(to_numpy(o), np.arange(n), axis=b), _dtype_name(o)) for o in got]
 
     return run
 
@@ -696,10 +714,9 @@ def _run_in_subprocess(path: Path) -> dict[str, Result | str]:
             command, env=env, capture_output=True, text=True, cwd=ROOT, check=False
         )
         if done.returncode != 0:
-            message = (
-                f"the battery's subprocess failed: {done.stdout[-1500:]}\n{done.stderr[-1500:]}"
-            )
-            raise RuntimeError(message)
+            # Remembered (not raised): every cell of the path reports it, none reruns the child.
+            tail = (done.stdout[-1000:] + "\n" + done.stderr[-1500:]).strip()
+            return {"__error__": f"the battery's subprocess failed: {tail}"}
         with np.load(out, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     meta = json.loads(str(arrays.pop("__meta__")))
@@ -721,7 +738,7 @@ def _dump(name: str, file: str) -> None:
         for dtype in path.dtypes:
             if path.skip(group, dtype) is not None:
                 continue
-            reqs = pc.requests(group, dtype, path.functions)
+            reqs = path.requests(group, dtype)
             for req, got in zip(reqs, path.results(reqs), strict=True):
                 if isinstance(got, str):
                     meta[req.key] = {"error": got}
@@ -763,13 +780,23 @@ def _onnx_skip(group: str, dtype: str) -> str | None:
 _SHARD_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 _ALL = pc.FORWARD + pc.GRADS + pc.JVPS
-_TRACED = {"bundled": True}
+# Traced, compiled and exported paths pay a compile per call site (0.2-1 s
+# each: XLA compiles of the JAX XLA form, Dynamo/AOTAutograd traces), so each
+# cell runs as ONE program, and these paths sweep ε over 0 (no ε branch), 3
+# (weights 1 and 3/4) and 1e300 (the overflow edge), derivatives over 0 and 3.
+# ε = 1e-6 differs from 3 only by a constant in the same program; the eager
+# paths run the full EPSILONS.
+_TRACED: dict[str, Any] = {
+    "bundled": True,
+    "epsilons": (0.0, 3.0, 1e300),
+    "derivative_epsilons": (0.0, 3.0),
+}
 
 PATHS: tuple[Path, ...] = (
     # NumPy session
     Path("numpy-kernel", "numpy", _numpy_like(_as_numpy), skip=_numpy_skip, kernel=True),
     Path("numpy-no-kernel", "numpy", _numpy_like(_as_numpy), skip=_numpy_skip, kernel=False),
-    Path("cupy-replay", "numpy", _cupy_replay, needs=("ml_dtypes",)),
+    Path("cupy-replay", "numpy", _cupy_replay, skip=_numpy_skip),
     # array-api-strict and Dask sessions
     Path(
         "array-api-strict",
@@ -802,6 +829,7 @@ PATHS: tuple[Path, ...] = (
         _torch_onnx(True),
         needs=("onnx", "onnxruntime", "onnxscript"),
         skip=_onnx_skip,
+        per_call=False,
         **_TRACED,
     ),
     Path("torch-jit-trace", "torch", _torch_jit_trace, **_TRACED),
@@ -812,6 +840,9 @@ PATHS: tuple[Path, ...] = (
         ("ev_softmax", "log_ev_softmax", *pc.GRADS),
         needs=("triton",),
         subprocess_env={"TRITON_INTERPRET": "1"},
+        # The interpreter runs each kernel program in NumPy: the traced paths' ε sweep.
+        epsilons=_TRACED["epsilons"],
+        derivative_epsilons=_TRACED["derivative_epsilons"],
     ),
     # JAX session
     Path("jax-jit-kernel", "jax", _jax_jit, _ALL, kernel=True, **_TRACED),
@@ -845,7 +876,8 @@ def _compare(req: pc.Request, got: np.ndarray, got_dtype: str) -> str | None:
     if support:
         bad = got != want
         if bad.any():
-            return f"support differs at {np.argwhere(bad)[:4].tolist()}: got {got.astype(int).tolist()}"
+            where_bad = np.argwhere(bad)[:4].tolist()
+            return f"support differs at {where_bad}: got {got.astype(int).tolist()}"
         return None
     got = got.astype(np.float64)
     if care is not None:
@@ -871,7 +903,7 @@ def check(path: Path, group: str, dtype: str) -> tuple[str | None, list[str], in
     if reason is not None:
         return reason, [], 0
     failures = []
-    reqs = pc.requests(group, dtype, path.functions)
+    reqs = path.requests(group, dtype)
     for req, got in zip(reqs, path.results(reqs), strict=True):
         problem = got if isinstance(got, str) else _compare(req, *got)
         if problem is not None:
@@ -891,6 +923,7 @@ def summary(paths: list[Path]) -> str:
     width = max(len(p.name) for p in paths) + 2
     header = "path".ljust(width) + " ".join(g[:9].rjust(9) for g in groups) + "  seconds"
     lines = [header, "-" * len(header)]
+    print(*lines, sep="\n", flush=True)
     details = []
     for path in paths:
         start = time.perf_counter()
@@ -913,9 +946,10 @@ def summary(paths: list[Path]) -> str:
         lines.append(
             path.name.ljust(width) + " ".join(cells) + f"  {time.perf_counter() - start:7.1f}"
         )
+        print(lines[-1], flush=True)
     lines.append("")
     lines.append("cell = dtypes passing / dtypes run (float16, bfloat16, float32, float64)")
-    return "\n".join(lines + ["", *details])
+    return "\n".join([*lines, "", *details])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -926,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--summary"]:
         names = argv[1:]
         paths = [by_name(n) for n in names] if names else selected_paths()
-        print(summary(paths))
+        print("\n" + summary(paths))
         return 0
     print(__doc__)
     print("usage: python -m tests.paths --summary [PATH ...]")
