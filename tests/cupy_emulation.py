@@ -234,13 +234,13 @@ def _threshold(
         k = np.where((2**k) < 2 * count, k + 1, k)
     h = np.where(wide, np.ldexp(acc(1), -k)[:, None, None], acc(1)).astype(v.dtype)
     mh = (row_max * h).astype(v.dtype)
-    t = (v * h - mh).astype(np.float64)
+    t = (v * h).astype(np.float64)  # unshifted, as ev_scaled_sum_tile sums
     # The extra pass, in double: per-thread sums in entry order, then the block (as for Z).
     total = np.zeros(v.shape[:2], dtype=np.float64)
     for j in range(v.shape[2]):
         total = np.where(valid[:, :, j], total + t[:, :, j], total)
     (total,) = _block_reduce((total,), (0.0,), _combine_sums)
-    scaled_mean = (total / count.astype(np.float64)).astype(v.dtype)[:, None, None]
+    scaled_mean = (total / count.astype(np.float64)).astype(v.dtype)[:, None, None] - mh
     return h, mh, np.where(wide, scaled_mean, mean)
 
 

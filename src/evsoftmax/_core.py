@@ -143,9 +143,16 @@ def row_statistics(
     count = xp.where(count == 0.0, 1.0, count)
     kept = valid & ~bad
     scale = _support_scale(hi, lo, xp.astype(count, x.dtype), x.dtype, xp)
-    scaled = xp.where(kept, x, hi) * scale - hi * scale
-    threshold = _row_mean(scaled, count, axis, xp)
+    # A scaled row is compared unshifted: once the range exceeds the dtype's maximum,
+    # the shift no longer makes the summands smaller, and without it an exact mean
+    # (say 0 for [m, -m, 0]) is summed exactly. Its maximum stays in, as the threshold
+    # is capped at the scaled maximum.
+    centre = xp.where(scale == 1.0, hi, 0.0)
+    scaled = xp.where(kept, x, centre) * scale - centre * scale  # 0 off the valid entries
+    top = (hi - centre) * scale
+    threshold = xp.minimum(_row_mean(scaled, count, axis, xp), top)
     support = kept & (scaled >= threshold)
+    scaled = xp.where(kept, scaled - top, 0.0)
     # Undo the scaling exactly; a difference beyond the dtype's range is -inf
     # (its weight exp(-inf) = 0), reached without an overflowing operation.
     floor = -xp.finfo(x.dtype).max * scale

@@ -252,8 +252,10 @@ __device__ __forceinline__ bool ev_is_valid(ev_acc_t v, const unsigned char* mas
 // The support test of DESIGN section 4: v * h - mh >= mean. For an ordinary row h = 1 and
 // mh is the row maximum (so this is s >= mean, with s = v - max); for a row whose shifted
 // sum overflows (its range exceeds the dtype's maximum) h = 2^-k with 2^k >= 2 count and
-// mh = max * h: no scaled difference or sum can overflow and the scaling is exact, so the
-// support is the exact mean's.
+// mh = max * h, and mean is the mean of the unshifted v * h minus mh (past the dtype's
+// range the shift no longer makes the summands smaller; unshifted, an exact mean such as
+// 0 for [m, -m, 0] is summed exactly): no scaled value or sum can overflow and the
+// scaling is exact, so the support is the exact mean's.
 struct ev_threshold {
     ev_acc_t h, mh, mean;
 };
@@ -337,7 +339,7 @@ __device__ __forceinline__ double ev_scaled_sum_tile(
     const ev_acc_t (&v)[N], unsigned int valid, const ev_threshold& th, double sum) {
 #pragma unroll
     for (int j = 0; j < N; ++j)
-        if (valid & (1u << j)) sum += (double)(v[j] * th.h - th.mh);
+        if (valid & (1u << j)) sum += (double)(v[j] * th.h);  // unshifted: exact ties
     return sum;
 }
 
@@ -376,7 +378,7 @@ __device__ __noinline__ void ev_wide_row(
         const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
         sum = ev_scaled_sum_tile(v, valid, th, sum);
     }
-    th.mean = (ev_acc_t)(ev_block_sum(sum) / (double)count);
+    th.mean = (ev_acc_t)(ev_block_sum(sum) / (double)count) - th.mh;
     __syncthreads();  // ev_block_sum's shared memory is used again for Z
     ev_acc_t scale = (ev_acc_t)0;
 #if EV_MODE != EV_MODE_SUPPORT

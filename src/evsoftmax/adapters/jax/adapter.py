@@ -81,8 +81,9 @@ def _threshold(x: Array, row_max: Array, valid: Array, axis: int, big: float) ->
 
     A row whose shift or sum may overflow (mean below ``-big / K``, which every
     row with an overflowing shift or sum reaches: its clamped sum is ``<= -big``)
-    is compared at scale ``2**-k`` instead (``t = x * 2**-k - max * 2**-k`` with
-    ``2**k >= 2K``: neither the differences nor their sum can overflow), which
+    is compared at scale ``2**-k`` instead (``t = x * 2**-k - max * 2**-k`` against
+    the mean of the unshifted ``x * 2**-k`` minus ``max * 2**-k``, with
+    ``2**k >= 2K``: neither the differences nor the sum can overflow), which
     gives the exact mean's support; such a row spans more than ``big / K``, so
     scaling loses nothing that could move an entry across its threshold.
     Both sums run in the same pass; the choice is made per row in arithmetic
@@ -93,8 +94,10 @@ def _threshold(x: Array, row_max: Array, valid: Array, axis: int, big: float) ->
     scale = _overflow_scale(length)
     count = jnp.maximum(jnp.sum(valid, axis=axis, keepdims=True), 1.0)
     plain = jnp.sum(jnp.maximum(x - row_max, -big) * valid, axis=axis, keepdims=True) / count
-    scaled = jnp.maximum(x * scale - row_max * scale, -big) * valid
-    scaled_mean = jnp.sum(scaled, axis=axis, keepdims=True) / count
+    # Unshifted: past the dtype's range the shift no longer makes the summands
+    # smaller, and without it an exact mean (0 for [m, -m, 0]) is summed exactly.
+    scaled = jnp.maximum(x * scale, -big) * valid
+    scaled_mean = jnp.sum(scaled, axis=axis, keepdims=True) / count - row_max * scale
     # f = 1 where -plain >= big / K, else 0, by the gate of _xla_form (a clamp
     # would leave the YNNPACK fusion; a K / big factor is flushed to 0 on the CPU).
     f = jnp.exp(jnp.minimum(big * jnp.floor(-plain - big / length), 0.0))

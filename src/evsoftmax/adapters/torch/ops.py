@@ -187,15 +187,16 @@ def _at_or_above_scaled_mean(
 ) -> torch.Tensor:
     """The support, for rows whose shift ``x - max`` or its sum overflows.
 
-    Only rows whose valid range exceeds the dtype's maximum overflow. float32
-    scores are shifted and summed in float64, where they cannot overflow (and the
-    shift is exact); float64 scores are scaled by :data:`_OVERFLOW_SCALE` first.
+    Only rows whose valid range exceeds the dtype's maximum overflow. Their
+    scores are compared unshifted (the shift no longer makes the summands
+    smaller, and without it an exact mean such as 0 for ``[m, -m, 0]`` is
+    summed exactly): float32 scores in float64, where they cannot overflow,
+    float64 scores scaled by :data:`_OVERFLOW_SCALE` first. The maximum is
+    always in.
     """
-    if x.dtype == torch.float64:
-        scaled = torch.where(valid, x * _OVERFLOW_SCALE - top * _OVERFLOW_SCALE, 0.0)
-    else:
-        scaled = torch.where(valid, x.double() - top.double(), 0.0)
-    return scaled >= scaled.sum(dim, keepdim=True) / count
+    scale = _OVERFLOW_SCALE if x.dtype == torch.float64 else 1.0
+    scaled = torch.where(valid, x.double() * scale, 0.0)
+    return (scaled >= scaled.sum(dim, keepdim=True) / count.double()) | (x == top)
 
 
 def fast_path_applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
