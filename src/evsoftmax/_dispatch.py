@@ -44,7 +44,7 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": (".adapters.numpy",),
     "cupy": (".adapters.cupy.adapter",),
-    "torch": (".adapters.torch.adapter", ".adapters.torch.baselines"),
+    "torch": (".adapters.torch.adapter", ".adapters.torch.baselines", ".adapters.torch.attention"),
     "jax": (".adapters.jax.adapter", ".adapters.jax.baselines"),
 }
 
