@@ -35,19 +35,23 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if torch.finfo(dtype).bits < 32 else dtype
 
 
-def _thresholds_from_keys(
-    q: torch.Tensor, k: torch.Tensor, is_causal: bool, scale: float
-) -> torch.Tensor:
-    """Valid score means ``(..., L)`` without a mask: scale·q·Σk divided once by the count."""
+def _thresholds_from_keys(q: torch.Tensor, k: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    """Valid score means ``(..., L)`` without a mask: q·Σk divided once by the count.
+
+    ``q`` is already scaled, so the scores are ``q kᵀ``.
+    """
     length, keys = q.shape[-2], k.shape[-2]
     if not is_causal:
-        total = torch.matmul(q, k.sum(-2).unsqueeze(-1)).squeeze(-1)
-        return total * scale / keys
+        return torch.matmul(q, k.sum(-2).unsqueeze(-1)).squeeze(-1) / keys
     # Prefix sums of the keys: query i sees keys 0..min(i, S-1).
-    prefix = k.cumsum(-2)
     rows = torch.arange(length, device=q.device).clamp(max=keys - 1)
     count = (rows + 1).to(q.dtype)
-    return (q * prefix.index_select(-2, rows)).sum(-1) * scale / count
+    return (q * k.cumsum(-2).index_select(-2, rows)).sum(-1) / count
+
+
+def _columns(keys: int, is_causal: bool, i1: int) -> int:
+    """Keys a query block can see: a causal block ending at query ``i1`` sees only ``j < i1``."""
+    return min(keys, i1) if is_causal else keys
 
 
 def _block(
@@ -55,24 +59,28 @@ def _block(
     k: torch.Tensor,
     mask: torch.Tensor | None,
     is_causal: bool,
-    scale: float,
     i0: int,
     i1: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Scores of queries ``i0:i1`` (masked ones ``-inf``), their validity, and the mask block."""
-    scores = torch.matmul(q[..., i0:i1, :], k.transpose(-1, -2)).mul_(scale)
+    """Scores of queries ``i0:i1`` (masked ones ``-inf``), their validity, and the mask block.
+
+    Only the keys the block can see are formed (see :func:`_columns`).
+    """
+    cols = _columns(k.shape[-2], is_causal, i1)
+    scores = torch.matmul(q[..., i0:i1, :], k[..., :cols, :].transpose(-1, -2))
     valid = None
     mb = None
     if mask is not None:
-        mb = mask[..., i0:i1, :] if mask.shape[-2] != 1 else mask
+        mb = mask if mask.shape[-2] == 1 else mask[..., i0:i1, :]
+        mb = mb if mask.shape[-1] == 1 else mb[..., :cols]
         if mb.dtype == torch.bool:
             valid = mb
         else:
             scores = scores.add_(mb)
             valid = mb != -math.inf
-    if is_causal:
+    if is_causal and i0 + 1 < cols:
         rows = torch.arange(i0, i1, device=q.device).unsqueeze(-1)
-        causal = torch.arange(k.shape[-2], device=q.device) <= rows
+        causal = torch.arange(cols, device=q.device) <= rows
         valid = causal if valid is None else valid & causal
     if valid is not None:
         scores = scores.masked_fill_(~valid, -math.inf)
@@ -84,29 +92,18 @@ def _masked_thresholds(
     k: torch.Tensor,
     valid: torch.Tensor,
     mb: torch.Tensor | None,
-    scale: float,
     i0: int,
     i1: int,
+    cols: int,
 ) -> torch.Tensor:
-    """Valid score means of queries ``i0:i1`` under a mask: one product of the mask with k."""
-    shape = (*q.shape[:-2], i1 - i0, k.shape[-2])
+    """Valid score means of queries ``i0:i1`` (keys ``:cols``) under a mask: mask @ k."""
+    shape = (*q.shape[:-2], i1 - i0, cols)
     weights = valid.expand(shape).to(q.dtype)
     count = weights.sum(-1)
-    total = (q[..., i0:i1, :] * torch.matmul(weights, k)).sum(-1) * scale
+    total = (q[..., i0:i1, :] * torch.matmul(weights, k[..., :cols, :])).sum(-1)
     if mb is not None and mb.dtype != torch.bool:
         total = total + torch.where(valid, mb, 0.0).expand(shape).sum(-1)
     return total / torch.where(count == 0.0, 1.0, count)
-
-
-def _weights(
-    scores: torch.Tensor, threshold: torch.Tensor, row_max: torch.Tensor, off: float
-) -> torch.Tensor:
-    """DESIGN §4 weights: exp(s - max) on the support (s >= thr, or the max), eps/(1+eps) of it off."""
-    keep = (scores >= threshold.unsqueeze(-1)) | (scores == row_max)
-    weights = (scores - row_max).exp_()
-    if off == 0.0:
-        return weights.mul_(keep)
-    return torch.where(keep, weights, weights * off)
 
 
 def _row_max(scores: torch.Tensor) -> torch.Tensor:
@@ -115,51 +112,71 @@ def _row_max(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(row_max == -math.inf, 0.0, row_max)
 
 
+def _probabilities(
+    scores: torch.Tensor, cut: torch.Tensor, shift: torch.Tensor, log_off: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DESIGN §4 weights in place: exp(s - shift) on the support, eps/(1+eps) of it off.
+
+    ``cut`` is ``min(threshold, row max)`` per row, so ``s < cut`` is "below the
+    threshold and not the maximum": the row maximum is always in the support.
+    Masked scores are -inf, below every cut. Returns (weights, below).
+    """
+    below = scores < cut
+    if log_off == -math.inf:
+        scores = scores.masked_fill_(below, -math.inf)
+    else:
+        scores = torch.where(below, scores + log_off, scores)
+    return scores.sub_(shift).exp_(), below
+
+
+def _log_off(off: float) -> float:
+    return math.log(off) if off > 0.0 else -math.inf
+
+
 def _forward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     mask: torch.Tensor | None,
     is_causal: bool,
-    scale: float,
     off: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Output, support sizes, and the per-query (row max, threshold, normalizer)."""
+    need_sizes: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output, support sizes, the per-query cut and log-normalizer (row max + log total)."""
     length, keys = q.shape[-2], k.shape[-2]
     step = _block_rows(length, keys, math.prod(q.shape[:-2]))
-    thresholds = None if mask is not None else _thresholds_from_keys(q, k, is_causal, scale)
-    outs, sizes, maxes, thrs, totals = [], [], [], [], []
+    thresholds = None if mask is not None else _thresholds_from_keys(q, k, is_causal)
+    log_off = _log_off(off)
+    outs, sizes, cuts, lses = [], [], [], []
     for i0 in range(0, length, step):
         i1 = min(length, i0 + step)
-        scores, valid, mb = _block(q, k, mask, is_causal, scale, i0, i1)
+        scores, valid, mb = _block(q, k, mask, is_causal, i0, i1)
         if thresholds is None:
             assert valid is not None
-            thr = _masked_thresholds(q, k, valid, mb, scale, i0, i1)
+            thr = _masked_thresholds(q, k, valid, mb, i0, i1, scores.shape[-1])
         else:
             thr = thresholds[..., i0:i1]
         row_max = _row_max(scores)
-        weights = _weights(scores, thr, row_max, off)
+        cut = torch.minimum(thr.unsqueeze(-1), row_max)
+        weights, below = _probabilities(scores, cut, row_max, log_off)
         total = weights.sum(-1, keepdim=True)
         total = torch.where(total == 0.0, 1.0, total)
-        outs.append(torch.matmul(weights, v).div_(total))
-        support = (scores >= thr.unsqueeze(-1)) | (scores == row_max)
-        if valid is not None:
-            support = support & valid
-        sizes.append(support.sum(-1))
-        maxes.append(row_max)
-        thrs.append(thr)
-        totals.append(total)
-    return (
-        torch.cat(outs, -2),
-        torch.cat(sizes, -1),
-        torch.cat(maxes, -2),
-        torch.cat(thrs, -1),
-        torch.cat(totals, -2),
-    )
+        cols = scores.shape[-1]
+        outs.append(torch.matmul(weights, v[..., :cols, :]).div_(total))
+        if need_sizes:
+            sizes.append(cols - below.sum(-1))
+        cuts.append(cut)
+        lses.append(row_max + total.log())
+    out = torch.cat(outs, -2)
+    size = torch.cat(sizes, -1) if need_sizes else out.new_zeros((0,), dtype=torch.int64)
+    return out, size, torch.cat(cuts, -2), torch.cat(lses, -2)
 
 
 class _EvAttention(torch.autograd.Function):
-    """ev-attention with the flash-style closed-form backward (see the module docstring)."""
+    """ev-attention with the flash-style closed-form backward (see the module docstring).
+
+    Takes the already scaled queries, so ``dq = dS k`` and ``dk = dSᵀ q``.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -169,20 +186,20 @@ class _EvAttention(torch.autograd.Function):
         v: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
-        scale: float,
         off: float,
+        need_sizes: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out, sizes, row_max, thr, total = _forward(q, k, v, mask, is_causal, scale, off)
-        ctx.save_for_backward(q, k, v, mask, out, row_max, thr, total)
-        ctx.is_causal, ctx.scale, ctx.off = is_causal, scale, off
+        out, sizes, cut, lse = _forward(q, k, v, mask, is_causal, off, need_sizes)
+        ctx.save_for_backward(q, k, v, mask, out, cut, lse)
+        ctx.is_causal, ctx.off = is_causal, off
         ctx.mark_non_differentiable(sizes)
         return out, sizes
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, d_out: torch.Tensor, _d_sizes: Any) -> tuple[Any, ...]:
-        q, k, v, mask, out, row_max, thr, total = ctx.saved_tensors
-        is_causal, scale, off = ctx.is_causal, ctx.scale, ctx.off
+        q, k, v, mask, out, cut, lse = ctx.saved_tensors
+        is_causal, log_off = ctx.is_causal, _log_off(ctx.off)
         d_out = d_out.to(q.dtype)
         length, keys = q.shape[-2], k.shape[-2]
         step = _block_rows(length, keys, math.prod(q.shape[:-2]))
@@ -191,15 +208,17 @@ class _EvAttention(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for i0 in range(0, length, step):
             i1 = min(length, i0 + step)
-            scores, _valid, _mb = _block(q, k, mask, is_causal, scale, i0, i1)
-            probs = _weights(scores, thr[..., i0:i1], row_max[..., i0:i1, :], off)
-            probs = probs.div_(total[..., i0:i1, :])
+            scores, _valid, _mb = _block(q, k, mask, is_causal, i0, i1)
+            cols = scores.shape[-1]
+            probs, _below = _probabilities(
+                scores, cut[..., i0:i1, :], lse[..., i0:i1, :], log_off
+            )
             do_b = d_out[..., i0:i1, :]
-            dv += torch.matmul(probs.transpose(-1, -2), do_b)
-            d_scores = torch.matmul(do_b, v.transpose(-1, -2)).sub_(inner[..., i0:i1, :])
-            d_scores = d_scores.mul_(probs).mul_(scale)
-            dq[..., i0:i1, :] = torch.matmul(d_scores, k)
-            dk += torch.matmul(d_scores.transpose(-1, -2), q[..., i0:i1, :])
+            dv[..., :cols, :] += torch.matmul(probs.transpose(-1, -2), do_b)
+            d_scores = torch.matmul(do_b, v[..., :cols, :].transpose(-1, -2))
+            d_scores = d_scores.sub_(inner[..., i0:i1, :]).mul_(probs)
+            dq[..., i0:i1, :] = torch.matmul(d_scores, k[..., :cols, :])
+            dk[..., :cols, :] += torch.matmul(d_scores.transpose(-1, -2), q[..., i0:i1, :])
         return dq, dk, dv, None, None, None, None
 
 
@@ -211,6 +230,7 @@ def attention(
     is_causal: bool,
     scale: float,
     epsilon: float,
+    need_sizes: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ev-attention on validated tensors of one floating dtype; ``(out, support size)``.
 
@@ -229,7 +249,8 @@ def attention(
         if mask.dtype != torch.bool:
             mask = mask.to(acc)
     off = epsilon / (1.0 + epsilon)
-    out, sizes = _EvAttention.apply(q, k, v, mask, is_causal, scale, off)
+    q = q * scale
+    out, sizes = _EvAttention.apply(q, k, v, mask, is_causal, off, need_sizes)
     return out.to(dtype), sizes
 
 
@@ -246,7 +267,7 @@ def ev_attention(
     xp: Any,
 ) -> Any:
     """The dispatcher's entry: ev-attention of validated torch tensors."""
-    out, sizes = attention(query, key, value, mask, is_causal, scale, epsilon)
+    out, sizes = attention(query, key, value, mask, is_causal, scale, epsilon, return_support)
     return (out, sizes) if return_support else out
 
 
@@ -264,32 +285,21 @@ def probabilities(
     the whole score matrix. Same support and weights as the blocked path; the
     threshold and row maximum carry no gradient (the Jacobian is ``p(δ - p)``).
     """
-    length = q.shape[-2]
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    valid = None
-    if mask is not None:
-        while mask.dim() < 2:
-            mask = mask.unsqueeze(0)
-        if mask.dtype == torch.bool:
-            valid = mask
-        else:
-            scores = scores + mask
-            valid = mask != -math.inf
-    if is_causal:
-        causal = torch.ones(length, k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        valid = causal if valid is None else valid & causal
-    if valid is not None:
-        scores = scores.masked_fill(~valid, -math.inf)
+    q = q * scale
+    off = epsilon / (1.0 + epsilon)
+    while mask is not None and mask.dim() < 2:
+        mask = mask.unsqueeze(0)
+    scores, valid, mb = _block(q, k, mask, is_causal, 0, q.shape[-2])
     with torch.no_grad():
         if mask is None:
-            thr = _thresholds_from_keys(q, k, is_causal, scale)
+            thr = _thresholds_from_keys(q, k, is_causal)
         else:
             assert valid is not None
-            mb = mask if mask.dtype != torch.bool else None
-            thr = _masked_thresholds(q, k, valid, mb, scale, 0, length)
+            thr = _masked_thresholds(q, k, valid, mb, 0, q.shape[-2], scores.shape[-1])
         row_max = _row_max(scores)
-        keep = (scores >= thr.unsqueeze(-1)) | (scores == row_max)
-        factor = torch.where(keep, 1.0, epsilon / (1.0 + epsilon))
+        factor = torch.where(scores < torch.minimum(thr.unsqueeze(-1), row_max), off, 1.0)
     weights = torch.exp(scores - row_max) * factor
     total = weights.sum(-1, keepdim=True)
-    return weights / torch.where(total == 0.0, 1.0, total)
+    probs = weights / torch.where(total == 0.0, 1.0, total)
+    # A causal block sees keys j < L only; the keys after are masked for every query.
+    return torch.nn.functional.pad(probs, (0, k.shape[-2] - probs.shape[-1]))
