@@ -37,7 +37,7 @@ __all__ = ["ev_attention"]
 
 # Scores formed at once by one query block (all batch entries together): the
 # block's temporaries stay a few MiB whatever L and S are.
-_BLOCK_ELEMENTS = 1 << 20
+_BLOCK_ELEMENTS = 1 << 19
 
 
 def _batch_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
