@@ -180,7 +180,6 @@ class _EvAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
@@ -188,16 +187,19 @@ class _EvAttention(torch.autograd.Function):
         is_causal: bool,
         off: float,
         need_sizes: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out, sizes, cut, lse = _forward(q, k, v, mask, is_causal, off, need_sizes)
-        ctx.save_for_backward(q, k, v, mask, out, cut, lse)
-        ctx.is_causal, ctx.off = is_causal, off
-        ctx.mark_non_differentiable(sizes)
-        return out, sizes
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _forward(q, k, v, mask, is_causal, off, need_sizes)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, d_out: torch.Tensor, _d_sizes: Any) -> tuple[Any, ...]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        q, k, v, mask, is_causal, off, _need_sizes = inputs
+        out, sizes, cut, lse = output
+        ctx.save_for_backward(q, k, v, mask, out, cut, lse)
+        ctx.is_causal, ctx.off = is_causal, off
+        ctx.mark_non_differentiable(sizes, cut, lse)
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor, *_unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         q, k, v, mask, out, cut, lse = ctx.saved_tensors
         is_causal, log_off = ctx.is_causal, _log_off(ctx.off)
         d_out = d_out.to(q.dtype)
@@ -210,9 +212,7 @@ class _EvAttention(torch.autograd.Function):
             i1 = min(length, i0 + step)
             scores, _valid, _mb = _block(q, k, mask, is_causal, i0, i1)
             cols = scores.shape[-1]
-            probs, _below = _probabilities(
-                scores, cut[..., i0:i1, :], lse[..., i0:i1, :], log_off
-            )
+            probs, _below = _probabilities(scores, cut[..., i0:i1, :], lse[..., i0:i1, :], log_off)
             do_b = d_out[..., i0:i1, :]
             dv[..., :cols, :] += torch.matmul(probs.transpose(-1, -2), do_b)
             d_scores = torch.matmul(do_b, v[..., :cols, :].transpose(-1, -2))
@@ -250,7 +250,7 @@ def attention(
             mask = mask.to(acc)
     off = epsilon / (1.0 + epsilon)
     q = q * scale
-    out, sizes = _EvAttention.apply(q, k, v, mask, is_causal, off, need_sizes)
+    out, sizes, _cut, _lse = _EvAttention.apply(q, k, v, mask, is_causal, off, need_sizes)
     return out.to(dtype), sizes
 
 
@@ -297,7 +297,9 @@ def probabilities(
             assert valid is not None
             thr = _masked_thresholds(q, k, valid, mb, 0, q.shape[-2], scores.shape[-1])
         row_max = _row_max(scores)
-        factor = torch.where(scores < torch.minimum(thr.unsqueeze(-1), row_max), off, 1.0)
+        below = scores < torch.minimum(thr.unsqueeze(-1), row_max)
+        # Tensors of the scores' dtype: a bare Python float would be a float32 scalar.
+        factor = torch.where(below, scores.new_full((), off), scores.new_full((), 1.0))
     weights = torch.exp(scores - row_max) * factor
     total = weights.sum(-1, keepdim=True)
     probs = weights / torch.where(total == 0.0, 1.0, total)
