@@ -117,7 +117,7 @@ def test_front_door_errors_name_the_argument(kwargs, error, match):
     q, k, v = _qkv((3, 2), (4, 2), 2)
     with pytest.raises(error, match=match):
         evt.ev_attention(q, k, v, **kwargs)
-    with pytest.raises(TypeError, match="query must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"query must be a torch\.Tensor"):
         evt.ev_attention(np.ones((3, 2)), k, v)
 
 
