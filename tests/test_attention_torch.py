@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import evsoftmax as evs  # noqa: E402
-import evsoftmax.adapters.torch.attention as torch_attention  # noqa: E402
+import evsoftmax._attention as attention_module  # noqa: E402
 import evsoftmax.torch as evt  # noqa: E402
 
 from . import attention_reference as ref  # noqa: E402
@@ -50,7 +50,7 @@ def _masks():
 def test_gradcheck(kind, epsilon, elements, monkeypatch):
     """dq, dk, dv by finite differences, in one block and across many."""
     if elements is not None:
-        monkeypatch.setattr(torch_attention, "_BLOCK_ELEMENTS", elements)
+        monkeypatch.setattr(attention_module, "_BLOCK_ELEMENTS", elements)
     mask, is_causal = _masks()[kind]
     q, k, v = (a.requires_grad_() for a in _qkv((2, 3, 5, 4), (2, 3, 7, 4), 3))
 

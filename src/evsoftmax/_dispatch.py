@@ -45,7 +45,7 @@ ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": (".adapters.numpy",),
     "cupy": (".adapters.cupy.adapter",),
     "torch": (".adapters.torch.adapter", ".adapters.torch.baselines", ".adapters.torch.attention"),
-    "jax": (".adapters.jax.adapter", ".adapters.jax.baselines"),
+    "jax": (".adapters.jax.adapter", ".adapters.jax.baselines", ".adapters.jax.attention"),
 }
 
 

@@ -20,14 +20,9 @@ from typing import Any
 
 import torch
 
+from ..._attention import block_rows as _block_rows
+
 __all__ = ["attention", "ev_attention"]
-
-# Scores formed at once by one query block (all batch entries together).
-_BLOCK_ELEMENTS = 1 << 19
-
-
-def _block_rows(length: int, keys: int, batch: int) -> int:
-    return max(1, min(length, _BLOCK_ELEMENTS // max(1, keys * batch)))
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
