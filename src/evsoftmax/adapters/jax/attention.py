@@ -75,7 +75,7 @@ def _threshold(
     k: jax.Array,
     bb: jax.Array | None,
     valid: jax.Array | None,
-    prefix: jax.Array | None,
+    prefix: tuple[jax.Array, jax.Array] | None,
 ) -> jax.Array:
     """Valid score means of one block (keepdims): (q·Σk + Σb) divided once by the count."""
     if valid is None:
@@ -95,7 +95,7 @@ def _threshold(
 
 
 def _weights(scores: jax.Array, cut: jax.Array, shift: jax.Array, off: float) -> jax.Array:
-    """DESIGN §4 weights: exp(s - shift) where s >= cut (= min(threshold, row max)), off* that below."""
+    """DESIGN §4 weights: exp(s - shift) where s >= cut (min(threshold, row max)), off* it below."""
     exp = jnp.exp(scores - shift)
     below = scores < cut
     return jnp.where(below, 0.0, exp) if off == 0.0 else jnp.where(below, off * exp, exp)
@@ -112,7 +112,7 @@ def _forward(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Output, support sizes and per-query (cut, log-normalizer) from blocks of queries."""
     qs = _blocks(q, plan.step, plan.count)
-    bs = _blocks(bias, plan.step, plan.count) if plan.bias_rows else None
+    bs = _blocks(bias, plan.step, plan.count) if bias is not None and plan.bias_rows else None
     causal_only = plan.is_causal and bias is None
     ps = _blocks(_prefix(plan, k), plan.step, plan.count) if causal_only else None
 
@@ -151,7 +151,7 @@ def _backward(
     """The flash-attention backward with the support indicator, scanned over query blocks."""
     inner = (d_out * out).sum(-1, keepdims=True)
     blocks = [_blocks(x, plan.step, plan.count) for x in (q, d_out, inner, cut, lse)]
-    bs = _blocks(bias, plan.step, plan.count) if plan.bias_rows else None
+    bs = _blocks(bias, plan.step, plan.count) if bias is not None and plan.bias_rows else None
 
     def one(carry: tuple[jax.Array, jax.Array], args: tuple[Any, ...]) -> tuple[Any, jax.Array]:
         dk, dv = carry
@@ -207,7 +207,7 @@ def ev_attention(
 ) -> Any:
     """The dispatcher's entry: ev-attention of validated JAX arrays."""
     dtype = query.dtype
-    acc = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+    acc = jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
     batch = jnp.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     q, k, v = (
         jnp.broadcast_to(a.astype(acc), (*batch, *a.shape[-2:])) for a in (query, key, value)
@@ -226,4 +226,5 @@ def ev_attention(
     out = out.astype(dtype)
     if not return_support:
         return out
-    return out, size.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+    # The default integer dtype: int64 with jax_enable_x64, else int32.
+    return out, size.astype(jnp.asarray(0).dtype)

@@ -234,7 +234,7 @@ def attention(
     """
     dtype = query.dtype
     acc = _acc(dtype)
-    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])  # type: ignore[no-untyped-call]
     q = query.to(acc).expand(*batch, *query.shape[-2:])
     k = key.to(acc).expand(*batch, *key.shape[-2:])
     v = value.to(acc).expand(*batch, *value.shape[-2:])
@@ -245,7 +245,9 @@ def attention(
             mask = mask.to(acc)
     off = epsilon / (1.0 + epsilon)
     q = q * scale
-    out, sizes, _cut, _lse = _EvAttention.apply(q, k, v, mask, is_causal, off, need_sizes)
+    out, sizes, _cut, _lse = _EvAttention.apply(  # type: ignore[no-untyped-call]
+        q, k, v, mask, is_causal, off, need_sizes
+    )
     return out.to(dtype), sizes
 
 
