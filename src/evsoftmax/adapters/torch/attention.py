@@ -108,20 +108,23 @@ def _row_max(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _probabilities(
-    scores: torch.Tensor, cut: torch.Tensor, shift: torch.Tensor, log_off: float
+    scores: torch.Tensor, cut: torch.Tensor, empty: torch.Tensor | None, log_off: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DESIGN §4 weights in place: exp(s - shift) on the support, eps/(1+eps) of it off.
+    """DESIGN §4 probabilities of one block, ``(probs, below)``; works in place on ``scores``.
 
     ``cut`` is ``min(threshold, row max)`` per row, so ``s < cut`` is "below the
     threshold and not the maximum": the row maximum is always in the support.
-    Masked scores are -inf, below every cut. Returns (weights, below).
+    Masked scores are -inf, below every cut. Keys below get ``log(eps/(1+eps))``
+    added (or -inf), and one fused softmax normalizes relative to the support;
+    ``empty`` marks rows without a valid key, whose softmax is 0/0.
     """
     below = scores < cut
     if log_off == -math.inf:
         scores = scores.masked_fill_(below, -math.inf)
     else:
         scores = torch.where(below, scores + log_off, scores)
-    return scores.sub_(shift).exp_(), below
+    probs = torch.softmax(scores, -1)
+    return (probs if empty is None else probs.masked_fill_(empty, 0.0)), below
 
 
 def _log_off(off: float) -> float:
@@ -136,13 +139,13 @@ def _forward(
     is_causal: bool,
     off: float,
     need_sizes: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Output, support sizes, the per-query cut and log-normalizer (row max + log total)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Output, support sizes, per-query cut and empty-row flags (None without a mask)."""
     length, keys = q.shape[-2], k.shape[-2]
     step = _block_rows(length, keys, math.prod(q.shape[:-2]))
     thresholds = None if mask is not None else _thresholds_from_keys(q, k, is_causal)
     log_off = _log_off(off)
-    outs, sizes, cuts, lses = [], [], [], []
+    outs, sizes, cuts, empties = [], [], [], []
     for i0 in range(0, length, step):
         i1 = min(length, i0 + step)
         scores, valid, mb = _block(q, k, mask, is_causal, i0, i1)
@@ -151,20 +154,22 @@ def _forward(
             thr = _masked_thresholds(q, k, valid, mb, i0, i1, scores.shape[-1])
         else:
             thr = thresholds[..., i0:i1]
-        row_max = _row_max(scores)
+        row_max = scores.amax(-1, keepdim=True)
+        # Only a mask can leave a query without keys (causal rows always see key 0).
+        empty = None if mask is None else row_max == -math.inf
         cut = torch.minimum(thr.unsqueeze(-1), row_max)
-        weights, below = _probabilities(scores, cut, row_max, log_off)
-        total = weights.sum(-1, keepdim=True)
-        total = torch.where(total == 0.0, 1.0, total)
+        probs, below = _probabilities(scores, cut, empty, log_off)
         cols = scores.shape[-1]
-        outs.append(torch.matmul(weights, v[..., :cols, :]).div_(total))
+        outs.append(torch.matmul(probs, v[..., :cols, :]))
         if need_sizes:
-            sizes.append(cols - below.sum(-1))
+            size = cols - below.sum(-1)
+            sizes.append(size if empty is None else size.masked_fill_(empty[..., 0], 0))
         cuts.append(cut)
-        lses.append(row_max + total.log())
+        if empty is not None:
+            empties.append(empty)
     out = torch.cat(outs, -2)
     size = torch.cat(sizes, -1) if need_sizes else out.new_zeros((0,), dtype=torch.int64)
-    return out, size, torch.cat(cuts, -2), torch.cat(lses, -2)
+    return out, size, torch.cat(cuts, -2), (torch.cat(empties, -2) if empties else None)
 
 
 class _EvAttention(torch.autograd.Function):
@@ -182,20 +187,20 @@ class _EvAttention(torch.autograd.Function):
         is_causal: bool,
         off: float,
         need_sizes: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         return _forward(q, k, v, mask, is_causal, off, need_sizes)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
         q, k, v, mask, is_causal, off, _need_sizes = inputs
-        out, sizes, cut, lse = output
-        ctx.save_for_backward(q, k, v, mask, out, cut, lse)
+        out, sizes, cut, empty = output
+        ctx.save_for_backward(q, k, v, mask, out, cut, empty)
         ctx.is_causal, ctx.off = is_causal, off
-        ctx.mark_non_differentiable(sizes, cut, lse)
+        ctx.mark_non_differentiable(*(t for t in (sizes, cut, empty) if t is not None))
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor, *_unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
-        q, k, v, mask, out, cut, lse = ctx.saved_tensors
+        q, k, v, mask, out, cut, empty = ctx.saved_tensors
         is_causal, log_off = ctx.is_causal, _log_off(ctx.off)
         d_out = d_out.to(q.dtype)
         length, keys = q.shape[-2], k.shape[-2]
@@ -207,7 +212,8 @@ class _EvAttention(torch.autograd.Function):
             i1 = min(length, i0 + step)
             scores, _valid, _mb = _block(q, k, mask, is_causal, i0, i1)
             cols = scores.shape[-1]
-            probs, _below = _probabilities(scores, cut[..., i0:i1, :], lse[..., i0:i1, :], log_off)
+            empty_b = None if empty is None else empty[..., i0:i1, :]
+            probs, _below = _probabilities(scores, cut[..., i0:i1, :], empty_b, log_off)
             do_b = d_out[..., i0:i1, :]
             dv[..., :cols, :] += torch.matmul(probs.transpose(-1, -2), do_b)
             d_scores = torch.matmul(do_b, v[..., :cols, :].transpose(-1, -2))
@@ -245,7 +251,7 @@ def attention(
             mask = mask.to(acc)
     off = epsilon / (1.0 + epsilon)
     q = q * scale
-    out, sizes, _cut, _lse = _EvAttention.apply(  # type: ignore[no-untyped-call]
+    out, sizes, _cut, _empty = _EvAttention.apply(  # type: ignore[no-untyped-call]
         q, k, v, mask, is_causal, off, need_sizes
     )
     return out.to(dtype), sizes
