@@ -236,3 +236,17 @@ def test_multihead_attention_trains_and_compiles():
 def test_multihead_attention_rejects_dropout():
     with pytest.raises(ValueError, match="dropout must be 0"):
         evt.EvMultiheadAttention(8, 2, dropout=0.1)
+
+
+@COMPILE_WARNINGS
+def test_top_level_function_compiles_with_fullgraph():
+    """``evs.ev_attention`` seen by Dynamo routes to the traceable torch front door."""
+    q, k, v = _qkv((2, 5, 4), (2, 6, 4), 3, dtype=torch.float32)
+
+    def fn(q, k, v):
+        return evs.ev_attention(q, k, v, is_causal=True, return_support=True)
+
+    got, got_size = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v)
+    want, want_size = fn(q, k, v)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_size, want_size)
