@@ -1,14 +1,25 @@
 """The test matrix: one session per backend in ``backends/``, plus lint and docs.
 
 ``nox`` with no arguments runs every CPU backend, lint and docs (what CI runs).
-``nox -s tests-torch`` runs one backend; ``nox -l`` lists the sessions.
+``nox -s tests-torch`` runs one backend; ``nox -l`` lists the sessions;
+arguments after ``--`` go to pytest (``nox -s tests-numpy -- -k info``).
 The test sessions install the package from source and require its compiled CPU
 kernels (``EVSOFTMAX_REQUIRE_CPU_KERNELS=1``), so they need a C compiler.
+
+Speed (the whole matrix on 2 cores): environments are made with ``uv`` when it is
+installed (``pip install "nox[uv]"``; plain ``venv`` + pip otherwise), so the
+sessions share one download/unpack cache instead of each installing torch and
+JAX afresh; the package is built into a wheel once per run and that wheel is
+installed in every session; pytest runs on every core (pytest-xdist).
 """
 
 from __future__ import annotations
 
+import ast
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nox
@@ -18,7 +29,7 @@ BACKENDS = sorted(p.stem for p in (ROOT / "backends").glob("*.txt"))
 GPU_BACKENDS = {"cupy"}
 HAS_GPU = shutil.which("nvidia-smi") is not None
 
-nox.options.default_venv_backend = "venv"
+nox.options.default_venv_backend = "uv|venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = [
@@ -28,13 +39,84 @@ nox.options.sessions = [
 ]
 
 
+# pip setting -> the uv environment variable that means the same.
+_PIP_TO_UV = {
+    "index-url": ("UV_INDEX_URL", " "),
+    "extra-index-url": ("UV_EXTRA_INDEX_URL", " "),
+    "find-links": ("UV_FIND_LINKS", ","),
+    "constraint": ("UV_CONSTRAINT", " "),
+}
+
+
+def _pip_settings() -> dict[str, str]:
+    """pip's configured index settings (``pip config list``: files and PIP_* variables)."""
+    try:
+        listing = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    settings: dict[str, str] = {}
+    for line in listing.splitlines():
+        name, _, value = line.partition("=")
+        scope, _, key = name.rpartition(".")
+        if key in _PIP_TO_UV and (scope == ":env:" or key not in settings):
+            settings[key] = ast.literal_eval(value)
+    return settings
+
+
+def _uv_reads_pip_config() -> None:
+    """Hand pip's index configuration to uv, which does not read pip's.
+
+    So that both resolve the same releases (e.g. a CPU build of torch from an
+    extra index): the indexes, find-links and constraints pip is configured with
+    become the matching ``UV_*`` variables (unless those are set already), and
+    uv picks the best match across all indexes, as pip does.
+    """
+    for key, value in _pip_settings().items():
+        variable, separator = _PIP_TO_UV[key]
+        os.environ.setdefault(variable, separator.join(value.split()))
+    os.environ.setdefault("UV_INDEX_STRATEGY", "unsafe-best-match")
+
+
+_uv_reads_pip_config()
+_WHEELS: dict[str, Path] = {}
+
+
+def _wheel(session: nox.Session) -> Path:
+    """The package built once per nox run (C kernel included), shared by every session."""
+    if "evsoftmax" not in _WHEELS:
+        out = Path(session.create_tmp()).resolve() / "wheel"
+        shutil.rmtree(out, ignore_errors=True)
+        if session.venv_backend == "uv":
+            session.run("uv", "build", "--wheel", "--out-dir", str(out), str(ROOT), silent=True)
+        else:
+            session.install("pip")
+            session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(ROOT))
+        _WHEELS["evsoftmax"] = next(out.glob("evsoftmax-*.whl"))
+    return _WHEELS["evsoftmax"]
+
+
+def _install_package(session: nox.Session, extras: str = "") -> None:
+    """Install this run's wheel (replacing one a reused environment has) and ``extras``."""
+    wheel = _wheel(session)
+    if session.venv_backend == "uv":
+        session.install("--reinstall-package", "evsoftmax", f"evsoftmax{extras} @ {wheel.as_uri()}")
+    else:
+        session.install(f"evsoftmax{extras} @ {wheel.as_uri()}")
+        session.install("--force-reinstall", "--no-deps", str(wheel))
+
+
 def _tests(session: nox.Session) -> None:
-    """Run the test-suite on the backend the session is named after."""
+    """Run the test-suite on the backend the session is named after, on every core."""
     backend = session.name.removeprefix("tests-")
     session.install("-r", f"backends/{backend}.txt")
-    session.install(".[test]")
+    _install_package(session, "[test]")
     env = {"EVSOFTMAX_TEST_BACKENDS": backend, "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1"}
-    session.run("pytest", *session.posargs, env=env)
+    session.run("pytest", "-n", "auto", "--durations=10", *session.posargs, env=env)
 
 
 for _backend in BACKENDS:
@@ -47,7 +129,8 @@ def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy --strict on ``src/``."""
     # mypy checks the adapters against the real torch and jax types, not Any.
     session.install("-r", "backends/torch.txt", "-r", "backends/jax.txt")
-    session.install("ruff>=0.6", "mypy>=1.11", ".")
+    session.install("ruff>=0.6", "mypy>=1.11")
+    _install_package(session)
     session.run("ruff", "check", "src", "tests", "noxfile.py", "setup.py")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "setup.py")
     session.run("mypy")
@@ -56,7 +139,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation with mkdocs in strict mode."""
-    session.install(".[docs]")
+    _install_package(session, "[docs]")
     session.run(
         "mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"}
     )

@@ -24,7 +24,11 @@ def require_cpu_kernels() -> None:
     if _ext.available():
         return
     if os.environ.get("EVSOFTMAX_REQUIRE_CPU_KERNELS"):
-        pytest.fail("evsoftmax._ext._cpu_kernels is not built, but the test run requires it")
+        pytest.fail(
+            "evsoftmax._ext._cpu_kernels is not built, but the test run requires it "
+            "(EVSOFTMAX_REQUIRE_CPU_KERNELS is set): install a C compiler (e.g. gcc) and "
+            "reinstall evsoftmax from source; `evsoftmax info` shows whether the kernel is built"
+        )
     pytest.skip("evsoftmax's compiled CPU kernels are not built")
 
 

@@ -177,6 +177,8 @@ def emulate_forward(
     Returns float64 values (bool for ``mode="support"``) of ``x``'s shape.
     """
     shape = x.shape
+    if x.size == 0:  # the adapter returns empty input before any launch
+        return np.zeros(shape, dtype=bool if mode == "support" else np.float64)
     flat = to_storage(x, dtype).reshape(-1)
     mask = None if where is None else np.broadcast_to(where, shape).reshape(-1)
     index, _, _ = _geometry(shape, axis)
@@ -191,12 +193,13 @@ def emulate_forward(
     row_max, shifted_sum, count, bad = _row_stats(v, valid)
     mean = (shifted_sum / count.astype(acc_dtype)).astype(acc_dtype)
     row_max, mean = row_max[:, None, None], mean[:, None, None]
-    eps = acc(epsilon)
-    log_eps = acc(math.log(epsilon) if epsilon > 0 else -math.inf)
-    log1p_eps = acc(math.log1p(epsilon))
+    h, mh, mean = _threshold(v, valid, row_max, mean, count)
+    # The weights relative to the support: 1 in it, eps / (1 + eps) outside.
+    ratio = acc(epsilon / (1.0 + epsilon))
+    log_ratio = acc(math.log(epsilon) - math.log1p(epsilon) if epsilon > 0 else -math.inf)
     s = v - row_max
-    in_support = s >= mean
-    weight = np.where(in_support, acc(1) + eps, eps) * np.exp(s)
+    in_support = v * h - mh >= mean  # ev_in
+    weight = np.where(in_support, acc(1), ratio) * np.exp(s)
 
     if mode == "support":
         out = valid & in_support
@@ -212,12 +215,33 @@ def emulate_forward(
             out = np.where(valid, weight * (acc(1) / total), acc(0))
             fill = (acc(0), acc(np.nan))
         else:
-            log_w = np.where(in_support, s + log1p_eps, s + log_eps)
+            log_w = np.where(in_support, s, s + log_ratio)
             out = np.where(valid, log_w - np.log(total), acc(-np.inf))
             fill = (acc(-np.inf), acc(np.nan))
     empty = (count == 0)[:, None, None]
     out = np.where(bad[:, None, None], fill[1], np.where(empty, fill[0], out))
     return _scatter(out, index, shape, dtype, mode)
+
+
+def _threshold(
+    v: np.ndarray, valid: np.ndarray, row_max: np.ndarray, mean: np.ndarray, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ev_threshold``: ``(h, mh, mean)``, rescaled where the shifted sum overflowed."""
+    acc = v.dtype.type
+    wide = mean == -np.inf
+    k = np.ones(count.shape, dtype=np.int64)
+    while ((2**k) < 2 * count).any():
+        k = np.where((2**k) < 2 * count, k + 1, k)
+    h = np.where(wide, np.ldexp(acc(1), -k)[:, None, None], acc(1)).astype(v.dtype)
+    mh = (row_max * h).astype(v.dtype)
+    t = (v * h - mh).astype(np.float64)
+    # The extra pass, in double: per-thread sums in entry order, then the block (as for Z).
+    total = np.zeros(v.shape[:2], dtype=np.float64)
+    for j in range(v.shape[2]):
+        total = np.where(valid[:, :, j], total + t[:, :, j], total)
+    (total,) = _block_reduce((total,), (0.0,), _combine_sums)
+    scaled_mean = (total / count.astype(np.float64)).astype(v.dtype)[:, None, None]
+    return h, mh, np.where(wide, scaled_mean, mean)
 
 
 def _scatter(

@@ -8,6 +8,8 @@ and §4 literally: the mean is over the valid entries (``where`` true and not
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 
@@ -36,9 +38,27 @@ def support_row(v: np.ndarray, valid: np.ndarray) -> np.ndarray:
     vals = v[valid]
     if np.isnan(vals).any() or np.isposinf(vals).any():
         return out
-    mean = vals.sum() / vals.size
-    out[valid] = (vals >= mean) | (vals == vals.max())
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = vals.sum() / vals.size
+    if np.isfinite(mean):
+        out[valid] = (vals >= mean) | (vals == vals.max())
+    else:  # the float64 sum overflows (range near 1.7e308): the exact mean, in rationals
+        exact = sum(Fraction(float(v)) for v in vals) / vals.size
+        out[valid] = np.array([Fraction(float(v)) >= exact for v in vals])
     return out
+
+
+def exact_support_row(v: np.ndarray) -> np.ndarray:
+    """Support of one row of finite values from the exact (rational) mean."""
+    exact = sum(Fraction(float(a)) for a in v) / v.size
+    return np.array([Fraction(float(a)) >= exact for a in v])
+
+
+def exact_gap(v: np.ndarray) -> float:
+    """Smallest relative distance between an entry and the exact row mean (to skip near-ties)."""
+    exact = sum(Fraction(float(a)) for a in v) / v.size
+    scale = max(abs(Fraction(float(a))) for a in v) or Fraction(1)
+    return float(min(abs(Fraction(float(a)) - exact) for a in v) / scale)
 
 
 def ev_softmax_row(v: np.ndarray, valid: np.ndarray, eps: float) -> np.ndarray:
@@ -50,7 +70,8 @@ def ev_softmax_row(v: np.ndarray, valid: np.ndarray, eps: float) -> np.ndarray:
     if not valid.any():
         return p
     sup = support_row(v, valid)
-    w = (sup[valid] + eps) * np.exp(vals - vals.max())
+    with np.errstate(over="ignore"):  # a difference beyond float64's range: weight 0
+        w = (sup[valid] + eps) * np.exp(vals - vals.max())
     p[valid] = w / w.sum()
     return p
 
@@ -80,7 +101,7 @@ def log_ev_softmax(x, axis=-1, eps=0.0, where=None) -> np.ndarray:
             row[:] = np.nan
         elif m.any():
             sup = support_row(v, m)[m]
-            with np.errstate(divide="ignore"):
+            with np.errstate(divide="ignore", over="ignore"):
                 # Shift by the maximum first so that log K survives at any magnitude.
                 logw = np.log(sup + eps) + (vals - vals.max())
             top = logw.max()

@@ -79,7 +79,7 @@ def _args(*argv: str):
 def _needs_extras() -> None:
     for name in ("rich", "matplotlib"):
         if importlib.util.find_spec(name) is None:
-            pytest.skip(f"{name} is not installed (pip install 'evsoftmax[bench]')")
+            pytest.skip(f"{name} is not installed (pip install '.[bench]')")
 
 
 # ---------------------------------------------------------------- options
@@ -166,9 +166,10 @@ def test_missing_extras_say_how_to_install(monkeypatch, capsys):
     )
     assert cli.main(["bench", "--quick", "--plot", "x.png"]) == 2
     err = capsys.readouterr().err
-    assert 'pip install "evsoftmax[bench]"' in err
-    assert "rich" in err
-    assert "matplotlib" in err
+    assert 'pip install ".[bench]" (from a clone of the repository)' in err
+    assert "rich and matplotlib, which are not installed" in err
+    assert cli.main(["bench", "--quick"]) == 2
+    assert "needs rich, which is not installed" in capsys.readouterr().err
 
 
 def test_shape_helpers():

@@ -5,23 +5,23 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from evsoftmax.cli import main
 
 
-def _demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "evsoftmax", "demo", *args], capture_output=True, text=True
-    )
+def _demo(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    # In-process: the frameworks are imported once per test session, not per call
+    # (``python -m evsoftmax`` as a process is covered by test_info.py).
+    status = main(["demo", *args])
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
 
 
-def test_demo_prints_worked_example_and_exits_zero():
-    done = _demo()
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
+def test_demo_prints_worked_example_and_exits_zero(capsys):
+    status, out = _demo(capsys)
+    assert status == 0, out
     e = [math.exp(v) for v in (0.4, 1.4, -0.8)]
     softmax = " ".join(f"{v / sum(e):.4f}" for v in e)
     ev = f"{e[0] / (e[0] + e[1]):.4f} {e[1] / (e[0] + e[1]):.4f} 0.0000"
@@ -30,11 +30,11 @@ def test_demo_prints_worked_example_and_exits_zero():
     assert out.strip().splitlines()[-1].startswith("OK: ")
 
 
-def test_demo_fails_when_backends_disagree():
+def test_demo_fails_when_backends_disagree(capsys):
     # A negative tolerance cannot be met, so every backend counts as disagreeing.
-    done = _demo("--tolerance", "-1")
-    assert done.returncode == 1
-    assert done.stdout.strip().splitlines()[-1].startswith("FAILED: ")
+    status, out = _demo(capsys, "--tolerance", "-1")
+    assert status == 1
+    assert out.strip().splitlines()[-1].startswith("FAILED: ")
 
 
 def test_console_script_is_installed():

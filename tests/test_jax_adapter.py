@@ -18,8 +18,8 @@ from evsoftmax._dispatch import implementation  # noqa: E402
 from evsoftmax.adapters.jax import adapter as _jax  # noqa: E402
 
 from . import reference as ref  # noqa: E402
-from .cpu_kernels import PATHS, use_path  # noqa: E402
-from .jax_helpers import masked_example, rows_away_from_ties  # noqa: E402
+from .cpu_kernels import PATHS  # noqa: E402
+from .jax_helpers import masked_example, rows_away_from_ties, use_jax_path  # noqa: E402
 
 EPSILONS = (0.0, 1e-6, 0.3)
 
@@ -31,7 +31,7 @@ def each_path(request, monkeypatch):
     The path is chosen when a function is traced, so the traces are dropped
     before and after.
     """
-    use_path(request.param, monkeypatch)
+    use_jax_path(request.param, monkeypatch)
     jax.clear_caches()
     yield request.param
     jax.clear_caches()
@@ -177,8 +177,6 @@ _scores = st.sampled_from([-np.inf, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 
     epsilon=st.sampled_from(EPSILONS),
 )
 def test_agrees_with_core_on_exact_inputs(x, mask, epsilon):
-    # Without a mask and without -inf this takes the adapter's fast path;
-    # otherwise the path that skips invalid entries.
     xj = jnp.asarray(x)
     where = None if mask is None else jnp.asarray(mask)
     for name in ("ev_softmax", "log_ev_softmax"):
@@ -192,9 +190,8 @@ def test_agrees_with_core_on_exact_inputs(x, mask, epsilon):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_both_paths_agree(dtype):
-    # An all-true mask forces the path that skips invalid entries; no mask
-    # takes the fast path. Same rows, same answer.
+def test_an_all_true_mask_changes_nothing(dtype):
+    # Same rows with and without an all-true mask: the same answer.
     x = jnp.asarray(rows_away_from_ties((6, 50)), dtype=dtype)
     everything = jnp.ones(x.shape, bool)
     rtol = 1e-12 if dtype == "float64" else 2e-6
@@ -207,9 +204,8 @@ def test_both_paths_agree(dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_many_rows_take_the_single_fusion_path(masked, dtype):
-    # From 4096 rows on, the CPU adapter uses the formulation it uses on
-    # accelerators; check its semantics on every kind of row.
+def test_many_rows_with_every_kind_of_row(masked, dtype):
+    # (From 4096 rows on, the adapter's former XLA forms switched formulation.)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4100, 6))
     x[0, 2] = -np.inf

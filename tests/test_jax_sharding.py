@@ -1,5 +1,8 @@
 """ev-softmax on JAX arrays sharded across 4 host devices, checked against NumPy.
 
+Under ``jit``, a computation partitioned over several devices takes the XLA
+form (XLA keeps it sharded); the kernel would be gathered.
+
 JAX fixes the number of host devices when it starts, so the sharded run
 happens in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``;
 it saves its results and the float64 reference is computed here.
@@ -35,7 +38,9 @@ _SCRIPT = textwrap.dedent(
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     import evsoftmax as evs
+    from evsoftmax.adapters.jax import adapter
 
+    adapter._KERNEL_MIN_LENGTH = 1  # the test rows are short: where the kernel serves, take it
     data = np.load(sys.argv[1])
     x, where, c = data["x"], data["where"], data["c"]
     assert jax.device_count() == 4, jax.devices()
@@ -61,6 +66,9 @@ _SCRIPT = textwrap.dedent(
         g = grad(xs, ws, cs)
         out[name + "_p"], out[name + "_logp"], out[name + "_grad"] = map(np.asarray, (p, logp, g))
         out[name + "_devices"] = np.array(len(p.sharding.device_set))
+        # Each output keeps the input's sharding (no gather onto every device).
+        specs = {str(a.sharding.spec) for a in (p, logp, g)}
+        out[name + "_same_spec"] = np.array(specs == {str(xs.sharding.spec)})
     np.savez(sys.argv[2], **out)
     """
 ).replace("EPSILON", repr(EPSILON))
@@ -105,5 +113,7 @@ def test_sharded_results_match_numpy(sharded_results, sharded_along):
     )
     np.testing.assert_allclose(r[f"{sharded_along}_grad"], closed_form_jvp(p, c), atol=1e-14)
     assert np.all(r[f"{sharded_along}_p"][5] == 0.0)
-    # The result stays distributed over the 4 devices (no gather onto one).
+    # The result stays distributed over the 4 devices, sharded as the input
+    # (issue 12, D6: the FFI kernel made XLA gather it, P() instead of P('d', None)).
     assert int(r[f"{sharded_along}_devices"]) == 4
+    assert bool(r[f"{sharded_along}_same_spec"])

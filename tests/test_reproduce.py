@@ -1,4 +1,4 @@
-"""``evsoftmax reproduce cvae``: the CVAE experiment's pieces and its command-line path.
+"""``evsoftmax reproduce``: the experiments' pieces and their command-line paths.
 
 No test asserts which normalizer wins: the experiment reports that, the tests
 check that it runs, writes what it promises and computes its metric right.
@@ -18,10 +18,10 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("rich")
 
 from evsoftmax import cli  # noqa: E402
-from evsoftmax._reproduce import losses, metric, normalizers, training  # noqa: E402
+from evsoftmax._reproduce import losses, metric, normalizers, ssvae, training, vqvae  # noqa: E402
 from evsoftmax._reproduce.data import load  # noqa: E402
 from evsoftmax._reproduce.experiment import run_cvae  # noqa: E402
-from evsoftmax._reproduce.options import QUICK, CVAEOptions  # noqa: E402
+from evsoftmax._reproduce.options import EXACT, QUICK, CVAEOptions, quick  # noqa: E402
 
 NAMES = ("softmax", "sparsemax", "entmax15", "ev_softmax")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,6 +42,27 @@ def test_wasserstein_matches_scipy():
         scipy_stats.wasserstein_distance(support, support, a, b) for a, b in zip(p, q, strict=True)
     ]
     np.testing.assert_allclose(metric.wasserstein_on_digits(p, q), expected, rtol=1e-12)
+
+
+def test_paper_wasserstein_treats_probabilities_as_points():
+    # Two samples of 10 values each: W1 is the mean gap between their sorted values.
+    rng = np.random.default_rng(3)
+    p, q = _distributions(rng, (7, 10)), _distributions(rng, (7, 10))
+    expected = np.abs(np.sort(p, axis=-1) - np.sort(q, axis=-1)).mean(axis=-1)
+    np.testing.assert_allclose(metric.paper_wasserstein(p, q), expected, rtol=1e-12)
+    # Which digits hold the mass does not matter: a permuted distribution scores the same.
+    truth = metric.ground_truth()
+    assert metric.paper_wasserstein(truth[1], truth[0]) == pytest.approx(0.0, abs=1e-15)
+    assert metric.paper_wasserstein(p[:, ::-1], q).tolist() == pytest.approx(expected.tolist())
+
+
+def test_total_variation_and_parity_mass():
+    truth = metric.ground_truth()
+    point = np.eye(10)[[4, 4]]  # both queries put all mass on digit 4
+    # TV of a point mass on an even digit: 1 - 0.2 for the even query, 1 for the odd one.
+    np.testing.assert_allclose(metric.total_variation(point, truth), [0.8, 1.0])
+    np.testing.assert_allclose(metric.parity_mass(point), [1.0, 0.0])
+    np.testing.assert_allclose(metric.parity_mass(truth), [1.0, 1.0])
 
 
 def test_wasserstein_of_a_collapsed_prior():
@@ -131,14 +152,46 @@ def test_bernoulli_nll_matches_torch():
     torch.testing.assert_close(training.bernoulli_nll(x, logits), expected)
 
 
-def _tiny(**changes) -> CVAEOptions:
-    base = QUICK.replace(steps=40, eval_every=20, classifier_steps=30)
-    return base.replace(**changes)
+def test_relaxed_one_hot_is_gumbel_softmax_of_clamped_probabilities():
+    probs = torch.tensor([[0.7, 0.3, 0.0], [1.0, 0.0, 0.0]])
+    noise = torch.tensor([[0.1, -0.4, 2.0], [0.0, 1.0, -1.0]])
+    eps = np.finfo(np.float32).eps
+    logits = np.log(np.clip(probs.double().numpy(), eps, 1 - eps)) + noise.double().numpy()
+    expected = np.exp(logits / 0.67 - (logits / 0.67).max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    got = training.relaxed_one_hot(probs, 0.67, noise)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_stacked_seeds_train_as_if_alone():
+def test_gumbel_noise_is_per_seed_and_finite():
+    def draw(seeds):
+        return training.gumbel_noise((5000,), [torch.Generator().manual_seed(s) for s in seeds])
+
+    both = draw([3, 4])
+    torch.testing.assert_close(both[1], draw([4])[0])
+    assert torch.isfinite(both).all()
+    # Standard Gumbel: mean is the Euler-Mascheroni constant, variance pi^2 / 6.
+    assert float(both.mean()) == pytest.approx(0.5772, abs=0.05)
+    assert float(both.var()) == pytest.approx(math.pi**2 / 6, rel=0.1)
+
+
+def _tiny(variant: str = "relaxed", **changes) -> CVAEOptions:
+    base = quick(EXACT if variant == "exact" else QUICK)
+    return base.replace(steps=40, eval_every=20, classifier_steps=30, **changes)
+
+
+def test_default_is_the_papers_recipe():
+    default = CVAEOptions()
+    assert (default.variant, default.optimizer, default.learning_rate) == ("relaxed", "sgd", 1e-3)
+    assert (default.hidden, default.prior_hidden, default.decoder_hidden) == (256, 30, 256)
+    assert (default.batch_size, default.temperature, default.beta) == (64, 0.67, 0.01)
+    assert default.epsilon == 1e-6
+
+
+@pytest.mark.parametrize("variant", ["relaxed", "exact"])
+def test_stacked_seeds_train_as_if_alone(variant):
     data = load(0.2)
-    options = _tiny(normalizers=("ev_softmax",))
+    options = _tiny(variant, normalizers=("ev_softmax",))
     classifier = training.train_classifier(data, options)
     together = training.train_cvae("ev_softmax", data, classifier, options.replace(seeds=2))
     alone = training.train_cvae(
@@ -150,40 +203,167 @@ def test_stacked_seeds_train_as_if_alone():
 
 def test_run_restores_torch_threads():
     before = torch.get_num_threads()
-    results = run_cvae(_tiny(seeds=1, normalizers=("softmax",), threads=1))
+    results = run_cvae(_tiny("exact", seeds=1, normalizers=("softmax",), threads=1))
     assert torch.get_num_threads() == before
     assert results.runs[0].decoder_calls.tolist() == [10.0]  # softmax: full support
 
 
+def test_relaxed_variant_decodes_one_sample_per_example():
+    results = run_cvae(_tiny(seeds=1, normalizers=("sparsemax",)))
+    run = results.runs[0]
+    assert run.decoder_calls.tolist() == [1.0]
+    assert 1.0 <= float(run.posterior_support[0]) <= 10.0
+
+
+def test_cvae_is_deterministic_per_seed():
+    options = _tiny(seeds=1, normalizers=("ev_softmax",))
+    first, second = run_cvae(options).runs[0], run_cvae(options).runs[0]
+    np.testing.assert_array_equal(first.final.prior, second.final.prior)
+    np.testing.assert_array_equal(first.curve, second.curve)
+
+
 def test_command_line_quick_path(tmp_path, capsys):
     json_path, plots = tmp_path / "out" / "cvae.json", tmp_path / "plots"
-    argv = ["reproduce", "cvae", "--quick", "--steps", "40"]
+    argv = ["reproduce", "cvae", "--quick", "--steps", "40", "--no-progress"]
     status = cli.main([*argv, "--json", str(json_path), "--plots", str(plots)])
     assert status == 0
     out = capsys.readouterr().out
     assert "Wasserstein" in out
-    assert "ordering by Wasserstein distance" in out
+    assert "ordering by the paper's Wasserstein distance" in out
 
     summary = json.loads(json_path.read_text())
     assert summary["options"]["seeds"] == QUICK.seeds
+    assert summary["options"]["variant"] == "relaxed"
+    assert summary["options"]["optimizer"] == "sgd"
     assert list(summary["normalizers"]) == list(NAMES)
     assert set(summary["ordering"]) == set(NAMES)
     assert 0.5 < summary["classifier_test_accuracy"] <= 1.0
     for entry in summary["normalizers"].values():
-        assert 0.0 <= entry["wasserstein"]["mean"] <= 9.0
+        assert 0.0 <= entry["wasserstein"]["mean"] <= 1.0
         assert math.isfinite(entry["wasserstein"]["sem"])
+        assert 0.0 <= entry["total_variation"]["mean"] <= 1.0
+        assert 0.0 <= entry["parity_mass"]["mean"] <= 1.0
+        assert 0.0 <= entry["wasserstein_digits"]["mean"] <= 9.0
         assert len(entry["wasserstein"]["per_seed"]) == QUICK.seeds
         for query in ("even", "odd"):
             assert all(1 <= m <= 10 for m in entry["prior_modes"][query]["per_seed"])
             assert math.isfinite(entry["wasserstein_by_query"][query]["mean"])
-        assert 1.0 <= entry["decoder_calls_per_example"]["mean"] <= 10.0
+        assert entry["decoder_calls_per_example"]["mean"] == 1.0  # one relaxed sample
+        assert 1.0 <= entry["posterior_support"]["mean"] <= 10.0
         assert entry["curve"]["steps"] == [0, 40]
         assert all(math.isfinite(v) for v in entry["curve"]["mean"])
         prior = np.array(entry["first_seed"]["prior"])
         np.testing.assert_allclose(prior.sum(-1), 1.0, rtol=1e-5)
-    assert summary["normalizers"]["softmax"]["decoder_calls_per_example"]["mean"] == 10.0
+    assert summary["normalizers"]["softmax"]["posterior_support"]["mean"] == 10.0
     for name in ("cvae_priors.png", "cvae_wasserstein.png"):
         assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_command_line_exact_variant(tmp_path):
+    json_path = tmp_path / "exact.json"
+    argv = ["reproduce", "cvae", "--variant", "exact", "--quick", "--steps", "30"]
+    assert cli.main([*argv, "--no-progress", "--json", str(json_path)]) == 0
+    summary = json.loads(json_path.read_text())
+    assert summary["options"]["variant"] == "exact"
+    assert summary["options"]["optimizer"] == "adam"
+    assert summary["normalizers"]["softmax"]["decoder_calls_per_example"]["mean"] == 10.0
+
+
+def test_command_line_names_seq2seq_not_yet_available(capsys):
+    assert cli.main(["reproduce", "seq2seq", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "not yet available" in err
+    assert "ev_attention" in err
+
+
+def test_command_line_all_writes_one_document(tmp_path, capsys):
+    json_path, plots = tmp_path / "all.json", tmp_path / "plots"
+    argv = ["reproduce", "all", "--quick", "--steps", "12", "--seeds", "1", "--no-progress"]
+    assert cli.main([*argv, "--json", str(json_path), "--plots", str(plots)]) == 0
+    assert "skipped seq2seq" in capsys.readouterr().out
+    document = json.loads(json_path.read_text())
+    assert set(document["experiments"]) == {"cvae", "ssvae", "vqvae"}
+    assert set(document["not_available"]) == {"seq2seq"}
+    for summary in document["experiments"].values():
+        assert summary["options"]["steps"] == 12
+        assert summary["options"]["seeds"] == 1
+    pngs = ("cvae_priors.png", "cvae_wasserstein.png", "ssvae_accuracy.png", "vqvae_samples.png")
+    for name in pngs:
+        assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+
+
+# -- ssvae -----------------------------------------------------------------------------
+
+
+def test_kl_to_uniform_matches_float64_and_has_finite_gradients():
+    q = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]], requires_grad=True)
+    expected = [np.log(4) + 2 * 0.5 * np.log(0.5), 0.0]
+    kl = ssvae.kl_to_uniform(q)
+    np.testing.assert_allclose(kl.detach().numpy(), expected, atol=1e-6)
+    kl.sum().backward()
+    assert torch.isfinite(q.grad).all()
+    np.testing.assert_allclose(q.grad[0, :2].numpy(), np.log(0.5) + 1.0, rtol=1e-6)
+
+
+def test_labeled_subset_takes_the_fraction_of_each_digit():
+    digits = load(0.2).digit_train
+    mask = ssvae.labeled_subset(digits, 0.1, seed=0)
+    for d in range(10):
+        members = int((digits == d).sum())
+        assert int(mask[digits == d].sum()) == round(0.1 * members)
+    assert not torch.equal(mask, ssvae.labeled_subset(digits, 0.1, seed=1))
+
+
+def test_ssvae_marginal_is_the_dense_sum_over_classes():
+    # The unlabeled term through sparse_expectation equals the dense float64 sum
+    # sum_y q(y) L(x, y) when L is evaluated on every class with the same noise.
+    import evsoftmax as evs
+
+    options = ssvae.DEFAULT.replace(latent_dims=3, hidden=16)
+    model = ssvae._Model.create(options, seed=0)
+    x = load(0.2).x_train[:6]
+    q = normalizers.lookup("sparsemax")(ssvae._one(model.classifier, x) * 20.0)
+    assert 0 < int((q == 0).sum()) < q.numel()
+
+    def elbo(rows, classes):  # L(x, y) at z = mu: no sampling noise
+        return model.elbo_loss(x[rows], classes, None)
+
+    got = evs.sparse_expectation(q, elbo)
+    rows = torch.arange(6).repeat_interleave(10)
+    dense = elbo(rows, torch.arange(10).repeat(6)).reshape(6, 10)
+    expected = (q.double() * dense.double()).sum(-1)
+    np.testing.assert_allclose(got.detach().numpy(), expected.detach().numpy(), rtol=1e-5)
+
+
+def test_ssvae_runs_and_is_deterministic():
+    options = ssvae.QUICK.replace(seeds=1, steps=20, eval_every=10)
+    first = ssvae.summarize(ssvae.run_ssvae(options))
+    second = ssvae.summarize(ssvae.run_ssvae(options))
+    for name in NAMES:
+        a, b = first["normalizers"][name], second["normalizers"][name]
+        assert a["test_accuracy"] == b["test_accuracy"]
+        assert a["decoder_calls_per_example"] == b["decoder_calls_per_example"]
+    entries = first["normalizers"]
+    assert entries["softmax"]["decoder_calls_per_example"]["mean"] == 10.0
+    for entry in entries.values():
+        assert 1.0 <= entry["decoder_calls_per_example"]["mean"] <= 10.0
+        assert 0.0 <= entry["test_accuracy"]["mean"] <= 100.0
+        assert entry["curve"]["steps"] == [0, 10, 20]
+    assert first["options"]["alpha_used"] == pytest.approx(0.1 * len(load(0.2).x_train))
+
+
+def test_command_line_ssvae_quick_path(tmp_path, capsys):
+    json_path = tmp_path / "ssvae.json"
+    argv = ["reproduce", "ssvae", "--quick", "--steps", "15", "--normalizers", "softmax"]
+    assert cli.main([*argv, "ev_softmax", "--json", str(json_path)]) == 0
+    assert "ordering by test accuracy" in capsys.readouterr().out
+    summary = json.loads(json_path.read_text())
+    assert list(summary["normalizers"]) == ["softmax", "ev_softmax"]
+    assert summary["options"]["steps"] == 15
+    assert summary["normalizers"]["ev_softmax"]["paper"] == {
+        "accuracy": 97.30,
+        "decoder_calls": 1.64,
+    }
 
 
 def test_command_line_rejects_bad_options(capsys):
@@ -198,4 +378,45 @@ def test_command_line_names_missing_dependencies(monkeypatch, capsys):
     assert cli.main(["reproduce", "cvae"]) == 1
     err = capsys.readouterr().err
     assert "no-such-package" in err
-    assert "evsoftmax[reproduce]" in err
+    assert 'pip install ".[reproduce]" (from a clone of the repository)' in err
+
+
+# -- vqvae -----------------------------------------------------------------------------
+
+
+def test_vqvae_sampling_counts_non_zero_codes():
+    options = vqvae.QUICK.replace(codes=12, prior_hidden=8)
+    prior = vqvae._Prior(options.codes, options.prior_hidden)
+    digits = torch.arange(10)
+    gen = torch.Generator().manual_seed(0)
+    grids, nonzero = vqvae.sample(prior, "softmax", digits, gen)
+    assert grids.shape == (10, vqvae.POSITIONS)
+    assert ((grids >= 0) & (grids < 12)).all()
+    assert nonzero == 12.0  # softmax: every code, every step
+    again, _ = vqvae.sample(prior, "softmax", digits, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(grids, again)
+    _, sparse = vqvae.sample(prior, "sparsemax", digits, gen)
+    assert 1.0 <= sparse <= 12.0
+
+
+def test_vqvae_quantizes_to_the_nearest_code():
+    model = vqvae._VQVAE(codes=5, dims=3)
+    vectors = torch.randn(2, 16, 3)
+    got = model.quantize(vectors)
+    distances = ((vectors.unsqueeze(-2) - model.codebook.detach()) ** 2).sum(-1)
+    torch.testing.assert_close(got, distances.argmin(-1))
+
+
+def test_command_line_vqvae_quick_path(tmp_path):
+    json_path, plots = tmp_path / "vqvae.json", tmp_path / "plots"
+    argv = ["reproduce", "vqvae", "--quick", "--steps", "10", "--seeds", "1", "--no-progress"]
+    assert cli.main([*argv, "--json", str(json_path), "--plots", str(plots)]) == 0
+    summary = json.loads(json_path.read_text())
+    assert summary["options"]["steps"] == 10
+    assert list(summary["normalizers"]) == list(NAMES)
+    codes = summary["options"]["codes"]
+    assert summary["normalizers"]["softmax"]["nonzero_codes"]["mean"] == codes
+    for entry in summary["normalizers"].values():
+        assert 0.0 <= entry["acc1"]["mean"] <= entry["acc3"]["mean"] <= 100.0
+        assert 1.0 <= entry["nonzero_codes"]["mean"] <= codes
+    assert (plots / "vqvae_samples.png").read_bytes()[:8] == PNG_MAGIC

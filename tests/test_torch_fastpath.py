@@ -219,13 +219,20 @@ def test_fast_path_matches_reference_on_random_inputs(each_path, x, epsilon, log
     np.testing.assert_allclose(got.numpy(), _expected(x, epsilon, log), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("implementation", ["composed", "traced"])
+@pytest.fixture(params=["eager", "static"])
+def each_form(request, monkeypatch):
+    """The composition as eager code runs it, and in its branch-free (recorded) form."""
+    if request.param == "static":
+        monkeypatch.setattr(ops, "static_graph", lambda: True)
+    return request.param
+
+
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("epsilon", EPSILONS)
-def test_general_forms_with_masks_and_special_rows(implementation, epsilon, log):
-    # The forms used for masked inputs (composed) and under torch.compile (traced),
-    # called eagerly here.
-    forward = ops.composed_forward if implementation == "composed" else ops.traced_forward
+def test_general_forms_with_masks_and_special_rows(each_form, epsilon, log):
+    # The composition serves masked inputs, torch.compile, exports and traces;
+    # called eagerly here, in both of its forms.
+    forward = ops.composed_forward
     x = no_ties((6, 11), seed=7)
     x[0, 3] = -np.inf
     x[1, 4] = np.nan  # masked below
@@ -246,12 +253,12 @@ def test_general_forms_with_masks_and_special_rows(implementation, epsilon, log)
 
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("dim", [0, 1])
-def test_traced_form_unmasked_and_half_precision(dim, log):
+def test_composed_form_unmasked_and_half_precision(dim, log, each_form):
     x = np.moveaxis(no_ties((5, 40), seed=8), -1, dim)
-    got = ops.traced_forward(torch.tensor(x), dim, 0.2, None, log).numpy()
+    got = ops.composed_forward(torch.tensor(x), dim, 0.2, None, log).numpy()
     np.testing.assert_allclose(got, _expected(x, 0.2, log, axis=dim), rtol=1e-12, atol=1e-12)
     xh = torch.tensor(x, dtype=torch.bfloat16)
-    got = ops.traced_forward(xh, dim, 0.2, None, log)
+    got = ops.composed_forward(xh, dim, 0.2, None, log)
     assert got.dtype == torch.bfloat16
     expected = _expected(xh.double().numpy(), 0.2, log, axis=dim)
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-2, atol=1e-2)

@@ -23,6 +23,7 @@ from ._baselines import (
     sparsemax,
 )
 from ._evsoftmax import ev_softmax, ev_softmax_jvp, ev_softmax_support, log_ev_softmax
+from ._expectation import sparse_expectation
 from ._losses import entmax15_loss, ev_softmax_kl_div, ev_softmax_nll_loss, sparsemax_loss
 
 __version__ = "0.1.0.dev0"
@@ -42,6 +43,7 @@ __all__ = [
     "log_ev_softmax",
     "log_softmax",
     "softmax",
+    "sparse_expectation",
     "sparsemax",
     "sparsemax_loss",
 ]

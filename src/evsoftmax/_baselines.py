@@ -15,10 +15,10 @@ from typing import Any
 
 from . import _entmax, _evidential, _softmax, _sparsemax
 from ._dispatch import call, implementation
-from ._lib._compat import array_namespace, device
+from ._lib._compat import device
 from ._lib._prepare import prepare
 from ._lib._typing import Array, Namespace
-from ._lib._validation import validate_input
+from ._lib._validation import namespace_of, validate_input
 
 __all__ = [
     "entmax15",
@@ -358,7 +358,7 @@ def evidential_sparsification(
     array([0.27, 0.73, 0.  ])
     """
     if xp is None:
-        xp = array_namespace(features, weight, bias)
+        xp = namespace_of(("features", features), ("weight", weight), ("bias", bias))
     features = validate_input(features, xp, "features")
     weight = validate_input(weight, xp, "weight")
     bias = validate_input(bias, xp, "bias")

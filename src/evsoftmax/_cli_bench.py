@@ -1,7 +1,8 @@
 """``evsoftmax bench``: ev-softmax against the native softmax and its peers, side by side.
 
 Same code as ``benchmarks/run.py``. ``rich`` (table, progress bar) and
-``matplotlib`` (``--plot``) come with ``pip install "evsoftmax[bench]"``; they
+``matplotlib`` (``--plot``) come with the ``bench`` extra (``pip install ".[bench]"``
+from a clone of the repository); they
 and the array frameworks are imported only inside :func:`run`.
 """
 
@@ -31,7 +32,7 @@ __all__ = ["HELP", "NAME", "add_arguments", "config_from_args", "main", "run"]
 
 NAME = "bench"
 HELP = "Time ev-softmax against the native softmax and its peers on every installed backend."
-INSTALL_HINT = 'pip install "evsoftmax[bench]"'
+INSTALL_HINT = 'pip install ".[bench]" (from a clone of the repository)'
 
 # (full run, --quick) defaults of the options that --quick shrinks.
 _DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -159,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     missing = _missing_packages(args)
     if missing:
         print(
-            f"evsoftmax bench needs {' and '.join(missing)}, which are not installed; "
+            f"evsoftmax bench needs {' and '.join(missing)}, "
+            f"which {'is' if len(missing) == 1 else 'are'} not installed; "
             f"install the benchmark extras with: {INSTALL_HINT}",
             file=sys.stderr,
         )

@@ -45,7 +45,12 @@ ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": (".adapters.numpy",),
     "cupy": (".adapters.cupy.adapter",),
     "torch": (".adapters.torch.adapter", ".adapters.torch.baselines", ".adapters.torch.attention"),
-    "jax": (".adapters.jax.adapter", ".adapters.jax.baselines", ".adapters.jax.attention"),
+    "jax": (
+        ".adapters.jax.adapter",
+        ".adapters.jax.baselines",
+        ".adapters.jax.expectation",
+        ".adapters.jax.attention",
+    ),
 }
 
 
@@ -89,5 +94,6 @@ def call(
     anything else goes to the adapter's ``name`` or ``fallback`` with ``kwargs``.
     """
     if is_empty(x):
-        return empty_like(x, xp, dtype=empty_dtype)
+        # An adapter's own empty_like may keep the result in the input's autograd graph.
+        return implementation("empty_like", xp, empty_like)(x, xp, dtype=empty_dtype)
     return implementation(name, xp, fallback)(x, xp=xp, **kwargs)

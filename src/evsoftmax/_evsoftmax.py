@@ -53,13 +53,18 @@ def ev_softmax(
     ----------
     x : array
         Scores (logits). Integer arrays are promoted to the namespace's default
-        floating dtype; float16/bfloat16 are accumulated in float32.
+        floating dtype; float16/bfloat16 are accumulated in float32. The mask
+        of a NumPy masked array acts as ``where=False`` (the result is then a
+        plain ndarray).
     axis : int, default -1
         The axis to normalize over.
     epsilon : float, default 0.0
-        Weight of the entries outside the support; finite and ``>= 0``.
+        Weight of the entries outside the support; finite and ``>= 0``. Any
+        finite value gives finite probabilities (computed with the weights
+        ``1`` and ``epsilon / (1 + epsilon)``, which Eq. 10 is proportional to).
     where : bool array, optional
-        Entries to include, broadcastable to ``x``. Entries equal to ``-inf``
+        Entries to include, broadcastable to ``x``; an array of another library
+        is converted (DLPack, else NumPy). Entries equal to ``-inf``
         are excluded too. Excluded entries get probability 0; a row with no
         included entry returns all zeros.
     xp : namespace, optional
@@ -109,7 +114,7 @@ def log_ev_softmax(
     Parameters
     ----------
     x : array
-        Scores (logits).
+        Scores (logits); a NumPy masked array's mask acts as ``where=False``.
     axis : int, default -1
         The axis to normalize over.
     epsilon : float, default 0.0
@@ -157,7 +162,7 @@ def ev_softmax_support(
     Parameters
     ----------
     x : array
-        Scores (logits).
+        Scores (logits); a NumPy masked array's mask acts as ``where=False``.
     axis : int, default -1
         The axis the mean is taken over.
     where : bool array, optional

@@ -28,12 +28,20 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from . import _core, _entmax, _sparsemax
 from ._dispatch import implementation
-from ._lib._compat import array_namespace, device
+from ._lib._compat import device
 from ._lib._prepare import empty_like, is_empty, prepare
 from ._lib._typing import Array, Namespace
-from ._lib._validation import check_floating, validate_epsilon
+from ._lib._validation import (
+    check_floating,
+    index_dtype,
+    namespace_of,
+    validate_epsilon,
+    validate_index,
+)
 
 __all__ = ["entmax15_loss", "ev_softmax_kl_div", "ev_softmax_nll_loss", "sparsemax_loss"]
 
@@ -52,9 +60,7 @@ def _validate_reduction(reduction: Any) -> str:
 def _validate_ignore_index(ignore_index: Any) -> int | None:
     if ignore_index is None:
         return None
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
-    return ignore_index
+    return validate_index(ignore_index, "ignore_index")
 
 
 def _require_array(value: Any, name: str, what: str) -> None:
@@ -63,7 +69,13 @@ def _require_array(value: Any, name: str, what: str) -> None:
 
 
 def _validate_target(target: Any, logits: Array, axis: int, xp: Namespace) -> Array:
-    """Class indices of the logits' shape without ``axis``, of an integer dtype."""
+    """Class indices of the logits' shape without ``axis``, as the default integer dtype.
+
+    Narrow or unsigned targets (uint8 with 300 classes, torch uint32) are
+    widened once here, so that every comparison with class numbers is exact.
+    """
+    if isinstance(target, np.ma.MaskedArray):
+        raise TypeError("target must be a plain integer array, got a masked array")
     if xp.isdtype(target.dtype, "bool") or not xp.isdtype(target.dtype, "integral"):
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1 :])
@@ -72,7 +84,7 @@ def _validate_target(target: Any, logits: Array, axis: int, xp: Namespace) -> Ar
             f"target must have shape {expected} (the logits' shape {tuple(logits.shape)} "
             f"without axis {axis}), got {tuple(target.shape)}"
         )
-    return target
+    return xp.astype(target, index_dtype(xp, device(target)), copy=False)
 
 
 def _out_of_range(target: Array, n_classes: int, ignore_index: int | None) -> Array:
@@ -108,8 +120,8 @@ def _prepare_class_loss(
 ) -> tuple[Array, Array, int, Array | None, int | None, str, Namespace]:
     """Validate the arguments every class-index loss shares."""
     _require_array(target, "target", "class indices")
-    xp = array_namespace(logits, target) if xp is None else xp
-    logits, axis, where, xp = prepare(logits, axis, where, xp)
+    xp = namespace_of(("logits", logits), ("target", target)) if xp is None else xp
+    logits, axis, where, xp = prepare(logits, axis, where, xp, "logits")
     target = _validate_target(target, logits, axis, xp)
     ignore_index = _validate_ignore_index(ignore_index)
     reduction = _validate_reduction(reduction)
@@ -133,6 +145,7 @@ def _pick(values: Array, target: Array, axis: int, xp: Namespace) -> Array:
     """``values`` at the target class of each position (a one-hot sum, no gather)."""
     shape = [1] * values.ndim
     shape[axis] = values.shape[axis]
+    # target has the default integer dtype (see _validate_target): no class number wraps.
     classes = xp.arange(values.shape[axis], dtype=target.dtype, device=device(target))
     onehot = xp.expand_dims(target, axis=axis) == xp.reshape(classes, tuple(shape))
     return xp.sum(xp.where(onehot, values, 0.0), axis=axis)
@@ -427,8 +440,8 @@ def ev_softmax_kl_div(
     np.float64(0.0)
     """
     _require_array(target_probs, "target_probs", "probabilities")
-    xp = array_namespace(logits, target_probs) if xp is None else xp
-    logits, axis, where, xp = prepare(logits, axis, where, xp)
+    xp = namespace_of(("logits", logits), ("target_probs", target_probs)) if xp is None else xp
+    logits, axis, where, xp = prepare(logits, axis, where, xp, "logits")
     target_probs = check_floating(target_probs, xp, "target_probs")
     if tuple(target_probs.shape) != tuple(logits.shape):
         raise ValueError(

@@ -37,7 +37,12 @@ def shifted_scores(
     bad = xp.isnan(row_max) | (row_max == math.inf)
     # Rows without valid entries have max -inf: shift them by 0 as well.
     row_max = xp.where(bad | (row_max == -math.inf), 0.0, row_max)
-    shifted = xp.where(valid & ~bad, x, row_max) - row_max
+    kept = xp.where(valid & ~bad, x, row_max)
+    # x - max overflows exactly when x < max - (dtype max), possible only for max > 0:
+    # such entries are shifted to -inf (weight 0) without forming the overflow.
+    lowest = xp.maximum(row_max, 0.0) - xp.finfo(x.dtype).max
+    beyond = kept < lowest
+    shifted = xp.where(beyond, -math.inf, xp.where(beyond, row_max, kept) - row_max)
     return valid, shifted, bad
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ._core import accumulation_dtype
+from ._core import accumulation_dtype, cast_result
 from ._lib._typing import Array, Namespace
 from ._rows import finish, shifted_scores
 
@@ -44,4 +44,4 @@ def log_softmax(x: Array, *, axis: int, where: Array | None, xp: Namespace) -> A
     x = xp.astype(x, accumulation_dtype(out_dtype, xp), copy=False)
     valid, shifted, bad, _, total = _exp_scores(x, where, axis, xp)
     out = xp.where(valid, shifted - xp.log(total), -math.inf)
-    return xp.astype(xp.where(bad, math.nan, out), out_dtype, copy=False)
+    return cast_result(xp.where(bad, math.nan, out), out_dtype, xp)

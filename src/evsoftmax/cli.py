@@ -13,13 +13,13 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_SUBCOMMANDS = ("._cli_demo", "._cli_bench", "._cli_reproduce")
+_SUBCOMMANDS = ("._cli_demo", "._cli_info", "._cli_bench", "._cli_reproduce")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = argparse.ArgumentParser(
         prog="evsoftmax",
-        description="Evidential softmax on every array library: demo, bench, reproduce.",
+        description="Evidential softmax on every array library: demo, info, bench, reproduce.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules: dict[str, object] = {}

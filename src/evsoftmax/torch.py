@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ._lib._compat import array_namespace
-from ._lib._prepare import empty_like, is_empty
+from ._lib._prepare import is_empty
 from ._lib._validation import (
     broadcast_shapes_to,
     normalize_axis,
@@ -41,6 +41,7 @@ from ._lib._validation import (
 )
 from ._torch_attention import EvMultiheadAttention, ev_attention
 from .adapters.torch.autograd import apply
+from .adapters.torch.ops import empty_result, jit_tracing, recording
 
 __all__ = [
     "EvMultiheadAttention",
@@ -65,7 +66,8 @@ def _validate_where(where: Any, x: torch.Tensor) -> torch.Tensor | None:
     mask = where if isinstance(where, torch.Tensor) else torch.as_tensor(where)
     if mask.dtype != torch.bool:
         raise TypeError(f"where must be a boolean array, got dtype {mask.dtype}")
-    if not broadcast_shapes_to(tuple(mask.shape), tuple(x.shape)):
+    # A trace records sizes as tensors; there torch's broadcasting checks the shapes.
+    if not jit_tracing() and not broadcast_shapes_to(tuple(mask.shape), tuple(x.shape)):
         raise ValueError(
             f"where with shape {tuple(mask.shape)} does not broadcast to the input's "
             f"shape {tuple(x.shape)}"
@@ -95,8 +97,12 @@ def _normalize(
     axis = normalize_axis(dim, x.ndim, "dim")
     mask = _validate_where(where, x)
     eps = _validate_epsilon(epsilon)
+    if recording():
+        # Like nn.Softmax, a traced or exported graph then follows the rank of later
+        # inputs. (A trace records sizes as tensors: no test of emptiness here.)
+        return apply(x, int(dim) if dim < 0 else axis, eps, mask, log)
     if is_empty(x):
-        return empty_like(x, _XP)  # type: ignore[no-any-return]
+        return empty_result(x)
     return apply(x, axis, eps, mask, log)
 
 
@@ -196,6 +202,14 @@ class _EvSoftmaxBase(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, epsilon={self.epsilon}"
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        # torch.jit.script calls this first, on the module and on every submodule.
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script (its forward "
+            "validates and dispatches in Python); use torch.jit.trace, torch.export.export, "
+            "torch.onnx.export or torch.compile instead"
+        )
 
 
 class EvSoftmax(_EvSoftmaxBase):
@@ -313,6 +327,12 @@ class EvSoftmaxLoss(torch.nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         class_dim = 0 if input.ndim == 1 else 1
+        if target.dtype == torch.bool or target.is_complex():
+            # As nn.CrossEntropyLoss: a bool tensor is neither class indices nor probabilities.
+            raise TypeError(
+                "target must hold class indices (an integer tensor) or class probabilities "
+                f"(a floating tensor), got dtype {target.dtype}"
+            )
         logp = log_ev_softmax(input, dim=class_dim, epsilon=self.epsilon)
         if target.is_floating_point():
             return _probability_target_loss(

@@ -35,6 +35,10 @@ def _colours(doc: dict[str, Any]) -> dict[str, Any]:
     return {name: palette(i % palette.N) for i, name in enumerate(names)}
 
 
+# Bar hatches tell the shapes apart (with a legend), in addition to the shading.
+_HATCHES = ("", "///", "...", "xxx", "\\\\\\", "ooo")
+
+
 def _ratio_panel(ax: Any, doc: dict[str, Any], backend: str, colours: dict[str, Any]) -> None:
     rows = [r for r in _sweep_rows(doc, backend) if r["method"] != BASELINE]
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -44,28 +48,21 @@ def _ratio_panel(ax: Any, doc: dict[str, Any], backend: str, colours: dict[str, 
             ]
             if points:
                 ks, ratios = zip(*points, strict=True)
-                label = method if mode == FORWARD else None
-                ax.plot(
-                    ks, ratios, _STYLE[mode], marker="o", ms=3, label=label, color=colours[method]
-                )
+                ax.plot(ks, ratios, _STYLE[mode], marker="o", ms=3, color=colours[method])
     info = doc["backends"][backend]
-    ax.axhline(1.0, color="black", lw=0.8, label=f"{info['native_softmax']} (= 1)")
+    ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("K (row length), constant total size")
-    ax.set_ylabel("time ÷ native softmax (lower is better)")
-    ax.set_title(
-        f"{backend} ({info['device']}): solid forward, dashed forward+backward", fontsize=9
-    )
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_ylabel(f"time ÷ {info['native_softmax']}\n(lower is better)")
+    ax.set_title(f"{backend} ({info['device']}): ratio to its native softmax", fontsize=9)
 
 
 def _time_panel(
     ax: Any, doc: dict[str, Any], backend: str, mode: str, colours: dict[str, Any]
 ) -> None:
-    main = [tuple(s) for s in doc["config"]["shapes"]] or None
+    shapes = _shapes(doc)
     rows = [r for r in doc["results"] if r["backend"] == backend and r["mode"] == mode and _ok(r)]
-    shapes = main or list(dict.fromkeys(tuple(r["shape"]) for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     if not rows:
         ax.text(0.5, 0.5, f"no {mode} timings", ha="center", va="center", transform=ax.transAxes)
@@ -76,39 +73,70 @@ def _time_panel(
     for i, shape in enumerate(shapes):
         heights = [index.get((shape, m), 0.0) for m in methods]
         xs = [j + (i - (len(shapes) - 1) / 2) * width for j in range(len(methods))]
-        shade = 1.0 - 0.6 * i / max(len(shapes), 1)
         ax.bar(
             xs,
             heights,
             width,
             color=[colours[m] for m in methods],
-            alpha=shade,
+            alpha=_shade(i, len(shapes)),
+            hatch=_HATCHES[i % len(_HATCHES)],
             edgecolor="black",
             linewidth=0.3,
         )
-        for x, h in zip(xs, heights, strict=True):
-            if h > 0:
-                ax.annotate(
-                    format_shape(shape),
-                    (x, h),
-                    rotation=90,
-                    fontsize=5,
-                    ha="center",
-                    va="bottom",
-                    xytext=(0, 2),
-                    textcoords="offset points",
-                )
     ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
     ax.set_yscale("log")
-    ax.margins(y=0.25)
-    ax.set_ylabel(f"{mode} time (ms, median)")
+    ax.set_xlabel("method (bold: the native softmax)")
+    ax.set_ylabel(f"{mode} time\n(ms, median)")
     ax.set_title(f"{backend}: {mode} time per method and shape", fontsize=9)
     if BASELINE in methods:
         ax.get_xticklabels()[methods.index(BASELINE)].set_fontweight("bold")
 
 
+def _shapes(doc: dict[str, Any]) -> list[tuple[int, ...]]:
+    """The shapes of the time panels: the run's main shapes (else every shape timed)."""
+    main = [tuple(s) for s in doc["config"]["shapes"]]
+    return main or list(dict.fromkeys(tuple(r["shape"]) for r in doc["results"]))
+
+
+def _shade(i: int, count: int) -> float:
+    return 1.0 - 0.6 * i / max(count, 1)
+
+
+def _legends(fig: Any, doc: dict[str, Any], colours: dict[str, Any]) -> None:
+    """The figure's legends, below the panels (never over the data): methods, modes, shapes."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    methods = [Patch(color=colour, label=name) for name, colour in colours.items()]
+    modes = [
+        Line2D([], [], color="black", ls=_STYLE[FORWARD], label=FORWARD),
+        Line2D([], [], color="black", ls=_STYLE[FORWARD_BACKWARD], label=FORWARD_BACKWARD),
+        Line2D([], [], color="black", lw=0.8, label="native softmax (= 1)"),
+    ]
+    shapes = [
+        Patch(
+            facecolor="lightgray",
+            alpha=_shade(i, len(_shapes(doc))),
+            hatch=_HATCHES[i % len(_HATCHES)],
+            edgecolor="black",
+            label=format_shape(shape),
+        )
+        for i, shape in enumerate(_shapes(doc))
+    ]
+    legend = {"frameon": False, "fontsize": 8}
+    fig.legend(handles=methods, title="method (colour)", loc="outside lower left", ncol=6, **legend)
+    fig.legend(
+        handles=modes, title="line style (ratio panels)", loc="outside lower center", **legend
+    )
+    fig.legend(handles=shapes, title="shape (bar hatch)", loc="outside lower right", **legend)
+
+
 def write_plot(doc: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write the plots of ``doc`` as a PNG: per backend, ratio vs K and time per method."""
+    """Write the plots of ``doc`` as a PNG: per backend, ratio vs K and time per method.
+
+    The legends sit below the panels: one colour per method (the same in every
+    panel), the line style per mode, and a hatch per shape in the bar panels.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -116,15 +144,17 @@ def write_plot(doc: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
     backends = [b for b, info in doc["backends"].items() if info["status"] == "ok"]
     columns = max(len(backends), 1)
-    fig, axes = plt.subplots(3, columns, figsize=(5.5 * columns, 12), squeeze=False)
+    fig, axes = plt.subplots(
+        3, columns, figsize=(5.5 * columns, 13), squeeze=False, layout="constrained"
+    )
     colours = _colours(doc)
     for j, backend in enumerate(backends):
         _ratio_panel(axes[0][j], doc, backend, colours)
         _time_panel(axes[1][j], doc, backend, FORWARD, colours)
         _time_panel(axes[2][j], doc, backend, FORWARD_BACKWARD, colours)
+    _legends(fig, doc, colours)
     machine = doc.get("machine", {})
     where = ", ".join([str(machine.get("cpu", "")), *machine.get("gpus", [])])
     fig.suptitle(f"evsoftmax bench on {where} ({doc.get('created', '')})", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

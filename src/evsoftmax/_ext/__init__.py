@@ -29,9 +29,10 @@ Examples
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from types import ModuleType
+
+from .._core import off_support_weight
 
 __all__ = ["available", "cpu_kernels", "ev_softmax_rows", "off_support_weight"]
 
@@ -58,18 +59,6 @@ def cpu_kernels() -> ModuleType | None:
 def available() -> bool:
     """Whether the compiled CPU kernels are built and in use."""
     return cpu_kernels() is not None
-
-
-def off_support_weight(epsilon: float) -> tuple[float, float]:
-    r"""Weight of the entries outside the support relative to those inside, and its log.
-
-    That is :math:`\varepsilon / (1 + \varepsilon)` and
-    :math:`\log\varepsilon - \log(1 + \varepsilon)` (``0`` and ``-inf`` for
-    :math:`\varepsilon = 0`): the kernels' two ε parameters.
-    """
-    if epsilon > 0.0:
-        return epsilon / (1.0 + epsilon), math.log(epsilon) - math.log1p(epsilon)
-    return 0.0, -math.inf
 
 
 def ev_softmax_rows(

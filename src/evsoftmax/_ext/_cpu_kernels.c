@@ -16,10 +16,10 @@
  *   4. division by the sum (or, for the log form, s + log(weight) - log(sum)).
  *
  * The library's rules for special rows (DESIGN section 4) hold as in the core:
- * a valid NaN or +inf makes the mean NaN and the whole row NaN; shifted scores
- * that overflow to -inf make the mean -inf, and every valid entry is then in
- * the support; a row of -inf only (no valid entry) gets probability 0 (log:
- * -inf) everywhere.
+ * a valid NaN or +inf makes the mean NaN and the whole row NaN; a row whose
+ * shifted scores or their sum overflow (its range exceeds the dtype's maximum)
+ * gets the exact mean's support from power-of-two scaled scores (wide_row); a
+ * row of -inf only (no valid entry) gets probability 0 (log: -inf) everywhere.
  *
  * The exponential is evaluated in-line so that the compiler vectorizes pass 3:
  * exp(s) = 2^n exp(r) with n = round(s / ln 2), r = s - n ln 2 (ln 2 split in
@@ -97,6 +97,50 @@ static inline double exp_nonpositive_f64(double s) {
     return s < -708.3964185322641 ? 0.0 : p * scale;
 }
 
+/* Defines wide_row_<T>(x, y, length, m, count, ratio, log_ratio, log_out): the row
+ * (of maximum m and count valid entries) whose shifted scores or their sum overflow,
+ * which only happens when its valid range exceeds the dtype's maximum. The support is
+ * that of the exact mean (DESIGN section 4, the same mechanism on every path):
+ * t = x 2^-k - m 2^-k with 2^k >= 2 count, so that neither a difference nor the sum
+ * can overflow, and scaling by a power of two is exact; entries with
+ * t >= sum(t) / count are in. t is formed in double and summed in long double (64
+ * significant bits on x86-64), so that a float64 row's mean is exact for moderate
+ * lengths and a tie with it stays in. Weights stay exp(x - m) (0 where the shift
+ * overflows). A rare row: plain scalar code. */
+#define EVS_DEFINE_WIDE_ROW(T, EXP)                                                         \
+    static void wide_row_##T(const T *restrict x, T *restrict y, Py_ssize_t length, T m,    \
+                             double count, T ratio, T log_ratio, int log_out) {             \
+        int k = 1;                                                                          \
+        while (ldexp(1.0, k) < 2.0 * count) k++;                                            \
+        double h = ldexp(1.0, -k), mh = (double)m * h;                                      \
+        long double sum = 0.0L;                                                             \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            if (x[i] != -INFINITY) sum += (long double)((double)x[i] * h - mh);             \
+        long double mean = sum / (long double)count;                                        \
+        T total = 0;                                                                        \
+        for (Py_ssize_t i = 0; i < length; i++) {                                           \
+            int in = x[i] != -INFINITY && (long double)((double)x[i] * h - mh) >= mean;     \
+            T e = EXP(x[i] - m);                                                            \
+            T w = in ? e : ratio * e;                                                       \
+            if (!log_out) y[i] = w;                                                         \
+            total += w;                                                                     \
+        }                                                                                   \
+        if (log_out) {                                                                      \
+            T log_total = (T)log((double)total);                                            \
+            for (Py_ssize_t i = 0; i < length; i++) {                                       \
+                int in = x[i] != -INFINITY && (long double)((double)x[i] * h - mh) >= mean; \
+                T s = x[i] - m;                                                             \
+                y[i] = (in ? s : s + log_ratio) - log_total;                                \
+            }                                                                               \
+        } else {                                                                            \
+            T inv = (T)1 / total;                                                           \
+            for (Py_ssize_t i = 0; i < length; i++) y[i] *= inv;                            \
+        }                                                                                   \
+    }
+
+EVS_DEFINE_WIDE_ROW(float, exp_nonpositive_f32)
+EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
+
 /* The mean is summed in vectorized blocks of this many entries, added up in double. */
 #define EVS_BLOCK 1024
 
@@ -127,6 +171,10 @@ static inline double exp_nonpositive_f64(double s) {
         }                                                                                   \
         if (isnan(sum)) {                                                                   \
             for (Py_ssize_t i = 0; i < length; i++) y[i] = NAN;                             \
+            return;                                                                         \
+        }                                                                                   \
+        if (isinf(sum)) {                                                                   \
+            wide_row_##T(x, y, length, m, count, ratio, log_ratio, log_out);                \
             return;                                                                         \
         }                                                                                   \
         T mean = (T)(sum / count);                                                          \

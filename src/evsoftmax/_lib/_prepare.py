@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import array_namespace, device
+from ._compat import device
 from ._typing import Array, Namespace
-from ._validation import normalize_axis, validate_input, validate_where
+from ._validation import (
+    namespace_of,
+    normalize_axis,
+    split_masked,
+    validate_input,
+    validate_where,
+)
 
 __all__ = ["Prepared", "empty_like", "is_empty", "prepare"]
 
 Prepared = tuple[Array, int, "Array | None", Namespace]
 
 
-def prepare(x: Any, axis: Any, where: Any, xp: Namespace | None) -> Prepared:
-    """Infer the namespace and return ``(x, axis, where, xp)`` validated and normalized."""
-    xp = array_namespace(x) if xp is None else xp
-    x = validate_input(x, xp)
+def prepare(x: Any, axis: Any, where: Any, xp: Namespace | None, name: str = "x") -> Prepared:
+    """Infer the namespace and return ``(x, axis, where, xp)`` validated and normalized.
+
+    A NumPy masked array is read as its data with its mask as ``where=False``
+    (combined with ``where``); the result is then a plain array.
+    """
+    x, where = split_masked(x, where)
+    xp = namespace_of((name, x)) if xp is None else xp
+    x = validate_input(x, xp, name)
     axis = normalize_axis(axis, x.ndim)
     return x, axis, validate_where(where, x, xp), xp
 

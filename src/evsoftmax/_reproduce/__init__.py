@@ -5,11 +5,12 @@ import torch, scikit-learn, matplotlib or rich at module level: the
 subcommand imports this package only inside ``run``, so ``import evsoftmax``
 stays free of them.
 
-Modules: ``options`` (experiment settings and presets), ``data`` (the digits),
-``normalizers`` (the four normalizers, looked up in one place), ``models``
-(seed-stacked MLPs), ``losses`` (the per-normalizer ELBO terms), ``metric``
-(Wasserstein distance on digit classes, mode counts, mean and standard error),
-``training`` (the training loop), ``experiment`` (the whole run),
-``figures`` (the PNGs), ``report`` (table, progress bar, JSON) and ``main``
-(the subcommand's body).
+Modules of the CVAE: ``options`` (experiment settings and presets), ``data``
+(the digits), ``normalizers`` (the four normalizers, looked up in one place),
+``models`` (seed-stacked MLPs), ``losses`` (the per-normalizer ELBO terms),
+``metric`` (the paper's Wasserstein distance, total variation, parity mass,
+mode counts, mean and standard error), ``training`` (the training loop),
+``experiment`` (the whole run), ``figures`` (the PNGs) and ``report`` (table,
+progress bar, JSON). ``ssvae`` and ``vqvae`` hold the other two experiments
+whole; ``main`` is the subcommand's body.
 """

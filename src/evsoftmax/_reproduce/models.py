@@ -101,6 +101,29 @@ class CVAE:
             decoder=MLP(((weight, bias),)),
         )
 
+    @classmethod
+    def create_mlp_decoder(
+        cls,
+        queries: int,
+        pixels: int,
+        latent: int,
+        sizes: tuple[int, int, int],
+        seeds: list[int],
+    ) -> CVAE:
+        """The paper's networks, one per seed: ``sizes = (hidden, prior_hidden, decoder_hidden)``.
+
+        Prior ``y -> prior_hidden -> K``, posterior ``[x, y] -> hidden -> K``,
+        decoder ``z -> decoder_hidden -> pixels`` (sigmoid outside), all with
+        PyTorch's default initialization.
+        """
+        hidden, prior_hidden, decoder_hidden = sizes
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return cls(
+            prior=init_mlp((queries, prior_hidden, latent), gens),
+            posterior=init_mlp((pixels + queries, hidden, latent), gens),
+            decoder=init_mlp((latent, decoder_hidden, pixels), gens),
+        )
+
     def parameters(self) -> list[torch.Tensor]:
         """The trainable tensors of the three networks."""
         return [*self.prior.parameters(), *self.posterior.parameters(), *self.decoder.parameters()]

@@ -23,7 +23,9 @@ __all__ = [
     "batch_order",
     "bernoulli_nll",
     "evaluate",
+    "gumbel_noise",
     "prototypes",
+    "relaxed_one_hot",
     "train_classifier",
     "train_cvae",
 ]
@@ -33,6 +35,7 @@ _CLASSIFIER_SEED = 12345
 # Initialization, prototypes and batch order draw from different streams.
 _PROTOTYPE_OFFSET = 500_009
 _BATCH_ORDER_OFFSET = 1_000_003
+_NOISE_OFFSET = 2_000_003
 Floats = npt.NDArray[np.float64]
 
 
@@ -76,7 +79,10 @@ class Snapshot:
     images: Floats  # (seeds, K, 64): decoded image (Bernoulli mean) of every latent class
     labels: Floats  # (seeds, K, 10): classifier probabilities of every decoded image
     digits: Floats  # (seeds, queries, 10): P(d | y)
-    wasserstein: Floats  # (seeds, queries)
+    wasserstein: Floats  # (seeds, queries): the paper's scipy call (see metric)
+    total_variation: Floats  # (seeds, queries)
+    wasserstein_digits: Floats  # (seeds, queries): W1 on the digit line
+    parity_mass: Floats  # (seeds, queries)
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,11 @@ class NormalizerRun:
 
     name: str
     steps: list[int]
-    curve: Floats  # (len(steps), seeds, queries): Wasserstein distance over training
+    curve: Floats  # (len(steps), seeds, queries): the paper's Wasserstein over training
+    curve_tv: Floats  # (len(steps), seeds, queries): total variation over training
     final: Snapshot
-    decoder_calls: Floats  # (seeds,): mean latent classes decoded per example in training
+    decoder_calls: Floats  # (seeds,): mean decoder calls per training example
+    posterior_support: Floats  # (seeds,): mean classes with q(z | x, y) > 0 in training
     seconds: float
 
 
@@ -98,8 +106,17 @@ def evaluate(model: CVAE, name: str, classifier: Classifier, latent: int) -> Sna
         images = torch.sigmoid(model.decoder_logits(latent))
         labels = classifier.probabilities(images).double().numpy()
     digits = metric.digit_distribution(prior, labels)
-    distance = metric.wasserstein_on_digits(digits, metric.ground_truth())
-    return Snapshot(prior, images.double().numpy(), labels, digits, distance)
+    truth = metric.ground_truth()
+    return Snapshot(
+        prior,
+        images.double().numpy(),
+        labels,
+        digits,
+        metric.paper_wasserstein(digits, truth),
+        metric.total_variation(digits, truth),
+        metric.wasserstein_on_digits(digits, truth),
+        metric.parity_mass(digits),
+    )
 
 
 def batch_order(n: int, batch_size: int, steps: int, seeds: list[int]) -> torch.Tensor:
@@ -136,6 +153,46 @@ def bernoulli_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.softplus(logits).sum(-1).unsqueeze(1) - x @ logits.transpose(1, 2)
 
 
+def gumbel_noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
+    """Standard Gumbel noise ``(seeds, *shape)``, one generator per seed."""
+    tiny = torch.finfo(torch.float32).tiny
+    uniform = torch.stack([torch.rand(shape, generator=g) for g in generators])
+    exponential = -torch.log(uniform.clamp(tiny, 1.0))  # Exp(1); clamped so log stays finite
+    return -torch.log(exponential.clamp_min(tiny))
+
+
+def relaxed_one_hot(probs: torch.Tensor, temperature: float, noise: torch.Tensor) -> torch.Tensor:
+    """A relaxed one-hot (Gumbel-softmax) sample of ``probs`` at ``temperature``.
+
+    As ``torch.distributions.RelaxedOneHotCategorical(temperature, probs=...)``
+    does, the probabilities are clamped to ``[eps, 1 - eps]`` before the log,
+    so a class of probability 0 gets a finite logit ``log eps`` (and so a
+    sample weight that is tiny but not zero) and the gradient stays finite.
+    """
+    eps = torch.finfo(probs.dtype).eps
+    logits = torch.log(probs.clamp(eps, 1.0 - eps))
+    return torch.softmax((logits + noise) / temperature, dim=-1)
+
+
+def _optimizer(params: list[torch.Tensor], options: CVAEOptions) -> torch.optim.Optimizer:
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=options.learning_rate)
+    return torch.optim.Adam(params, lr=options.learning_rate)
+
+
+def _model(data: Digits, options: CVAEOptions, seeds: list[int]) -> CVAE:
+    if options.variant == "exact":
+        return CVAE.create(
+            prototypes(data.x_train, options.latent_classes, seeds),
+            QUERIES,
+            options.hidden,
+            options.prior_hidden,
+            seeds,
+        )
+    sizes = (options.hidden, options.prior_hidden, options.decoder_hidden)
+    return CVAE.create_mlp_decoder(QUERIES, PIXELS, options.latent_classes, sizes, seeds)
+
+
 def train_cvae(
     name: str,
     data: Digits,
@@ -143,46 +200,76 @@ def train_cvae(
     options: CVAEOptions,
     advance: Callable[[int], None] = lambda steps: None,
 ) -> NormalizerRun:
-    """Train one CVAE per seed with normalizer ``name``; ``advance(k)`` reports progress."""
+    """Train one CVAE per seed with normalizer ``name``; ``advance(k)`` reports progress.
+
+    ``relaxed`` (the paper's recipe): one relaxed one-hot sample ``z`` of the
+    posterior per example -- ``q_eps`` (``epsilon > 0``) for ev-softmax, as in
+    the paper's training -- is decoded, so the decoder runs once per example.
+    ``exact``: the reconstruction term is summed over the classes in the
+    support of ``q``, so the decoder runs once per class there.
+    """
     start = time.perf_counter()
     seeds = list(range(options.first_seed, options.first_seed + options.seeds))
-    model = CVAE.create(
-        prototypes(data.x_train, options.latent_classes, seeds),
-        QUERIES,
-        options.hidden,
-        options.prior_hidden,
-        seeds,
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+    model = _model(data, options, seeds)
+    optimizer = _optimizer(model.parameters(), options)
     terms = losses.objective_terms(
         name, epsilon=options.epsilon, sparse_loss=options.sparse_loss, delta=options.smoothing
     )
     order = batch_order(len(data.x_train), options.batch_size, options.steps, seeds)
+    noise_generators = [torch.Generator().manual_seed(s + _NOISE_OFFSET) for s in seeds]
     parity = torch.nn.functional.one_hot(data.parity_train, QUERIES).float()
     rows = torch.arange(len(seeds)).unsqueeze(1)
     calls = torch.zeros(len(seeds), dtype=torch.float64)
-    steps, curve = [0], [evaluate(model, name, classifier, options.latent_classes).wasserstein]
+    support_sizes = torch.zeros(len(seeds), dtype=torch.float64)
+    latent = options.latent_classes
+    first = evaluate(model, name, classifier, latent)
+    steps, curve, curve_tv = [0], [first.wasserstein], [first.total_variation]
     for step in range(1, options.steps + 1):
         index = order[:, step - 1]
         x, y = data.x_train[index], parity[index]
         prior_logits = model.prior_logits(QUERIES)[rows, data.parity_train[index]]
-        weights, regularizer = terms(model.posterior(torch.cat([x, y], dim=-1)), prior_logits)
-        nll = bernoulli_nll(x, model.decoder_logits(options.latent_classes))
-        # Exact marginalization over the support of q: the decoder terms of the
-        # classes q gives zero mass are never used.
+        posterior_logits = model.posterior(torch.cat([x, y], dim=-1))
+        weights, regularizer = terms(posterior_logits, prior_logits)
         support = weights > 0
-        reconstruction = torch.where(support, weights * nll, 0.0).sum(-1)
+        if options.variant == "relaxed":
+            sample_probs = (
+                normalizers.ev_softmax(posterior_logits, options.epsilon)
+                if name == "ev_softmax"
+                else weights
+            )
+            noise = gumbel_noise((options.batch_size, latent), noise_generators)
+            z = relaxed_one_hot(sample_probs, options.temperature, noise)
+            logits = model.decoder(z)
+            reconstruction = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, x, reduction="none"
+            ).sum(-1)
+            calls += 1.0
+        else:
+            nll = bernoulli_nll(x, model.decoder_logits(latent))
+            # Exact marginalization over the support of q: the decoder terms of the
+            # classes q gives zero mass are never used.
+            reconstruction = torch.where(support, weights * nll, 0.0).sum(-1)
+            calls += support.sum(-1).double().mean(-1)
+        support_sizes += support.sum(-1).double().mean(-1)
         loss = (reconstruction + options.beta * regularizer).mean(-1).sum()
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        calls += support.sum(-1).double().mean(-1)
         if step % options.eval_every == 0 or step == options.steps:
+            snapshot = evaluate(model, name, classifier, latent)
             steps.append(step)
-            curve.append(evaluate(model, name, classifier, options.latent_classes).wasserstein)
+            curve.append(snapshot.wasserstein)
+            curve_tv.append(snapshot.total_variation)
         advance(1)
-    final = evaluate(model, name, classifier, options.latent_classes)
+    final = evaluate(model, name, classifier, latent)
     seconds = time.perf_counter() - start
     return NormalizerRun(
-        name, steps, np.stack(curve), final, (calls / options.steps).numpy(), seconds
+        name,
+        steps,
+        np.stack(curve),
+        np.stack(curve_tv),
+        final,
+        (calls / options.steps).numpy(),
+        (support_sizes / options.steps).numpy(),
+        seconds,
     )

@@ -24,22 +24,34 @@ __all__ = ["ev_softmax", "log_ev_softmax"]
 
 
 def _shifted_and_support(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``x - rowmax`` (a new buffer) and the entries at or above their row mean, or None."""
-    with np.errstate(invalid="ignore"):  # -inf - -inf: such rows go to the core
+    """``x - rowmax`` (a new buffer) and the entries at or above their row mean, or None.
+
+    The threshold follows the core (DESIGN section 4): the sum of the shifted
+    scores (float32 summed in float64), divided once by the row length.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf - -inf, overflow: to the core
         shifted = np.subtract(x, np.max(x, axis=axis, keepdims=True))
-        mean = np.sum(shifted, axis=axis, keepdims=True)
-    mean /= x.shape[axis]
+        total = np.sum(shifted, axis=axis, keepdims=True, dtype=np.float64)
+    mean = (total / x.shape[axis]).astype(x.dtype)
     if not np.isfinite(mean).all():
         return None
     return shifted, np.greater_equal(shifted, mean)
 
 
 def _weights(support: np.ndarray, epsilon: float, dtype: np.dtype[np.floating]) -> np.ndarray:
-    """``1{support} + epsilon`` as a new float array."""
-    weights = support.astype(dtype)
-    if epsilon != 0.0:
-        weights += epsilon
+    """The weights relative to the support: 1 in it, ``eps / (1 + eps)`` outside (a new array)."""
+    if epsilon == 0.0:
+        return support.astype(dtype)
+    ratio = _core.off_support_weight(epsilon)[0]
+    weights: np.ndarray = np.where(support, dtype.type(1.0), dtype.type(ratio))
     return weights
+
+
+def _log_weights(support: np.ndarray, epsilon: float, dtype: np.dtype[np.floating]) -> np.ndarray:
+    """``log`` of :func:`_weights`, from ``log(eps) - log1p(eps)`` (finite for tiny eps)."""
+    log_ratio = _core.off_support_weight(epsilon)[1]
+    logs: np.ndarray = np.where(support, dtype.type(0.0), dtype.type(log_ratio))
+    return logs
 
 
 def _fast(x: Array, where: Array | None) -> bool:
@@ -102,13 +114,11 @@ def log_ev_softmax(
     if parts is None:
         return _core.log_ev_softmax(x, axis=axis, epsilon=epsilon, where=where, xp=xp)
     out, support = parts
-    weights = _weights(support, epsilon, out.dtype)
     exp = np.exp(out)
-    exp *= weights
+    exp *= _weights(support, epsilon, out.dtype)
     # The row maximum is 0 after the shift and always in the support, so the
-    # normalizer is at least 1 + eps and its log is safe to take.
+    # normalizer is at least 1 and its log is safe to take.
     total = np.sum(exp, axis=axis, keepdims=True)
-    with np.errstate(divide="ignore"):  # log(0) = -inf outside the support (eps = 0)
-        out += np.log(weights, out=weights)
+    out += _log_weights(support, epsilon, out.dtype)
     out -= np.log(total)
     return out

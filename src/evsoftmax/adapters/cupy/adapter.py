@@ -67,8 +67,8 @@ def _forward(x: Array, axis: int, epsilon: float, where: Array | None, mode: str
         x, rows, length, inner = _rows(x, axis)
         mask = x if where is None else cupy.ascontiguousarray(cupy.broadcast_to(where, x.shape))
         out = cupy.empty(x.shape, dtype=cupy.bool_ if mode == "support" else x.dtype)
-        log_epsilon = math.log(epsilon) if epsilon > 0.0 else -math.inf
-        scalars = (acc(epsilon), acc(log_epsilon), acc(math.log1p(epsilon)))
+        ratio, log_ratio = _core.off_support_weight(epsilon)
+        scalars = (acc(ratio), acc(log_ratio))
         args = (x, mask, out, np.int64(length), np.int64(inner), *scalars)
         _launch(forward_kernel(dtype, mode, where is not None), rows, length, args)
     return out

@@ -19,11 +19,15 @@ again in each pass, ``TILE_ITEMS`` loads at a time:
    rounding and the row maximum (shifted score exactly 0) is always in the
    support, as ``_core.row_statistics`` guarantees. A valid NaN or ``+inf``
    flags the row. The per-thread states are combined by a warp butterfly and
-   then across warps.
-2. **normalizer**: ``Z = sum over valid k of (1{s_k >= mean} + eps) * exp(s_k)``
-   with ``s = x - max``, reduced the same way.
+   then across warps. If the shifted sum overflows (the row's range exceeds
+   the dtype's maximum), one more pass sums the scaled scores
+   ``x 2^-k - max 2^-k`` (``2^k >= 2 count``), whose mean gives the exact
+   mean's support (DESIGN §4).
+2. **normalizer**: ``Z = sum over valid k of w_k * exp(s_k)`` with ``s = x - max``
+   and ``w = 1`` in the support, ``eps / (1 + eps)`` outside it (DESIGN section 4),
+   reduced the same way.
 3. **output**: probabilities ``weight / Z``, log-probabilities
-   ``s + log(1{support} + eps) - log Z`` or the support mask, with the DESIGN
+   ``s + log(w) - log Z`` or the support mask, with the DESIGN
    §4 values for flagged rows (NaN) and rows without a valid entry (0, -inf,
    False).
 
@@ -130,16 +134,18 @@ __device__ __forceinline__ ev_store_t ev_store(ev_acc_t v) {{
     {store}
 }}
 
-// Sum over the block; every thread gets the result. Call once per kernel.
-__device__ ev_acc_t ev_block_sum(ev_acc_t value) {{
-    __shared__ ev_acc_t partial[EV_WARP];
+// Sum over the block; every thread gets the result. Call once per kernel and type T, or
+// synchronize the block before calling again (the shared partial sums are reused).
+template <typename T>
+__device__ T ev_block_sum(T value) {{
+    __shared__ T partial[EV_WARP];
     const int lane = threadIdx.x % EV_WARP, warp = threadIdx.x / EV_WARP;
     for (int offset = EV_WARP / 2; offset > 0; offset /= 2)
         value += __shfl_xor_sync(0xffffffffu, value, offset);
     if (lane == 0) partial[warp] = value;
     __syncthreads();
     if (warp == 0) {{
-        value = lane < (int)(blockDim.x / EV_WARP) ? partial[lane] : (ev_acc_t)0;
+        value = lane < (int)(blockDim.x / EV_WARP) ? partial[lane] : (T)0;
         for (int offset = EV_WARP / 2; offset > 0; offset /= 2)
             value += __shfl_xor_sync(0xffffffffu, value, offset);
         if (lane == 0) partial[0] = value;
@@ -243,22 +249,35 @@ __device__ __forceinline__ bool ev_is_valid(ev_acc_t v, const unsigned char* mas
 #endif
 }
 
-// (1{s in support} + epsilon) * exp(s) for a valid entry with shifted score s.
-__device__ __forceinline__ ev_acc_t ev_weight(ev_acc_t s, ev_acc_t mean, ev_acc_t epsilon) {
-    return (s >= mean ? (ev_acc_t)1 + epsilon : epsilon) * EV_EXP(s);
+// The support test of DESIGN section 4: v * h - mh >= mean. For an ordinary row h = 1 and
+// mh is the row maximum (so this is s >= mean, with s = v - max); for a row whose shifted
+// sum overflows (its range exceeds the dtype's maximum) h = 2^-k with 2^k >= 2 count and
+// mh = max * h: no scaled difference or sum can overflow and the scaling is exact, so the
+// support is the exact mean's.
+struct ev_threshold {
+    ev_acc_t h, mh, mean;
+};
+
+__device__ __forceinline__ bool ev_in(const ev_threshold& th, ev_acc_t v) {
+    return v * th.h - th.mh >= th.mean;
+}
+
+// exp(s) in the support, ratio * exp(s) outside it (ratio = eps / (1 + eps), the weights
+// relative to the support of DESIGN section 4: finite for every finite eps).
+__device__ __forceinline__ ev_acc_t ev_weight(ev_acc_t s, bool in, ev_acc_t ratio) {
+    return (in ? (ev_acc_t)1 : ratio) * EV_EXP(s);
 }
 
 __device__ __forceinline__ ev_out_t ev_output(
-    bool valid, ev_acc_t s, ev_acc_t mean, ev_acc_t scale, ev_acc_t epsilon,
-    ev_acc_t log_epsilon, ev_acc_t log1p_epsilon) {
+    bool valid, ev_acc_t s, bool in, ev_acc_t scale, ev_acc_t ratio, ev_acc_t log_ratio) {
 #if EV_MODE == EV_MODE_PROBS
     // scale = 1 / Z
-    return ev_store(valid ? ev_weight(s, mean, epsilon) * scale : (ev_acc_t)0);
+    return ev_store(valid ? ev_weight(s, in, ratio) * scale : (ev_acc_t)0);
 #elif EV_MODE == EV_MODE_LOG_PROBS
     // scale = log Z
-    return ev_store(valid ? (s >= mean ? s + log1p_epsilon : s + log_epsilon) - scale : -EV_INF);
+    return ev_store(valid ? (in ? s : s + log_ratio) - scale : -EV_INF);
 #else
-    return (ev_out_t)(valid && s >= mean);
+    return (ev_out_t)(valid && in);
 #endif
 }
 
@@ -303,26 +322,82 @@ __device__ __forceinline__ void ev_stats_push_tile(
 
 template <int N>
 __device__ __forceinline__ ev_acc_t ev_weight_tile(
-    const ev_acc_t (&v)[N], unsigned int valid, ev_acc_t row_max, ev_acc_t mean,
-    ev_acc_t epsilon, ev_acc_t total) {
+    const ev_acc_t (&v)[N], unsigned int valid, ev_acc_t row_max, const ev_threshold& th,
+    ev_acc_t ratio, ev_acc_t total) {
 #pragma unroll
     for (int j = 0; j < N; ++j)
-        if (valid & (1u << j)) total += ev_weight(v[j] - row_max, mean, epsilon);
+        if (valid & (1u << j)) total += ev_weight(v[j] - row_max, ev_in(th, v[j]), ratio);
     return total;
+}
+
+// The sum, in double, of the scaled shifted scores v * h - mh of the valid entries (see
+// ev_threshold): as the core does, so that an exactly representable mean is found.
+template <int N>
+__device__ __forceinline__ double ev_scaled_sum_tile(
+    const ev_acc_t (&v)[N], unsigned int valid, const ev_threshold& th, double sum) {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+        if (valid & (1u << j)) sum += (double)(v[j] * th.h - th.mh);
+    return sum;
 }
 
 template <int N>
 __device__ __forceinline__ void ev_write_tile(
     ev_out_t* __restrict__ out, long long start, long long inner, long long length,
     long long first, const ev_acc_t (&v)[N], unsigned int valid, ev_acc_t row_max,
-    ev_acc_t mean, ev_acc_t scale, ev_acc_t epsilon, ev_acc_t log_epsilon,
-    ev_acc_t log1p_epsilon) {
+    const ev_threshold& th, ev_acc_t scale, ev_acc_t ratio, ev_acc_t log_ratio) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
         const long long k = first + threadIdx.x + (long long)j * blockDim.x;
         if (k < length)
-            out[start + k * inner] = ev_output((valid >> j) & 1u, v[j] - row_max, mean, scale,
-                                               epsilon, log_epsilon, log1p_epsilon);
+            out[start + k * inner] = ev_output((valid >> j) & 1u, v[j] - row_max,
+                                               ev_in(th, v[j]), scale, ratio, log_ratio);
+    }
+}
+
+// A row whose shifted sum overflowed (its range exceeds the dtype's maximum): the support
+// of the exact mean (see ev_threshold), in three passes that read the row from memory. A
+// rare row, kept out of line so that it costs the main path no registers. Each thread
+// visits its entries in the same order as the main path does.
+__device__ __noinline__ void ev_wide_row(
+    const ev_store_t* __restrict__ x, const unsigned char* __restrict__ mask,
+    ev_out_t* __restrict__ out, const long long start, const long long inner,
+    const long long length, const ev_acc_t row_max, const int count, const ev_acc_t ratio,
+    const ev_acc_t log_ratio) {
+    const long long tile = (long long)EV_TILE * blockDim.x;
+    int k = 1;
+    while ((1LL << k) < 2LL * count) ++k;
+    ev_threshold th;
+    th.h = (ev_acc_t)ldexp(1.0, -k);
+    th.mh = row_max * th.h;
+    double sum = 0.0;
+    for (long long first = 0; first < length; first += tile) {
+        ev_acc_t v[EV_TILE];
+        const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
+        sum = ev_scaled_sum_tile(v, valid, th, sum);
+    }
+    th.mean = (ev_acc_t)(ev_block_sum(sum) / (double)count);
+    __syncthreads();  // ev_block_sum's shared memory is used again for Z
+    ev_acc_t scale = (ev_acc_t)0;
+#if EV_MODE != EV_MODE_SUPPORT
+    ev_acc_t total = (ev_acc_t)0;
+    for (long long first = 0; first < length; first += tile) {
+        ev_acc_t v[EV_TILE];
+        const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
+        total = ev_weight_tile(v, valid, row_max, th, ratio, total);
+    }
+    total = ev_block_sum(total);
+#if EV_MODE == EV_MODE_PROBS
+    scale = (ev_acc_t)1 / total;
+#else
+    scale = EV_LOG(total);
+#endif
+#endif
+    for (long long first = 0; first < length; first += tile) {
+        ev_acc_t v[EV_TILE];
+        const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
+        ev_write_tile(out, start, inner, length, first, v, valid, row_max, th, scale, ratio,
+                      log_ratio);
     }
 }
 
@@ -332,7 +407,7 @@ __device__ __forceinline__ void ev_write_tile(
 extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forward(
     const ev_store_t* __restrict__ x, const unsigned char* __restrict__ mask,
     ev_out_t* __restrict__ out, const long long length, const long long inner,
-    const ev_acc_t epsilon, const ev_acc_t log_epsilon, const ev_acc_t log1p_epsilon) {
+    const ev_acc_t ratio, const ev_acc_t log_ratio) {
     const long long row = blockIdx.x;
     const long long start = (row / inner) * length * inner + row % inner;
     const long long cached_span = (long long)EV_CACHE * blockDim.x;
@@ -356,16 +431,23 @@ extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forwa
         return;
     }
     const ev_acc_t row_max = st.max;
-    const ev_acc_t mean = st.shifted_sum / (ev_acc_t)st.count;
+    if (st.shifted_sum == -EV_INF) {  // the same branch in every thread of the block
+        ev_wide_row(x, mask, out, start, inner, length, row_max, st.count, ratio, log_ratio);
+        return;
+    }
+    ev_threshold th;  // an ordinary row: the test is s >= mean
+    th.h = (ev_acc_t)1;
+    th.mh = row_max;
+    th.mean = st.shifted_sum / (ev_acc_t)st.count;
 
     // Pass 2: the normalizer Z (not needed for the support).
     ev_acc_t scale = (ev_acc_t)0;
 #if EV_MODE != EV_MODE_SUPPORT
-    ev_acc_t total = ev_weight_tile(cached, cached_valid, row_max, mean, epsilon, (ev_acc_t)0);
+    ev_acc_t total = ev_weight_tile(cached, cached_valid, row_max, th, ratio, (ev_acc_t)0);
     for (long long first = cached_span; first < length; first += tile) {
         ev_acc_t v[EV_TILE];
         const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
-        total = ev_weight_tile(v, valid, row_max, mean, epsilon, total);
+        total = ev_weight_tile(v, valid, row_max, th, ratio, total);
     }
     total = ev_block_sum(total);
 #if EV_MODE == EV_MODE_PROBS
@@ -376,13 +458,13 @@ extern "C" __global__ void __launch_bounds__(EV_MAX_THREADS, 1) ev_softmax_forwa
 #endif
 
     // Pass 3: the output.
-    ev_write_tile(out, start, inner, length, 0, cached, cached_valid, row_max, mean, scale,
-                  epsilon, log_epsilon, log1p_epsilon);
+    ev_write_tile(out, start, inner, length, 0, cached, cached_valid, row_max, th, scale,
+                  ratio, log_ratio);
     for (long long first = cached_span; first < length; first += tile) {
         ev_acc_t v[EV_TILE];
         const unsigned int valid = ev_load_tile(x, mask, start, inner, length, first, v);
-        ev_write_tile(out, start, inner, length, first, v, valid, row_max, mean, scale, epsilon,
-                      log_epsilon, log1p_epsilon);
+        ev_write_tile(out, start, inner, length, first, v, valid, row_max, th, scale, ratio,
+                      log_ratio);
     }
 }
 """

@@ -1,4 +1,4 @@
-r"""JAX adapter: ev-softmax with a closed-form ``jax.custom_jvp``, shaped for XLA.
+r"""JAX adapter: ev-softmax with a closed-form ``jax.custom_jvp``, one XLA form and the kernel.
 
 Both public functions are jitted (``axis`` and ``epsilon`` static) and carry a
 ``jax.custom_jvp`` whose rule is the closed form of DESIGN §2,
@@ -14,44 +14,28 @@ outside ``V`` (``where`` false or ``-inf``) get exactly zero tangents and
 cotangents because ``p`` is exactly zero there; a row with no valid entry has
 ``p = 0`` everywhere and hence zero gradient, never NaN.
 
-How it is shaped for XLA
-------------------------
-XLA:CPU hands reductions, and the arithmetic around them, to YNNPACK fusions,
-which take arithmetic only (add, sub, mul, div, min, max, floor, exp, ...),
-never a comparison or a select, and whose ``max``/``min`` drop NaN instead of
-propagating it. A ``jnp.where`` between two reductions therefore splits the
-work into several passes that each write a full-size temporary: that is why a
-plain composition costs 2.6-2.9x ``jax.nn.softmax``. Hence:
+Two execution paths, one recipe
+-------------------------------
+The forward pass is one primitive (``<package>_ev_softmax_rows``) with two
+lowerings, both transcribing DESIGN §4's numerical recipe:
 
-* **Exact indicators from arithmetic.** ``floor(z) >= 0`` exactly when
-  ``z >= 0``, so ``gate = big * floor(z)`` is ``>= 0`` on the support and
-  ``<= -big`` off it; shifted scores are ``<= 0``, so ``exp(min(shifted, gate))``
-  is ``exp(shifted)`` on the support and exactly 0 off it. The
-  validity of ``x`` is ``max(x - max(x, -big) + 1, 0)`` (1, or 0 for
-  ``-inf``). Row totals below 1 (only empty rows: a valid row's maximum alone
-  contributes exactly 1) are lifted to 1 so that empty rows give 0, in a way
-  that keeps a NaN total NaN (see :func:`_lift_empty`).
-* **One expression where XLA fuses everything** (accelerators, and XLA:CPU
-  from ``_FUSED_ROWS`` rows on): the select-free statistics above, in one
-  pass of arithmetic.
-* **Two paths and one ``lax.cond`` where XLA:CPU splits the work** (fewer
-  rows): the row maximum and the mean of the shifted scores are computed
-  assuming every entry is valid; their means are all finite exactly when no
-  row holds ``-inf``, NaN or ``+inf``, and then a softmax-shaped pass
-  finishes. Otherwise, and always with a ``where`` mask, statistics that skip
-  invalid entries run instead (invalid entries encoded as ``+1`` next to the
-  valid shifted scores, all ``<= 0``, so ``sum(d)`` and ``sum(|d|)`` give the
-  valid sum and the invalid count); they cost one more pass over memory.
-  Only row vectors cross into the branches and only one branch runs.
-* **vmap keeps one branch.** Rows are independent, so a ``custom_vmap`` rule
-  moves the batch into the array (``axis + 1``) instead of letting ``vmap``
-  turn the ``cond`` into a select of both branches.
+* **the XLA form** (:func:`_xla_form`), everywhere: accelerators, CPUs without
+  the compiled kernel (or with ``EVSOFTMAX_NO_CPU_KERNELS=1``), exports, and
+  computations partitioned over several devices, which XLA's partitioner then
+  keeps sharded (rows are independent; a sharded normalized axis gets its
+  all-reduces);
+* **the compiled CPU kernel** (:mod:`.kernels`, an XLA FFI custom call) on the
+  CPU when it is built, the lowering is local to one device (plain ``jit`` on
+  one device, or the body of a ``shard_map``) and not for ``jax.export``
+  (:func:`.kernels.serves`), and rows are long enough for it to win
+  (:data:`_KERNEL_MIN_LENGTH`).
 
+Which one runs is decided when the computation is lowered, so one trace serves
+every platform, ``shard_map`` and ``jax.export`` see ordinary JAX values, and
+a ``vmap`` just folds the batch into the array (rows are independent).
 A ``where`` mask is applied once, up front, as ``-inf``: masked entries then
-behave exactly like ``-inf`` entries (DESIGN §4) and a masked NaN cannot poison
-its row. NaN or ``+inf`` among the valid entries reach the row total through
-plain subtraction and ``exp``, which makes the whole row NaN.
-
+behave exactly like ``-inf`` entries (DESIGN §4) and a masked NaN cannot
+poison its row.
 """
 
 from __future__ import annotations
@@ -59,13 +43,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_batching import custom_vmap
+from jax.extend.core import Primitive
+from jax.interpreters import batching, mlir
 
+from ... import _ext
 from ..._lib._typing import Array, Namespace
 from . import kernels as _jax_kernels
 from .vjp import ev_softmax_vjp
@@ -80,79 +66,39 @@ def _accumulation_dtype(dtype: Any) -> Any:
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
 
 
-def _gate(z: Array, big: float) -> Array:
-    """``>= 0`` where ``z >= 0`` and ``<= -big`` where ``z < 0``, exactly (NaN stays NaN).
+def _overflow_scale(length: int) -> float:
+    """``2**-k`` with ``2**k >= 2 * length``: scaled scores whose sums cannot overflow."""
+    return math.ldexp(1.0, -max(1, math.ceil(math.log2(2 * length))))
 
-    ``floor(z)`` is ``>= 0`` exactly when ``z >= 0`` and ``<= -1`` otherwise.
-    Shifted scores are ``<= 0``, so ``exp(min(shifted, gate))`` is ``exp(shifted)``
-    on the support and exactly 0 off it.
+
+def _threshold(x: Array, row_max: Array, valid: Array, axis: int, big: float) -> Array:
+    """Per row: the threshold and the scale the support test compares scores at.
+
+    DESIGN §4: the threshold is the *sum* of the valid shifted scores divided
+    once by the valid count (so an entry equal to an exactly representable mean
+    stays in). Shifted scores are ``<= 0`` and so is their rounded mean, so the
+    row maximum (shifted score 0) is always in.
+
+    A row whose shift or sum may overflow (mean below ``-big / K``, which every
+    row with an overflowing shift or sum reaches: its clamped sum is ``<= -big``)
+    is compared at scale ``2**-k`` instead (``t = x * 2**-k - max * 2**-k`` with
+    ``2**k >= 2K``: neither the differences nor their sum can overflow), which
+    gives the exact mean's support; such a row spans more than ``big / K``, so
+    scaling loses nothing that could move an entry across its threshold.
+    Both sums run in the same pass; the choice is made per row in arithmetic
+    (``f`` is exactly 0 or 1), without a select, for the reasons in
+    :func:`_xla_form`.
     """
-    return big * jnp.floor(z)
-
-
-class _Rows(NamedTuple):
-    """Per-entry quantities every output is finished from.
-
-    ``shifted``: score minus the row maximum of the valid entries (so ``<= 0``),
-    exactly ``-inf`` on invalid entries; ``gate``: :func:`_gate` of the distance
-    to the valid-entry mean of ``shifted``.
-    """
-
-    shifted: Array
-    gate: Array
-
-
-def _row_max_and_mean(x: Array, axis: int) -> tuple[Array, Array]:
-    """Row maximum and mean of the shifted scores, assuming every entry is valid.
-
-    The mean is non-finite exactly when a row holds -inf, NaN or +inf.
-    """
-    row_max = jnp.max(x, axis=axis, keepdims=True)
-    # A computed divisor: XLA turns division by a constant into an inexact
-    # multiplication by its reciprocal, and the core divides by a computed count.
-    count = x.shape[axis] + 0.0 * row_max
-    return row_max, jnp.sum(x - row_max, axis=axis, keepdims=True) / count
-
-
-def _rows_without_invalid(x: Array, row_max: Array, mean: Array, big: float) -> _Rows:
-    """Row quantities from :func:`_row_max_and_mean` (rows known to be all valid)."""
-    shifted = x - row_max
-    return _Rows(shifted, _gate(shifted - mean, big))
-
-
-def _rows_skipping_invalid(x: Array, axis: int, big: float) -> _Rows:
-    """Row statistics over the entries that are not ``-inf``: few full-size temporaries.
-
-    For XLA:CPU graphs split into several fusions (fewer than ``_FUSED_ROWS``
-    rows), where every array feeding two reductions is written to memory.
-    """
-    row_max = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), -big)
-    valid = jnp.maximum(x - jnp.maximum(x, -big) + 1.0, 0.0)  # 1 if x > -inf else 0
-    # Valid entries hold their shifted score (<= 0), invalid ones +1: the sums of
-    # d and |d| then give both the valid sum and the invalid count in two plain
-    # reductions over one array.
-    d = jnp.maximum(x - row_max, -big) * valid + (1.0 - valid)
-    total = jnp.sum(d, axis=axis, keepdims=True)
-    absolute = jnp.sum(jnp.abs(d), axis=axis, keepdims=True)
-    invalid = jnp.round(0.5 * (total + absolute))
-    mean = 0.5 * (total - absolute) / jnp.maximum(x.shape[axis] - invalid, 1.0)
-    # The statistics may lose a NaN (YNNPACK's max drops it), but the shifted
-    # scores carry it to the row total through plain subtraction.
-    return _Rows((x - row_max) + jnp.log(valid), _gate(d - mean, big))
-
-
-def _rows_skipping_invalid_fused(x: Array, axis: int, big: float) -> _Rows:
-    """Row statistics over the entries that are not ``-inf``: fewest operations.
-
-    For graphs XLA keeps in one fusion (accelerators; XLA:CPU from
-    ``_FUSED_ROWS`` rows on), where the cost is the arithmetic, not the traffic.
-    """
-    row_max = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), -big)
-    shifted = x - row_max
-    valid = jnp.maximum(x - jnp.maximum(x, -big) + 1.0, 0.0)  # 1 if x > -inf else 0
-    count = jnp.sum(valid, axis=axis, keepdims=True)
-    total = jnp.sum(jnp.maximum(shifted, -big) * valid, axis=axis, keepdims=True)
-    return _Rows(shifted, _gate(shifted - total / jnp.maximum(count, 1.0), big))
+    length = x.shape[axis]
+    scale = _overflow_scale(length)
+    count = jnp.maximum(jnp.sum(valid, axis=axis, keepdims=True), 1.0)
+    plain = jnp.sum(jnp.maximum(x - row_max, -big) * valid, axis=axis, keepdims=True) / count
+    scaled = jnp.maximum(x * scale - row_max * scale, -big) * valid
+    scaled_mean = jnp.sum(scaled, axis=axis, keepdims=True) / count
+    # f = 1 where -plain >= big / K, else 0, by the gate of _xla_form (a clamp
+    # would leave the YNNPACK fusion; a K / big factor is flushed to 0 on the CPU).
+    f = jnp.exp(jnp.minimum(big * jnp.floor(-plain - big / length), 0.0))
+    return f * scaled_mean + (1.0 - f) * jnp.maximum(plain, -big), f * scale + (1.0 - f)
 
 
 def _lift_empty(total: Array) -> Array:
@@ -162,76 +108,103 @@ def _lift_empty(total: Array) -> Array:
     empty rows have a total below 1 (namely 0). ``|t - 1/2| + 1/2`` maps 0 to 1
     and every ``t >= 1`` to itself exactly (below ``2**23`` in float32), and
     unlike ``max``, which drops NaN inside YNNPACK fusions, it keeps a NaN
-    total NaN; it also uses ``total`` once, which keeps XLA's fusion whole.
+    total NaN.
     """
     return jnp.abs(total - 0.5) + 0.5
 
 
-def _finish(rows: _Rows, axis: int, epsilon: float, log: bool) -> Array:
-    """Probabilities (or log-probabilities) from the row quantities."""
-    shifted, gate = rows
+def _xla_form(x: Array, *, axis: int, epsilon: float, log: bool) -> Array:
+    """ev-softmax (or its log) of ``x`` (accumulation dtype, ``-inf`` = excluded), in XLA.
+
+    DESIGN §4's recipe: valid entries only, shift by the valid row maximum,
+    the support from :func:`_threshold`, weights ``exp(x - max)`` times 1 on
+    the support and ``ε/(1+ε)`` off it (finite for every finite ε), normalized
+    by their sum.
+
+    It is written for XLA:CPU, which hands reductions and the arithmetic around
+    them to YNNPACK fusions that take arithmetic only (never a comparison or a
+    select; their ``max``/``min`` drop NaN): a select between two reductions
+    splits the work into passes that each write a full-size temporary (4-6x
+    ``jax.nn.softmax`` instead of about 2x). Hence exact indicators from
+    arithmetic: ``valid = max(x - max(x, -big) + 1, 0)`` is 1, or 0 for
+    ``-inf``; ``floor(z) >= 0`` exactly when ``z >= 0``, so
+    ``gate = big * floor(t - threshold)`` is ``>= 0`` on the support and
+    ``<= -big`` off it, and since shifted scores are ``<= 0``,
+    ``exp(min(shifted, gate))`` is ``exp(shifted)`` on the support and exactly
+    0 off it (``max(exp(min(gate, 0)), ε/(1+ε))`` is exactly 1 or ``ε/(1+ε)``).
+    NaN or ``+inf`` among the valid entries reach the row total through plain
+    subtraction and ``exp``, which makes the whole row NaN; a row with no
+    valid entry gives zeros (``-inf`` for the log).
+    """
+    big = float(np.finfo(x.dtype).max)
+    row_max = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), -big)  # empty rows: -big
+    valid = jnp.maximum(x - jnp.maximum(x, -big) + 1.0, 0.0)  # 1 if x > -inf else 0
+    threshold, scale = _threshold(x, row_max, valid, axis, big)
+    gate = big * jnp.floor(x * scale - row_max * scale - threshold)
+    shifted = x - row_max  # -inf on excluded entries (and overflowed shifts): weight 0
+    ratio, log_ratio = _ext.off_support_weight(epsilon)
     if epsilon == 0.0:
         weights = jnp.exp(jnp.minimum(shifted, gate))
     else:
-        weights = jnp.exp(shifted) * (jnp.exp(jnp.minimum(gate, 0.0)) + epsilon)  # 1 or eps
+        weights = jnp.exp(shifted) * jnp.maximum(jnp.exp(jnp.minimum(gate, 0.0)), ratio)
     total = _lift_empty(jnp.sum(weights, axis=axis, keepdims=True))
     if not log:
         return weights / total
-    # (Selects are fine here: the log form has no speed target, and XLA would
-    # simplify log(exp(gate)) back to the finite gate.)
-    off = -math.inf if epsilon == 0.0 else math.log(epsilon)
-    log_scale = jnp.where(gate < 0.0, off, math.log1p(epsilon))
-    return shifted + log_scale - jnp.log(total)
+    # (A select is fine here: the log form has no speed target.)
+    return shifted + jnp.where(gate < 0.0, log_ratio, 0.0) - jnp.log(total)
 
 
-# XLA:CPU keeps a whole chain of row reductions in one YNNPACK fusion only when
-# the row statistics have at least this many elements (its minimum size for
-# preferring YNNPACK); with fewer rows the chain is split into several fusions.
-_FUSED_ROWS = 4096
+# Rows shorter than this take the XLA form even where the kernel serves: the
+# kernel's per-row work does not amortize on such rows (measured in the JAX
+# adapter benchmark, see docs/jax.md "Performance").
+_KERNEL_MIN_LENGTH = 16
+
+
+def _kernel_form(x: Array, *, axis: int, epsilon: float, log: bool) -> Array:
+    """The compiled kernel on float32/float64 rows long enough, else the XLA form."""
+    if x.dtype in (jnp.float32, jnp.float64) and x.shape[axis] >= _KERNEL_MIN_LENGTH:
+        return _jax_kernels.forward(x, axis, epsilon, log)
+    return _xla_form(x, axis=axis, epsilon=epsilon, log=log)
+
+
+_FORWARD = Primitive(f"{__name__.rpartition('.adapters.')[0]}_ev_softmax_rows")
+
+
+def _rows(x: Array, axis: int, epsilon: float, log: bool) -> Array:
+    """ev-softmax (or its log) of ``x`` (accumulation dtype, ``-inf`` = excluded)."""
+    return _FORWARD.bind(x, axis=axis, epsilon=epsilon, log=log)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _abstract(x: Any, **params: Any) -> Any:
+    return x.update(weak_type=False)  # same shape, dtype, sharding and varying axes
+
+
+def _batch(args: tuple[Any, ...], dims: tuple[Any, ...], *, axis: int, **params: Any) -> Any:
+    """Rows are independent: the batch moves to the front and ``axis`` shifts by one."""
+    (x,), (dim,) = args, dims
+    return _rows(jnp.moveaxis(x, dim, 0), axis + 1, **params), 0
+
+
+def _cpu_lowering(ctx: Any, x: Any, **params: Any) -> Any:
+    """The kernel where it serves this lowering (:func:`.kernels.serves`), else the XLA form."""
+    fun = _kernel_form if _jax_kernels.serves(ctx) else _xla_form
+    return mlir.lower_fun(fun, multiple_results=False)(ctx, x, **params)
+
+
+_eager = jax.jit(_rows, static_argnums=(1, 2, 3))
+_FORWARD.def_impl(lambda x, **p: _eager(x, p["axis"], p["epsilon"], p["log"]))  # type: ignore[no-untyped-call]
+_FORWARD.def_abstract_eval(_abstract)  # type: ignore[no-untyped-call]
+batching.primitive_batchers[_FORWARD] = _batch
+mlir.register_lowering(_FORWARD, mlir.lower_fun(_xla_form, multiple_results=False))
+mlir.register_lowering(_FORWARD, _cpu_lowering, platform="cpu")
 
 
 def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bool) -> Array:
-    """ev-softmax or its log along ``axis``, in the accumulation dtype, cast back once.
-
-    On the CPU the compiled kernel runs when it is built (:mod:`.kernels`).
-    Without it: accelerators, and XLA:CPU with many rows, get one select-free expression
-    that XLA compiles into a single fusion. XLA:CPU with few rows first assumes
-    that no entry is ``-inf``/NaN/``+inf`` (two cheap reductions) and, if some
-    row mean comes out non-finite, switches with a ``lax.cond`` (one branch
-    runs) to statistics that skip invalid entries; a mask always takes that
-    path. A ``cond`` is avoided on accelerators, where it would wait for the
-    device to hand the predicate to the host.
-    """
-    acc = _accumulation_dtype(x.dtype)
-    big = float(np.finfo(acc).max)
-    xa = x.astype(acc)
+    """ev-softmax or its log along ``axis``, in the accumulation dtype, cast back once."""
+    xa = x.astype(_accumulation_dtype(x.dtype))
     if where is not None:
         xa = jnp.where(where, xa, -jnp.inf)
-
-    def fused(xa: Array) -> Array:
-        return _finish(_rows_skipping_invalid_fused(xa, axis, big), axis, epsilon, log)
-
-    def careful(xa: Array) -> Array:
-        return _finish(_rows_skipping_invalid(xa, axis, big), axis, epsilon, log)
-
-    def fast(xa: Array, row_max: Array, mean: Array) -> Array:
-        return _finish(_rows_without_invalid(xa, row_max, mean, big), axis, epsilon, log)
-
-    def cpu(xa: Array) -> Array:
-        if _jax_kernels.available():
-            return _jax_kernels.forward(xa, axis, epsilon, log)
-        if xa.size >= _FUSED_ROWS * xa.shape[axis]:
-            return fused(xa)
-        if where is not None:
-            return careful(xa)
-        # Only row vectors cross into the branches, so nothing full-size is
-        # materialized before the switch.
-        row_max, mean = _row_max_and_mean(xa, axis)
-        ok = jnp.all(jnp.isfinite(mean))
-        return jax.lax.cond(ok, fast, lambda xa, m, mu: careful(xa), xa, row_max, mean)
-
-    out = jax.lax.platform_dependent(xa, cpu=cpu, default=fused)
-    return out.astype(x.dtype)
+    return _rows(xa, axis, epsilon, log).astype(x.dtype)
 
 
 def _inner(probs: Array, tangent: Array, axis: int) -> Array:
@@ -239,42 +212,9 @@ def _inner(probs: Array, tangent: Array, axis: int) -> Array:
     return jnp.sum(probs * tangent, axis=axis, keepdims=True)
 
 
-def _expand_mask(where: Array, batched: bool, rank: int) -> Array:
-    """Give a batched mask (batch dimension first) the rank of the batched input."""
-    if not batched:
-        return where
-    missing = rank - where.ndim
-    return where.reshape(where.shape[:1] + (1,) * missing + where.shape[1:])
-
-
-@functools.cache
-def _batched(axis: int, epsilon: float, log: bool) -> Callable[[Array, Array | None], Array]:
-    """:func:`_normalize` for one static ``(axis, epsilon, log)``, with a ``vmap`` rule.
-
-    Rows are independent, so a ``vmap`` just moves the batch into the array
-    (``axis + 1``). Besides being cheap, this keeps the ``lax.cond`` predicate
-    unbatched: a batched predicate would make ``vmap`` run both branches.
-    """
-
-    @custom_vmap
-    def normalize(x: Array, where: Array | None) -> Array:
-        return _normalize(x, where, axis, epsilon, log)
-
-    @normalize.def_vmap
-    def _(axis_size: int, in_batched: list[Any], x: Array, where: Array | None) -> Any:
-        x_batched, where_batched = in_batched
-        if not x_batched:
-            x = jnp.broadcast_to(x, (axis_size, *x.shape))
-        if where is not None:
-            where = _expand_mask(where, bool(where_batched), x.ndim)
-        return _batched(axis + 1, epsilon, log)(x, where), True
-
-    return normalize  # type: ignore[no-any-return]
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _ev_softmax(x: Array, where: Array | None, axis: int, epsilon: float) -> Array:
-    return _batched(axis, epsilon, False)(x, where)
+    return _normalize(x, where, axis, epsilon, False)
 
 
 @_ev_softmax.defjvp
@@ -291,7 +231,7 @@ def _ev_softmax_jvp(
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _log_ev_softmax(x: Array, where: Array | None, axis: int, epsilon: float) -> Array:
-    return _batched(axis, epsilon, True)(x, where)
+    return _normalize(x, where, axis, epsilon, True)
 
 
 @_log_ev_softmax.defjvp

@@ -44,15 +44,21 @@ def _expression(probs: Array, tangent: Array, *, axis: int) -> Array:
     return probs * (tangent - jnp.sum(probs * tangent, axis=axis, keepdims=True))
 
 
-def _cpu(probs: Array, tangent: Array, *, axis: int) -> Array:
-    """The kernel where it serves (read when lowering), else the expression."""
-    if _jax_kernels.available() and probs.dtype in (jnp.float32, jnp.float64):
+def _kernel(probs: Array, tangent: Array, *, axis: int) -> Array:
+    """The kernel on float32/float64, else the expression."""
+    if probs.dtype in (jnp.float32, jnp.float64):
         return _jax_kernels.vjp(probs, tangent, axis)
     return _expression(probs, tangent, axis=axis)
 
 
+def _cpu_lowering(ctx: Any, probs: Any, tangent: Any, *, axis: int) -> Any:
+    """The kernel where it serves this lowering (:func:`.kernels.serves`), else the expression."""
+    fun = _kernel if _jax_kernels.serves(ctx) else _expression
+    return mlir.lower_fun(fun, multiple_results=False)(ctx, probs, tangent, axis=axis)
+
+
 def _abstract(probs: Any, tangent: Any, *, axis: int) -> Any:
-    return jax.core.ShapedArray(tangent.shape, tangent.dtype)
+    return tangent.update(weak_type=False)  # keeps sharding and varying manual axes
 
 
 def _jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...], *, axis: int) -> tuple[Any, Any]:
@@ -95,4 +101,4 @@ ad.primitive_jvps[_PRIMITIVE] = _jvp
 ad.primitive_transposes[_PRIMITIVE] = _transpose
 batching.primitive_batchers[_PRIMITIVE] = _batch
 mlir.register_lowering(_PRIMITIVE, mlir.lower_fun(_expression, multiple_results=False))
-mlir.register_lowering(_PRIMITIVE, mlir.lower_fun(_cpu, multiple_results=False), platform="cpu")
+mlir.register_lowering(_PRIMITIVE, _cpu_lowering, platform="cpu")

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from .autograd import apply
+from .ops import empty_result
 
-__all__ = ["ev_softmax", "log_ev_softmax"]
+__all__ = ["empty_like", "ev_softmax", "log_ev_softmax"]
 
 
 def ev_softmax(
@@ -35,3 +36,14 @@ def log_ev_softmax(
 ) -> torch.Tensor:
     """Logarithm of ev-softmax of ``x`` along ``axis``, differentiable in closed form."""
     return apply(x, axis, epsilon, where, True)
+
+
+def empty_like(x: torch.Tensor, xp: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The result for an empty ``x``: connected to autograd like ``torch.softmax``'s.
+
+    A result of ``x``'s dtype is computed from ``x`` (its gradient is an empty
+    zero tensor); another dtype (a boolean support) is a new tensor.
+    """
+    if dtype is None or dtype == x.dtype:
+        return empty_result(x)
+    return torch.zeros(x.shape, dtype=dtype, device=x.device)

@@ -54,7 +54,7 @@ def forward(
     if torch.compiler.is_compiling():
         if kernel_op.applies(x, where):
             return kernel_op.cpu_rows_forward(x, dim, epsilon, log)
-        return ops.traced_forward(x, dim, epsilon, where, log)
+        return ops.composed_forward(x, dim, epsilon, where, log)
     if ops.fast_path_applies(x, where):
         return ops.cpu_rows_forward(x, dim, epsilon, log)
     triton_ops = _triton_for(x)
@@ -66,14 +66,18 @@ def forward(
 def _save(
     ctx: Any, x: torch.Tensor, epsilon: float, where: Any, log: bool, out: Any, needed: bool = True
 ) -> None:
-    """Keep what the derivatives need: the output, and for log with epsilon = 0 the mask.
+    """Keep what the derivatives need: the output, and for the log form the mask.
 
-    For the log form with epsilon = 0, -inf marks both masked entries (gradient 0) and
-    valid entries outside the support (gradient g - p * sum(g)); only there is the
-    validity mask kept (when a derivative may be ``needed``), as the output alone
-    cannot tell them apart.
+    In the log form -inf marks both masked entries (gradient 0) and valid entries
+    whose probability is 0 (gradient g - p * sum(g)): outside the support for
+    epsilon = 0, and for every epsilon those whose shift underflows (a range
+    beyond the dtype's maximum). The output alone cannot tell them apart, so the
+    validity mask is kept when a derivative may be ``needed`` and the output may
+    hold -inf (for epsilon > 0 only such extreme rows or masked entries put it there).
     """
-    valid = ops.valid_mask(x, where) if needed and log and epsilon == 0.0 else None
+    valid = None
+    if needed and log and (epsilon == 0.0 or ops.may_hold_minus_inf(out)):
+        valid = ops.valid_mask(x, where)
     ctx.save_for_backward(out, valid)
     ctx.save_for_forward(out, valid)
 
@@ -217,7 +221,14 @@ def _transforms_active() -> bool:
 def apply(
     x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
 ) -> torch.Tensor:
-    """ev-softmax (or its log) of ``x`` along the non-negative ``dim``, differentiable."""
+    """ev-softmax (or its log) of ``x`` along ``dim``, differentiable.
+
+    ``dim`` is non-negative, except while :func:`ops.recording` (a trace or an
+    export records the composed ops, differentiated by autograd, with ``dim`` as
+    the caller gave it).
+    """
+    if ops.recording():
+        return ops.composed_forward(x, dim, epsilon, where, log)
     if torch.compiler.is_compiling():
         function: Any = EvSoftmaxFunction
     elif _transforms_active():

@@ -1,10 +1,15 @@
 """The compiled CPU kernel as a PyTorch custom op, for ``torch.compile`` graphs.
 
-Inductor's own fusion of the traced form (``ops.traced_forward``) runs
+Inductor's own fusion of the composed form (``ops.composed_forward``) runs
 at 1.2-1.5x a compiled softmax on the CPU; the kernel of :mod:`evsoftmax._ext`
 runs at about an eager softmax, which is faster than Inductor's. Inside a
 compiled graph, unmasked CPU inputs therefore call the kernel through this op
 (an opaque node: Dynamo traces no Python into it, Inductor leaves it alone).
+
+The op has a CPU kernel only (and a fake one for tracing): the C kernel reads
+and writes host memory through ``data_ptr()``, so a graph holding the op and
+run on another device fails in the dispatcher instead of handing a device
+pointer to host code.
 
 The op's name carries the package's import name, so a vendored copy of
 evsoftmax registers an op of its own beside this one.
@@ -22,7 +27,7 @@ __all__ = ["applies", "cpu_rows_forward"]
 _NAMESPACE = __name__.rpartition(".adapters.")[0].replace(".", "_")
 
 
-@torch.library.custom_op(f"{_NAMESPACE}::cpu_rows_forward", mutates_args=())
+@torch.library.custom_op(f"{_NAMESPACE}::cpu_rows_forward", mutates_args=(), device_types="cpu")
 def _cpu_rows_op(x: torch.Tensor, dim: int, epsilon: torch.Tensor, log: bool) -> torch.Tensor:
     return ops.cpu_rows_forward(x, dim, float(epsilon), log)
 
@@ -47,7 +52,7 @@ def applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
     """Whether a compiled graph should call the kernel op for ``x``.
 
     Unmasked CPU input, and no ``torch.func`` transform around the call (the op
-    has no autograd or vmap rule of its own; the traced form composes with them).
+    has no autograd or vmap rule of its own; the composed form composes with them).
     """
     if where is not None or x.device.type != "cpu" or not _ext.available():
         return False

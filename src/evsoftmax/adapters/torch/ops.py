@@ -1,24 +1,19 @@
 r"""ev-softmax on torch tensors without autograd: forward passes and closed-form derivatives.
 
 Everything here takes and returns plain tensors; ``autograd`` wraps it in an
-``autograd.Function``. Three forward implementations agree with ``evsoftmax._core``
-(the Triton kernels in ``triton`` are a fourth):
+``autograd.Function``. Two forward implementations agree with ``evsoftmax._core``
+(the Triton kernels in ``triton`` are a third), and both follow DESIGN §4's recipe:
 
-* :func:`composed_forward`: eager torch ops for every layout, mask and device
-  (masked inputs, meta tensors, subclasses, CUDA without triton). It is the
-  core's algorithm (shift by the valid maximum, compare with the mean of the
-  shifted scores) ending in ``torch.softmax`` of scores whose entries outside the
-  support are lowered by :math:`\log\frac{\varepsilon}{1+\varepsilon}`
-  (``-inf`` for :math:`\varepsilon = 0`): softmax is shift invariant, so
-  :math:`\operatorname{softmax}(z) \propto (1\{k \in S\} + \varepsilon) e^{x_k}`.
+* :func:`composed_forward`: the one composition of torch ops, for every layout,
+  mask and device (masked inputs, meta tensors, subclasses, CUDA without
+  triton), and the form that ``torch.compile`` (where the kernel op does not
+  apply), ``torch.export``, the ONNX exporters and ``torch.jit.trace`` record.
 * :func:`cpu_rows_forward`: the eager CPU fast path for unmasked inputs: the
-  fused C kernel of :mod:`evsoftmax._ext` when it is built, else row sums,
-  shift and threshold into a scratch block that stays in cache, then PyTorch's
-  softmax kernel into the output. Rows where the second shortcut is not exact
-  (non-finite entries, or a rounded mean above every entry) are detected from
-  O(rows) data and recomputed with :func:`composed_forward`.
-* :func:`traced_forward`: the form ``torch.compile`` traces, which Inductor
-  fuses into one kernel with the loop structure of a compiled softmax.
+  fused C kernel of :mod:`evsoftmax._ext` when it is built, else
+  :func:`_blocked_rows_forward`, which runs the recipe on cache-sized row
+  blocks (2-7x faster than the composition on 4096x1024 float32) and hands
+  the rows it cannot do (-inf, NaN or +inf entries, an overflowing shift: a
+  non-finite threshold) to :func:`composed_forward`.
 """
 
 from __future__ import annotations
@@ -40,19 +35,22 @@ __all__ = [
     "as_rows",
     "composed_forward",
     "cpu_rows_forward",
+    "empty_result",
     "ev_softmax_vjp",
     "fast_path_applies",
     "from_rows",
-    "traced_forward",
+    "jit_tracing",
     "log_ev_softmax_jvp",
     "log_ev_softmax_vjp",
+    "may_hold_minus_inf",
     "off_support_shift",
+    "recording",
+    "static_graph",
     "valid_mask",
 ]
 
 _NEG_INF = -math.inf
 _HALF = (torch.float16, torch.bfloat16)
-_NEG_TINY = {dtype: -torch.finfo(dtype).tiny for dtype in (torch.float32, torch.float64)}
 # Row blocks of about this many bytes keep the shift, threshold and softmax passes in
 # cache; larger blocks mean fewer ops (each a parallel region when multithreaded).
 _BLOCK_BYTES = 1 << 22
@@ -78,72 +76,126 @@ def valid_mask(x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
     return valid if where is None else valid & where
 
 
+# Scores are scaled by this exact power of two to find the support of a row whose
+# shift x - max overflows: 2**64 >= 2n for every row length n, so neither the scaled
+# differences nor their sum can overflow, and scaling by a power of two is exact.
+_OVERFLOW_SCALE = 2.0**-64
+
+
+def jit_tracing() -> bool:
+    """Whether ``torch.jit.trace`` (or the legacy ONNX exporter) is recording."""
+    return bool(torch.jit.is_tracing())  # type: ignore[attr-defined,no-untyped-call]
+
+
+def recording() -> bool:
+    """Whether ``torch.jit.trace``, ``torch.export`` or an ONNX exporter records the ops.
+
+    Those take :func:`composed_forward` directly, outside any ``autograd.Function``
+    (which a trace can neither save nor export) and without the compiled kernel
+    (which writes through ``data_ptr``: a trace would record its output as a constant).
+    """
+    return jit_tracing() or torch.compiler.is_exporting()
+
+
+def empty_result(x: torch.Tensor) -> torch.Tensor:
+    """ev-softmax (or its log) of an empty ``x``: an empty tensor computed from ``x``.
+
+    Computed rather than created, so that it stays in ``x``'s autograd graph (its
+    gradient is an empty zero tensor), as with ``torch.softmax``.
+    """
+    return x * 0
+
+
+def static_graph() -> bool:
+    """Whether the ops are being recorded into a graph (compile, export, jit trace, functorch).
+
+    Recorded code may not branch on tensor values, so it takes the branch-free forms.
+    """
+    return bool(
+        torch.compiler.is_compiling()
+        or jit_tracing()
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
+def _off_support_weights(epsilon: float, x: torch.Tensor) -> tuple[Any, Any]:
+    r"""Weight :math:`\frac{\varepsilon}{1+\varepsilon}` of entries off the support, and its log.
+
+    Python floats (``0`` and ``-inf`` for :math:`\varepsilon = 0`), or 0-d float64
+    tensors under ``torch.compile``: Dynamo makes a float that changes between
+    calls symbolic, and through a tensor it neither breaks the graph nor
+    recompiles it. (The tensor is a sum rather than ``torch.scalar_tensor``,
+    which Dynamo specializes.) Both forms stay finite for every finite
+    :math:`\varepsilon`, ``1e300`` included.
+    """
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return _ext.off_support_weight(epsilon)  # an exported graph holds them as constants
+    eps = torch.zeros((), dtype=torch.float64, device=x.device) + epsilon
+    return eps / (1.0 + eps), torch.log(eps) - torch.log1p(eps)
+
+
 def composed_forward(
     x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
 ) -> torch.Tensor:
-    """ev-softmax (or its log) of ``x`` along ``dim`` from plain torch ops, for any layout."""
-    out_dtype = x.dtype
-    x = x.to(accumulation_dtype(out_dtype))
-    valid = valid_mask(x, where)
-    has_valid = valid.any(dim, keepdim=True)
-    row_max = torch.where(valid, x, _NEG_INF).amax(dim, keepdim=True)
-    row_max = torch.where(has_valid, row_max, 0.0)
-    # A valid NaN or +inf makes row_max or the shifted row NaN, and with it the whole output row.
-    shifted = torch.where(valid, x - row_max, 0.0)
-    count = valid.sum(dim, keepdim=True, dtype=x.dtype).clamp_min(1.0)
-    below = shifted < shifted.sum(dim, keepdim=True) / count
-    scores = torch.where(below, shifted + off_support_shift(epsilon), shifted)
-    scores = torch.where(valid, scores, _NEG_INF)
-    out = torch.log_softmax(scores, dim) if log else torch.softmax(scores, dim)
-    out = torch.where(has_valid, out, _NEG_INF if log else 0.0)
-    return out.to(out_dtype)
+    r"""ev-softmax (or its log) of ``x`` along ``dim`` from plain torch ops, for any layout.
 
-
-def traced_forward(
-    x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
-) -> torch.Tensor:
-    """ev-softmax (or its log) written for ``torch.compile``: Inductor fuses it into one kernel.
-
-    Three loops over each row, like a compiled softmax: the row statistics (max,
-    share of valid entries, mean), the weights and their sum, the output. The
-    mean is a sum of ``x / length`` (it cannot overflow); the cut is clamped to
-    the row maximum, which is always in the support. ``epsilon`` enters through
-    a tensor, so that a float Dynamo made symbolic (one that changes between
-    calls) neither breaks the graph nor recompiles it.
+    The recipe of DESIGN §4, in ops that ``torch.compile`` (Inductor fuses them
+    into the loops of a compiled softmax: row statistics, weights and their
+    sum, output), ``torch.export``, the ONNX exporters and ``torch.jit.trace``
+    all record: shift the valid entries by their maximum; the threshold is the
+    sum of the shifted scores divided once by the valid count; entries at or
+    above it (the maximum always, as the shifted sum is ``<= 0``) weigh
+    :math:`e^{x - \max}`, the others :math:`\frac{\varepsilon}{1+\varepsilon} e^{x - \max}`.
+    ``dim`` may be negative (a traced graph then follows the input's rank).
     """
     out_dtype = x.dtype
     x = x.to(accumulation_dtype(out_dtype))
-    length = x.shape[dim]
-    valid = x != _NEG_INF
-    if where is None:
-        top = x.amax(dim, keepdim=True)
-    else:
-        valid = valid & where
-        top = torch.where(valid, x, _NEG_INF).amax(dim, keepdim=True)
-    share = valid.sum(dim, keepdim=True, dtype=x.dtype) / length
-    has_valid = share > 0
-    scaled_sum = torch.where(valid, x * (1.0 / length), 0.0).sum(dim, keepdim=True)
-    top = torch.where(has_valid, top, 0.0)
-    cut = torch.minimum(scaled_sum / torch.where(has_valid, share, 1.0), top)
+    valid = valid_mask(x, where)
+    count = valid.sum(dim, keepdim=True, dtype=x.dtype)
+    has_valid = count > 0
+    count = torch.where(has_valid, count, 1.0)
+    top = x if where is None else torch.where(valid, x, _NEG_INF)
+    top = torch.where(has_valid, top.amax(dim, keepdim=True), 0.0)
+    # A valid NaN or +inf makes top or the shifted row NaN, and with it the whole output row.
     shifted = x - top
-    keep = x >= cut
-    eps = torch.scalar_tensor(epsilon, dtype=x.dtype, device=x.device)
-    ratio = eps / (1.0 + eps)  # weight outside the support relative to inside
+    threshold = torch.where(valid, shifted, 0.0).sum(dim, keepdim=True) / count
+    keep = shifted >= threshold
+    # Overflowing rows are rare: on the CPU a check skips their pass. Elsewhere the
+    # check would wait for the device (or there are no values: meta tensors).
+    if static_graph() or x.device.type != "cpu" or not bool(torch.isfinite(threshold).all()):
+        finite = torch.isfinite(threshold)
+        # Logical ops rather than a boolean where, which onnxruntime does not implement.
+        keep = (keep & finite) | (_at_or_above_scaled_mean(x, top, valid, count, dim) & ~finite)
+    ratio, log_ratio = _off_support_weights(epsilon, x)
     exp = torch.exp(shifted)
-    weights = torch.where(keep, exp, exp * ratio)
-    if where is not None:
-        weights = torch.where(valid, weights, 0.0)
+    weights = torch.where(valid, torch.where(keep, exp, exp * ratio), 0.0)
     total = weights.sum(dim, keepdim=True)
     if log:
-        log_weights = torch.where(keep, shifted, shifted + torch.log(ratio))
-        if where is not None:
-            log_weights = torch.where(valid, log_weights, _NEG_INF)
-        # An empty row has -inf log-weights; a total of 1 keeps them -inf.
+        log_weights = torch.where(keep, shifted, shifted + log_ratio)
+        log_weights = torch.where(valid, log_weights, _NEG_INF)
+        # A row with no valid entry has -inf log-weights; a total of 1 keeps them -inf.
         out = log_weights - torch.log(torch.where(has_valid, total, 1.0))
     else:
-        # An empty row has zero weights; an infinite total keeps them 0 (not 0/0).
-        out = weights / torch.where(has_valid, total, math.inf)
+        # A row with no valid entry has zero weights; an infinite total keeps them 0 (not
+        # 0/0). Times the reciprocal, as torch.softmax and the C kernel normalize.
+        out = weights * torch.where(has_valid, total, math.inf).reciprocal()
     return out.to(out_dtype)
+
+
+def _at_or_above_scaled_mean(
+    x: torch.Tensor, top: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, dim: int
+) -> torch.Tensor:
+    """The support, for rows whose shift ``x - max`` or its sum overflows.
+
+    Only rows whose valid range exceeds the dtype's maximum overflow. float32
+    scores are shifted and summed in float64, where they cannot overflow (and the
+    shift is exact); float64 scores are scaled by :data:`_OVERFLOW_SCALE` first.
+    """
+    if x.dtype == torch.float64:
+        scaled = torch.where(valid, x * _OVERFLOW_SCALE - top * _OVERFLOW_SCALE, 0.0)
+    else:
+        scaled = torch.where(valid, x.double() - top.double(), 0.0)
+    return scaled >= scaled.sum(dim, keepdim=True) / count
 
 
 def fast_path_applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
@@ -183,25 +235,28 @@ def _softmax_from(scores: torch.Tensor, out: torch.Tensor, log: bool) -> None:
 
 
 def _block_scores(
-    xb: torch.Tensor, threshold: torch.Tensor, scores: torch.Tensor, shift: float
+    xb: torch.Tensor,
+    threshold: torch.Tensor,
+    scores: torch.Tensor,
+    below: torch.Tensor,
+    shift: float,
 ) -> None:
-    """Fill ``threshold`` with a row block's cuts and ``scores`` with ev-softmax scores.
+    """Fill ``threshold`` with a row block's cuts and ``scores`` with its ev-softmax scores.
 
-    ``threshold`` holds the row sums on entry. Scores are x - mean with -inf below 0
-    (epsilon = 0) or x lowered by ``shift`` below the cut (epsilon > 0).
+    The recipe: ``scores`` are the entries shifted by the row maximum, the cut
+    is their sum divided once by the row length, and scores below it are
+    lowered by ``shift`` (``-inf`` for epsilon = 0). The shifted sum is ``<= 0``,
+    so the maximum (shifted to 0) is always in the support.
     """
+    # A float32 maximum makes the shift of half precision rows float32 (no overflow).
+    torch.sub(xb, xb.amax(-1, keepdim=True).to(scores.dtype), out=scores)
+    torch.sum(scores, -1, keepdim=True, out=threshold)
     threshold.div_(xb.shape[-1])
+    torch.lt(scores, threshold, out=below)
     if shift == _NEG_INF:
-        torch.sub(xb, threshold, out=scores)
-        # The cut is the smallest normal number below 0 rather than -0.0, so that
-        # flush-to-zero modes cannot drop entries equal to the mean.
-        torch.threshold_(scores, _NEG_TINY[scores.dtype], _NEG_INF)
-        return
-    # With epsilon > 0 an empty support would not show up as NaN later, so the
-    # cut is clamped to the row maximum, which is always in the support.
-    torch.minimum(threshold, xb.amax(-1, keepdim=True), out=threshold)
-    torch.lt(xb, threshold, out=scores)
-    torch.add(xb, scores, alpha=shift, out=scores)
+        scores.masked_fill_(below, _NEG_INF)
+    else:
+        scores.add_(below, alpha=shift)
 
 
 def _rows_per_block(rows: int, length: int, itemsize: int) -> int:
@@ -280,44 +335,32 @@ def _blocked_rows_forward(rows: torch.Tensor, epsilon: float, log: bool) -> torc
     threshold = torch.empty((rows.shape[0], 1), dtype=acc)
     step = _rows_per_block(rows.shape[0], length, acc.itemsize)
     scratch = torch.empty((step, length), dtype=acc)
+    below_scratch = torch.empty((step, length), dtype=torch.bool)
     shift = off_support_shift(epsilon)
     blocks: Any = [(rows, out, threshold)]
     if step < rows.shape[0]:
         split = (torch.split(t, step) for t in (rows, out, threshold))
         blocks = zip(*split, strict=True)
     for xb, ob, tb in blocks:
-        scores = scratch[: xb.shape[0]]
-        torch.sum(xb, -1, keepdim=True, dtype=acc, out=tb)
-        _block_scores(xb, tb, scores, shift)
-        _softmax_from(scores, ob, log)
-    if _suspect(threshold, out, epsilon):
+        n = xb.shape[0]
+        _block_scores(xb, tb, scratch[:n], below_scratch[:n], shift)
+        _softmax_from(scratch[:n], ob, log)
+    if not math.isfinite(float(threshold.sum())):
         _repair_rows(rows, out, threshold, epsilon, log)
     return out
-
-
-def _suspect(threshold: torch.Tensor, out: torch.Tensor, epsilon: float) -> bool:
-    """Cheap O(rows) test for rows the shortcut may have got wrong (false alarms are fine).
-
-    A non-finite threshold flags -inf (masked) entries, NaN, +inf or overflow; with
-    ``epsilon == 0`` a rounded mean above every entry leaves an empty support, which
-    softmax turns into a NaN row, visible in its first column.
-    """
-    total = threshold.sum()
-    if epsilon == 0.0:
-        total = total + out[:, 0].sum()
-    return not math.isfinite(float(total))
 
 
 def _repair_rows(
     rows: torch.Tensor, out: torch.Tensor, threshold: torch.Tensor, epsilon: float, log: bool
 ) -> None:
-    """Recompute with :func:`composed_forward` the rows flagged by :func:`_suspect`."""
+    """Recompute with :func:`composed_forward` the rows whose cut is not finite.
+
+    Those hold -inf (masked), NaN or +inf entries, or a range whose shift
+    overflows: cases the shortcut leaves to the full recipe.
+    """
     bad = ~torch.isfinite(threshold[:, 0])
-    if epsilon == 0.0:
-        bad |= torch.isnan(out[:, 0])
-    if bool(bad.any()):
-        index = bad.nonzero()[:, 0]
-        out[index] = composed_forward(rows[index], 1, epsilon, None, log)
+    index = bad.nonzero()[:, 0]
+    out[index] = composed_forward(rows[index], 1, epsilon, None, log)
 
 
 # --- closed-form derivatives ------------------------------------------------------
@@ -334,7 +377,7 @@ def ev_softmax_vjp(probs: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.T
     return out.to(grad.dtype)
 
 
-def _may_hold_invalid(logp: torch.Tensor) -> bool:
+def may_hold_minus_inf(logp: torch.Tensor) -> bool:
     """False only when ``logp`` is known to hold no ``-inf`` (then no masking is needed)."""
     if torch.compiler.is_compiling() or logp.device.type != "cpu":
         return True
@@ -353,10 +396,11 @@ def log_ev_softmax_vjp(
 ) -> torch.Tensor:
     r""":math:`g - p \sum g` over the valid entries of each row, exactly 0 on the others.
 
-    ``valid`` is None when the invalid entries are exactly those where ``logp`` is
-    ``-inf`` (always the case for ``epsilon > 0``).
+    ``valid`` is the validity mask; None means the invalid entries are exactly
+    those where ``logp`` is ``-inf`` (a valid entry whose probability underflows
+    is -inf too, so the autograd Functions keep the mask).
     """
-    if valid is not None or _may_hold_invalid(logp):
+    if valid is not None or may_hold_minus_inf(logp):
         grad = torch.where(_invalid(logp, valid), 0.0, grad)
     lp, g = _in_accumulation_dtype(logp, grad)
     out = torch._log_softmax_backward_data(g, lp, dim, lp.dtype)

@@ -1,0 +1,11 @@
+"""Modules for other libraries' model APIs, each imported only on request.
+
+``evsoftmax.integrations.flax`` (``flax.nnx`` modules) and
+``evsoftmax.integrations.equinox`` (``equinox.Module`` layers) wrap the JAX
+functions of :mod:`evsoftmax.jax`. Importing this package imports neither
+library (nor JAX); import the submodule you need:
+
+>>> from evsoftmax.integrations import flax as evs_flax  # doctest: +SKIP
+"""
+
+__all__: list[str] = []

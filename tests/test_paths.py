@@ -1,0 +1,55 @@
+"""The path matrix: one battery of cases through every execution path (DESIGN §4-5).
+
+``test_battery[PATH-GROUP-DTYPE]`` runs every function ``PATH`` offers on the
+inputs of case group ``GROUP`` (``tests/path_cases.py``) in ``DTYPE`` and
+compares each result with the float64 reference (exact rational mean for the
+support). A path runs in the session of its backend (``EVSOFTMAX_TEST_BACKENDS``);
+a path whose package is missing, or a dtype/case it cannot take, is a visible
+skip with its reason. ``python -m tests.paths --summary`` prints the matrix
+(paths x case groups).
+
+Cost: the traced, compiled and exported paths run each cell as one program
+(one trace/compile/export per cell) over ε in {0, 3, 1e300} (derivatives {0, 3});
+the eager paths sweep all of ``path_cases.EPSILONS``. ``torch.compile`` uses
+the ``aot_eager`` backend here (Dynamo's capture and AOTAutograd, where the
+traced form lives); set ``EVSOFTMAX_MATRIX_COMPILE_BACKEND=inductor`` to run the
+matrix through Inductor's code generation as well (slower: ~1.5 s a cell).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import path_cases as pc
+from .backends import ALL_BACKENDS
+from .paths import PATHS, check, selected_paths
+
+_CELLS = [
+    pytest.param(path, group, dtype, id=f"{path.name}-{group}-{dtype}")
+    for path in selected_paths()
+    for group in pc.GROUPS
+    for dtype in pc.DTYPES
+]
+
+
+@pytest.mark.parametrize(("path", "group", "dtype"), _CELLS)
+def test_battery(path, group, dtype):
+    reason, failures, count = check(path, group, dtype)
+    if reason is not None:
+        if reason.startswith("REQUIRED"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    assert count > 0, f"{path.name} ran no request for {group}"
+    if failures:
+        shown = "\n".join(failures[:12])
+        more = f"\n... and {len(failures) - 12} more" if len(failures) > 12 else ""
+        pytest.fail(f"{len(failures)} of {count} calls differ from the reference:\n{shown}{more}")
+
+
+def test_every_path_belongs_to_a_session():
+    names = [p.name for p in PATHS]
+    assert len(set(names)) == len(names)
+    for path in PATHS:
+        assert path.backend in ALL_BACKENDS, path.name
+        assert set(path.functions) <= set(pc.FORWARD + pc.GRADS + pc.JVPS), path.name
+        assert set(path.dtypes) <= set(pc.DTYPES), path.name
