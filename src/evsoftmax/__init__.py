@@ -13,6 +13,7 @@ Examples
 array([0.27, 0.73, 0.  ])
 """
 
+from ._attention import ev_attention
 from ._baselines import (
     entmax15,
     entmax_bisect,
@@ -32,6 +33,7 @@ __all__ = [
     "entmax15",
     "entmax15_loss",
     "entmax_bisect",
+    "ev_attention",
     "ev_softmax",
     "ev_softmax_jvp",
     "ev_softmax_kl_div",

@@ -44,8 +44,13 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": (".adapters.numpy",),
     "cupy": (".adapters.cupy.adapter",),
-    "torch": (".adapters.torch.adapter", ".adapters.torch.baselines"),
-    "jax": (".adapters.jax.adapter", ".adapters.jax.baselines", ".adapters.jax.expectation"),
+    "torch": (".adapters.torch.adapter", ".adapters.torch.baselines", ".adapters.torch.attention"),
+    "jax": (
+        ".adapters.jax.adapter",
+        ".adapters.jax.baselines",
+        ".adapters.jax.expectation",
+        ".adapters.jax.attention",
+    ),
 }
 
 

@@ -39,10 +39,19 @@ from ._lib._validation import (
     validate_epsilon,
     validate_input,
 )
+from ._torch_attention import EvMultiheadAttention, ev_attention
 from .adapters.torch.autograd import apply
 from .adapters.torch.ops import empty_result, jit_tracing, recording
 
-__all__ = ["EvSoftmax", "EvSoftmaxLoss", "LogEvSoftmax", "ev_softmax", "log_ev_softmax"]
+__all__ = [
+    "EvMultiheadAttention",
+    "EvSoftmax",
+    "EvSoftmaxLoss",
+    "LogEvSoftmax",
+    "ev_attention",
+    "ev_softmax",
+    "log_ev_softmax",
+]
 
 # The array-API namespace of torch tensors, looked up once: the functions below
 # never call into array_api_compat's cached helpers, which torch.compile warns about.
