@@ -202,3 +202,13 @@ def test_empty_support_is_boolean():
     got = evs.ev_softmax_support(torch.empty(0, 3, requires_grad=True))
     assert got.dtype == torch.bool
     assert got.shape == (0, 3)
+
+
+def test_jit_trace_of_an_empty_example_is_refused_naming_the_remedy():
+    with pytest.raises(ValueError, match="non-empty example"):
+        torch.jit.trace(evt.EvSoftmax().eval(), (torch.empty(3, 0),))
+
+
+def test_torch_export_of_an_empty_axis_gives_the_empty_result():
+    program = torch.export.export(evt.EvSoftmax().eval(), (torch.empty(3, 0),))
+    assert program.module()(torch.empty(3, 0)).shape == (3, 0)

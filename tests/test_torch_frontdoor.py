@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -28,10 +29,13 @@ def _t(a, dtype=torch.float64):
 
 def test_public_names():
     assert sorted(evt.__all__) == [
+        "EvMultiheadAttention",
         "EvSoftmax",
         "EvSoftmaxLoss",
         "LogEvSoftmax",
+        "ev_attention",
         "ev_softmax",
+        "ev_softmax_support",
         "log_ev_softmax",
     ]
 
@@ -266,3 +270,34 @@ def test_loss_weight_is_a_buffer_and_training_step_runs():
         opt.step()
         first = value.item() if first is None else first
     assert value.item() < first
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_support_matches_reference_and_top_level(dim):
+    x = _no_ties((4, 6, 5), seed=dim + 11, axis=dim)
+    where = np.random.default_rng(dim + 3).random((4, 6, 5)) > 0.2
+    got = evt.ev_softmax_support(_t(x), dim=dim, where=torch.from_numpy(where))
+    np.testing.assert_array_equal(got.numpy(), ref.support(x, dim, where))
+    top = evs.ev_softmax_support(_t(x), axis=dim, where=torch.from_numpy(where))
+    np.testing.assert_array_equal(got.numpy(), top.numpy())
+
+
+def test_support_of_special_rows():
+    x = torch.tensor(
+        [[1.0, math.nan, 0.0], [1.0, math.inf, 0.0], [-math.inf, -math.inf, -math.inf]]
+    )
+    assert not evt.ev_softmax_support(x).any()
+    assert evt.ev_softmax_support(torch.empty(0, 3)).shape == (0, 3)
+    with pytest.raises(TypeError, match="input"):
+        evt.ev_softmax_support([1.0, 2.0])
+
+
+def test_support_compiles_and_traces():
+    x = torch.tensor([[2.0, 5.0, -1.0]]).repeat(3, 1)  # mean exactly 2: the tie stays in
+    expected = torch.tensor([[True, True, False]]).repeat(3, 1)
+    compiled = torch.compile(evs.ev_softmax_support, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+        traced = torch.jit.trace(evt.ev_softmax_support, (torch.randn(4, 6),))
+        assert torch.equal(traced(x[None]), expected[None])  # another rank, last axis

@@ -15,7 +15,7 @@ __all__ = ["ev_softmax", "ev_softmax_jvp", "ev_softmax_support", "log_ev_softmax
 
 
 def _compiled_torch(x: Any) -> bool:
-    """Whether ``x`` is a torch tensor seen by ``torch.compile`` (Dynamo) while it traces.
+    """Whether ``x`` is a torch tensor seen by ``torch.compile`` (Dynamo) or ``torch.jit.trace``.
 
     The generic path (namespace lookup, lazy adapter import) is not traceable;
     :mod:`evsoftmax.torch` is, and gives the same results. Only the type's
@@ -25,7 +25,7 @@ def _compiled_torch(x: Any) -> bool:
         return False
     import torch
 
-    return torch.compiler.is_compiling()
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def ev_softmax(
@@ -182,6 +182,10 @@ def ev_softmax_support(
     >>> evs.ev_softmax_support(np.array([0.4, 1.4, -0.8]))
     array([ True,  True, False])
     """
+    if _compiled_torch(x):
+        from .torch import ev_softmax_support as torch_ev_softmax_support
+
+        return torch_ev_softmax_support(x, dim=axis, where=where)
     x, axis, where, xp = prepare(x, axis, where, xp)
     return call(
         "ev_softmax_support",

@@ -41,7 +41,13 @@ from ._lib._validation import (
 )
 from ._torch_attention import EvMultiheadAttention, ev_attention
 from .adapters.torch.autograd import apply
-from .adapters.torch.ops import empty_result, jit_tracing, recording
+from .adapters.torch.ops import (
+    composed_support,
+    empty_result,
+    jit_tracing,
+    recorded_empty_axis,
+    recording,
+)
 
 __all__ = [
     "EvMultiheadAttention",
@@ -50,6 +56,7 @@ __all__ = [
     "LogEvSoftmax",
     "ev_attention",
     "ev_softmax",
+    "ev_softmax_support",
     "log_ev_softmax",
 ]
 
@@ -98,8 +105,9 @@ def _normalize(
     mask = _validate_where(where, x)
     eps = _validate_epsilon(epsilon)
     if recording():
-        # Like nn.Softmax, a traced or exported graph then follows the rank of later
-        # inputs. (A trace records sizes as tensors: no test of emptiness here.)
+        if recorded_empty_axis(x, axis):
+            return empty_result(x)
+        # Like nn.Softmax, a traced or exported graph then follows the rank of later inputs.
         return apply(x, int(dim) if dim < 0 else axis, eps, mask, log)
     if is_empty(x):
         return empty_result(x)
@@ -186,6 +194,51 @@ def log_ev_softmax(
     tensor([-0.1323, -2.1323, -5.2309])
     """
     return _normalize(input, dim, epsilon, where, True)
+
+
+def ev_softmax_support(input: torch.Tensor, dim: int = -1, where: Any = None) -> torch.Tensor:
+    """Boolean mask of the entries :func:`ev_softmax` keeps along ``dim``.
+
+    The valid entries (``where`` true, not ``-inf``) at or above the row mean,
+    the row maximum always; rows holding a valid NaN or +inf have an empty
+    support. The same function as :func:`evsoftmax.ev_softmax_support`, written
+    in torch ops that ``torch.compile``, ``torch.export`` and ``torch.jit.trace``
+    record.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        Scores (logits).
+    dim : int, default -1
+        The dimension the mean is taken over.
+    where : bool tensor, optional
+        Entries to include, broadcastable to ``input``.
+
+    Returns
+    -------
+    torch.Tensor
+        A boolean tensor of ``input``'s shape.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import evsoftmax.torch as evt
+    >>> evt.ev_softmax_support(torch.tensor([0.4, 1.4, -0.8]))
+    tensor([ True,  True, False])
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    x = validate_input(input, _XP, "input")
+    axis = normalize_axis(dim, x.ndim, "dim")
+    mask = _validate_where(where, x)
+    if recording():
+        if recorded_empty_axis(x, axis):
+            return torch.zeros_like(x, dtype=torch.bool)
+        # As for ev_softmax: a traced graph follows the rank of later inputs.
+        return composed_support(x, int(dim) if dim < 0 else axis, mask)
+    if is_empty(x):
+        return torch.zeros_like(x, dtype=torch.bool)
+    return composed_support(x, axis, mask)
 
 
 class _EvSoftmaxBase(torch.nn.Module):

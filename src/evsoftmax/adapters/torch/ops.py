@@ -23,6 +23,7 @@ import functools
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ __all__ = [
     "accumulation_dtype",
     "as_rows",
     "composed_forward",
+    "composed_support",
     "cpu_rows_forward",
     "empty_result",
+    "recorded_empty_axis",
     "ev_softmax_vjp",
     "fast_path_applies",
     "from_rows",
@@ -97,6 +100,28 @@ def recording() -> bool:
     return jit_tracing() or torch.compiler.is_exporting()
 
 
+def recorded_empty_axis(x: torch.Tensor, axis: int) -> bool:
+    """Whether a recorded input (export, trace) has an empty ``axis``.
+
+    ``torch.export`` and the dynamo ONNX exporter specialize sizes 0 and 1, so the
+    test is static there and the graph holds the empty result. ``torch.jit.trace``
+    (and the legacy ONNX exporter) records sizes as values: a graph traced on an
+    empty example could not serve later inputs, so it is refused, naming the remedy.
+    """
+    if not jit_tracing():
+        return bool(x.shape[axis] == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        empty = int(x.shape[axis]) == 0
+    if empty:
+        raise ValueError(
+            "torch.jit.trace (and torch.onnx.export with dynamo=False) cannot record "
+            f"ev-softmax for an example input whose dimension {axis} is empty: trace with "
+            "a non-empty example, or use torch.export / torch.onnx.export(dynamo=True)"
+        )
+    return False
+
+
 def empty_result(x: torch.Tensor) -> torch.Tensor:
     """ev-softmax (or its log) of an empty ``x``: an empty tensor computed from ``x``.
 
@@ -134,22 +159,14 @@ def _off_support_weights(epsilon: float, x: torch.Tensor) -> tuple[Any, Any]:
     return eps / (1.0 + eps), torch.log(eps) - torch.log1p(eps)
 
 
-def composed_forward(
-    x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
-) -> torch.Tensor:
-    r"""ev-softmax (or its log) of ``x`` along ``dim`` from plain torch ops, for any layout.
+def _row_statistics(
+    x: torch.Tensor, dim: int, where: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(valid, has_valid, shifted, keep)``: the recipe's row statistics (DESIGN §4).
 
-    The recipe of DESIGN §4, in ops that ``torch.compile`` (Inductor fuses them
-    into the loops of a compiled softmax: row statistics, weights and their
-    sum, output), ``torch.export``, the ONNX exporters and ``torch.jit.trace``
-    all record: shift the valid entries by their maximum; the threshold is the
-    sum of the shifted scores divided once by the valid count; entries at or
-    above it (the maximum always, as the shifted sum is ``<= 0``) weigh
-    :math:`e^{x - \max}`, the others :math:`\frac{\varepsilon}{1+\varepsilon} e^{x - \max}`.
-    ``dim`` may be negative (a traced graph then follows the input's rank).
+    ``keep`` holds the entries at or above the threshold (invalid entries and
+    NaN/+inf rows included as they fall: callers mask with ``valid``).
     """
-    out_dtype = x.dtype
-    x = x.to(accumulation_dtype(out_dtype))
     valid = valid_mask(x, where)
     count = valid.sum(dim, keepdim=True, dtype=x.dtype)
     has_valid = count > 0
@@ -166,6 +183,38 @@ def composed_forward(
         finite = torch.isfinite(threshold)
         # Logical ops rather than a boolean where, which onnxruntime does not implement.
         keep = (keep & finite) | (_at_or_above_scaled_mean(x, top, valid, count, dim) & ~finite)
+    return valid, has_valid, shifted, keep
+
+
+def composed_support(x: torch.Tensor, dim: int, where: torch.Tensor | None) -> torch.Tensor:
+    """The support of ev-softmax along ``dim`` (valid entries at or above the threshold).
+
+    The same statistics as :func:`composed_forward`, so ``torch.compile`` and the
+    tracers record it; rows with a valid NaN or +inf have an empty support.
+    """
+    x = x.to(accumulation_dtype(x.dtype))
+    valid, _has_valid, shifted, keep = _row_statistics(x, dim, where)
+    poisoned = (torch.isnan(shifted) & valid).any(dim, keepdim=True)
+    return keep & valid & ~poisoned
+
+
+def composed_forward(
+    x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
+) -> torch.Tensor:
+    r"""ev-softmax (or its log) of ``x`` along ``dim`` from plain torch ops, for any layout.
+
+    The recipe of DESIGN §4, in ops that ``torch.compile`` (Inductor fuses them
+    into the loops of a compiled softmax: row statistics, weights and their
+    sum, output), ``torch.export``, the ONNX exporters and ``torch.jit.trace``
+    all record: shift the valid entries by their maximum; the threshold is the
+    sum of the shifted scores divided once by the valid count; entries at or
+    above it (the maximum always, as the shifted sum is ``<= 0``) weigh
+    :math:`e^{x - \max}`, the others :math:`\frac{\varepsilon}{1+\varepsilon} e^{x - \max}`.
+    ``dim`` may be negative (a traced graph then follows the input's rank).
+    """
+    out_dtype = x.dtype
+    x = x.to(accumulation_dtype(out_dtype))
+    valid, has_valid, shifted, keep = _row_statistics(x, dim, where)
     ratio, log_ratio = _off_support_weights(epsilon, x)
     exp = torch.exp(shifted)
     weights = torch.where(valid, torch.where(keep, exp, exp * ratio), 0.0)
@@ -196,7 +245,8 @@ def _at_or_above_scaled_mean(
     """
     scale = _OVERFLOW_SCALE if x.dtype == torch.float64 else 1.0
     scaled = torch.where(valid, x.double() * scale, 0.0)
-    return (scaled >= scaled.sum(dim, keepdim=True) / count.double()) | (x == top)
+    top_in = (x == top) & torch.isfinite(top)
+    return (scaled >= scaled.sum(dim, keepdim=True) / count.double()) | top_in
 
 
 def fast_path_applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
@@ -383,7 +433,8 @@ def may_hold_minus_inf(logp: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or logp.device.type != "cpu":
         return True
     try:
-        return bool(logp.amin() == _NEG_INF)
+        # (Not amin() == -inf: a NaN row would hide a fully masked one.)
+        return bool((logp == _NEG_INF).any())
     except RuntimeError:  # functorch's vmap refuses data-dependent control flow
         return True
 
