@@ -25,7 +25,7 @@ def _compiled_torch(x: Any) -> bool:
         return False
     import torch
 
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())  # type: ignore[attr-defined,no-untyped-call]
 
 
 def ev_softmax(

@@ -111,7 +111,7 @@ def recorded_empty_axis(x: torch.Tensor, axis: int) -> bool:
     if not jit_tracing():
         return bool(x.shape[axis] == 0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
         empty = int(x.shape[axis]) == 0
     if empty:
         raise ValueError(
