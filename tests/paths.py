@@ -58,6 +58,26 @@ Result = tuple[np.ndarray, str]
 Runner = Callable[[list[pc.Request]], list[Result]]
 
 
+@contextlib.contextmanager
+def _every_row_length(path: Path) -> Iterator[None]:
+    """On the JAX kernel path, send rows of every length to the kernel.
+
+    The adapter routes rows shorter than ``_KERNEL_MIN_LENGTH`` to the XLA form
+    (faster there); the battery's short rows would otherwise test that form twice.
+    """
+    if path.backend != "jax" or path.kernel is not True:
+        yield
+        return
+    from evsoftmax.adapters.jax import adapter
+
+    saved = adapter._KERNEL_MIN_LENGTH
+    adapter._KERNEL_MIN_LENGTH = 1
+    try:
+        yield
+    finally:
+        adapter._KERNEL_MIN_LENGTH = saved
+
+
 @dataclasses.dataclass(frozen=True)
 class Path:
     """One execution path: what it runs, where it belongs and how to call it."""
@@ -111,7 +131,7 @@ class Path:
             return inner
 
         def run(bundle: list[pc.Request]) -> list[Result]:
-            with _environment(env):
+            with _environment(env), _every_row_length(self):
                 return inner(bundle)
 
         return run
