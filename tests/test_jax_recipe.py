@@ -96,14 +96,10 @@ def _exact_rows(x: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
     ("dtype", "top"), [("float32", 3e38), ("float64", 1.7e308)], ids=["float32", "float64"]
 )
 @pytest.mark.parametrize("epsilon", [0.0, 1e-3])
-def test_a_range_whose_shift_overflows(top, dtype, epsilon, each_path, request):
+def test_a_range_whose_shift_overflows(top, dtype, epsilon, each_path):
     # D16: x - max overflows to -inf for finite x, so the threshold (sum / n)
     # was -inf and the XLA form returned NaN rows. Support and weights follow
     # the exact mean (weights exp(x - max) underflow to 0 far from the max).
-    if each_path == "kernel":
-        # The C kernel's D16 fix is helper "core"'s (issue 12); drop this mark
-        # once it is merged.
-        request.applymarker(pytest.mark.xfail(strict=False, reason="C kernel D16 (branch core)"))
     x = np.array(
         [
             [top, -top, 0.0, 0.0],
