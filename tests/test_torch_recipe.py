@@ -98,15 +98,10 @@ def _check(got: torch.Tensor, rows, dtype, epsilon: float, log: bool) -> None:
 @pytest.mark.parametrize("runner", list(RUNNERS))
 @pytest.mark.parametrize(("name", "rows", "dtype", "epsilon"), CASES, ids=IDS)
 @pytest.mark.parametrize("path", PATHS)
-def test_recipe_cases_on_every_path(
-    path, name, rows, dtype, epsilon, runner, log, monkeypatch, request
-):
+def test_recipe_cases_on_every_path(path, name, rows, dtype, epsilon, runner, log, monkeypatch):
     if runner.startswith("compiled") and log and name.startswith("huge-eps"):
         pytest.skip("covered by the forward form; saves compile time")
     use_path(path, monkeypatch)
-    if path == "kernel" and not runner.endswith("masked") and name.startswith("overflow"):
-        # Unmasked CPU input goes to the C kernel, whose D16 fix is the core's (branch core).
-        request.applymarker(pytest.mark.xfail(reason="C kernel overflow support", strict=False))
     f = evt.log_ev_softmax if log else evt.ev_softmax
     got = RUNNERS[runner](f, torch.tensor(rows, dtype=dtype), epsilon)
     assert got.dtype == dtype
@@ -128,11 +123,9 @@ def test_compiled_grad_keeps_an_entry_equal_to_the_mean(masked):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_overflow_rows_mixed_with_ordinary_rows(path, monkeypatch, request):
+def test_overflow_rows_mixed_with_ordinary_rows(path, monkeypatch):
     # Only the overflowing row takes the scaled support; the others keep theirs.
     use_path(path, monkeypatch)
-    if path == "kernel":
-        request.applymarker(pytest.mark.xfail(reason="C kernel overflow support", strict=False))
     # Row 0: the sum of the scores overflows too; 0 is below the exact mean 0.75e38.
     rows = [[3e38, 3e38, -3e38, 0.0], [2.0, 5.0, -1.0, 2.0], [0.0, -np.inf, 1.0, 2.0]]
     x = torch.tensor(rows, dtype=torch.float32)
