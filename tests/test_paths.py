@@ -24,27 +24,8 @@ from . import path_cases as pc
 from .backends import ALL_BACKENDS
 from .paths import PATHS, check, selected_paths
 
-# Known defects, each an open issue: the cell must fail (xfail_strict), so a fix shows.
-_KNOWN = {
-    ("torch-compile-func", group, dtype): (
-        "torch.compile around torch.func vmap/grad: gradients of rows with -inf, masked "
-        "or NaN entries differ from the closed form (NaN or wrong values); eager torch.func "
-        "and compile without transforms pass (open defect, found by this matrix)"
-    )
-    for group in ("tiny-pad", "special", "where", "where-broadcast")
-    for dtype in pc.DTYPES
-    if (group, dtype) != ("tiny-pad", "float16")  # that cell passes
-}
-
-
-def _param(path, group, dtype):
-    known = _KNOWN.get((path.name, group, dtype))
-    marks = [pytest.mark.xfail(reason=known, strict=True)] if known else []
-    return pytest.param(path, group, dtype, id=f"{path.name}-{group}-{dtype}", marks=marks)
-
-
 _CELLS = [
-    _param(path, group, dtype)
+    pytest.param(path, group, dtype, id=f"{path.name}-{group}-{dtype}")
     for path in selected_paths()
     for group in pc.GROUPS
     for dtype in pc.DTYPES

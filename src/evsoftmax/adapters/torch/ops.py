@@ -174,7 +174,7 @@ def _row_statistics(
     top = x if where is None else torch.where(valid, x, _NEG_INF)
     top = torch.where(has_valid, top.amax(dim, keepdim=True), 0.0)
     # A valid NaN or +inf makes top or the shifted row NaN, and with it the whole output row.
-    shifted = x - top
+    shifted = torch.where(valid, x - top, _NEG_INF)
     threshold = torch.where(valid, shifted, 0.0).sum(dim, keepdim=True) / count
     keep = shifted >= threshold
     # Overflowing rows are rare: on the CPU a check skips their pass. Elsewhere the
@@ -221,9 +221,12 @@ def composed_forward(
     total = weights.sum(dim, keepdim=True)
     if log:
         log_weights = torch.where(keep, shifted, shifted + log_ratio)
-        log_weights = torch.where(valid, log_weights, _NEG_INF)
         # A row with no valid entry has -inf log-weights; a total of 1 keeps them -inf.
-        out = log_weights - torch.log(torch.where(has_valid, total, 1.0))
+        log_total = torch.log(torch.where(has_valid, total, 1.0))
+        # Masked after the normalizer, so that autograd of this composition (under
+        # compile around torch.func) sends no cotangent of an invalid entry to it;
+        # invalid entries are -inf, or NaN in a NaN row (-inf - NaN).
+        out = torch.where(valid, log_weights - log_total, _NEG_INF - log_total.detach())
     else:
         # A row with no valid entry has zero weights; an infinite total keeps them 0 (not
         # 0/0). Times the reciprocal, as torch.softmax and the C kernel normalize.
