@@ -7,6 +7,7 @@ import doctest
 import numpy as np
 import pytest
 
+from . import attention_reference
 from .backends import selected
 from .jax_helpers import rows_away_from_ties
 from .reference import ev_softmax as ref_ev_softmax
@@ -102,3 +103,56 @@ def test_docstring_examples_run():
     for test in doctest.DocTestFinder().find(evs_eqx, globs={}):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+def _attention_reference(layer, query, kv, mask=None, eps=0.0):
+    """The layer's projections, dense float64 ev-attention per head, then its output."""
+    heads = [
+        np.asarray(jax.vmap(p)(x), np.float64).reshape(x.shape[0], layer.num_heads, -1)
+        for p, x in ((layer.query_proj, query), (layer.key_proj, kv), (layer.value_proj, kv))
+    ]
+    q, k, v = (np.swapaxes(h, 0, 1) for h in heads)
+    out, _ = attention_reference.ev_attention(q, k, v, mask, eps=eps)
+    out = np.swapaxes(out, 0, 1).reshape(query.shape[0], -1)
+    return np.asarray(jax.vmap(layer.output_proj)(jnp.asarray(out, jnp.float32)))
+
+
+def test_multihead_attention_matches_the_reference_in_both_modes_and_with_masks():
+    inner = eqx.nn.MultiheadAttention(2, 8, key=jax.random.key(4))
+    layer = evs_eqx.EvMultiheadAttention(inner, epsilon=EPS)
+    rng = np.random.default_rng(6)
+    query = jnp.asarray(rng.standard_normal((5, 8)), jnp.float32)
+    kv = jnp.asarray(rng.standard_normal((7, 8)), jnp.float32)
+    mask = rng.random((5, 7)) > 0.3
+    mask[2] = False  # a query with no valid key: zeros before the output projection
+    per_head = np.stack([mask, ~mask])
+    per_head[:, :, 0] = True
+    forward = eqx.filter_jit(lambda m, q, kv, mask: m(q, kv, kv, mask))
+    for m in (None, mask, per_head):
+        jm = None if m is None else jnp.asarray(m)
+        np.testing.assert_allclose(
+            forward(layer, query, kv, jm),
+            _attention_reference(inner, query, kv, m, eps=EPS),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        np.testing.assert_allclose(
+            forward(eqx.nn.inference_mode(layer), query, kv, jm),
+            _attention_reference(inner, query, kv, m),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_multihead_attention_validates_its_arguments():
+    with pytest.raises(TypeError, match="attention"):
+        evs_eqx.EvMultiheadAttention(eqx.nn.Linear(2, 2, key=jax.random.key(0)))
+    with pytest.raises(ValueError, match="dropout"):
+        evs_eqx.EvMultiheadAttention(
+            eqx.nn.MultiheadAttention(2, 8, dropout_p=0.1, key=jax.random.key(0))
+        )
+    with pytest.raises(ValueError, match="epsilon"):
+        evs_eqx.EvMultiheadAttention(eqx.nn.MultiheadAttention(2, 8, key=jax.random.key(0)), -1.0)
+    layer = evs_eqx.EvMultiheadAttention(eqx.nn.MultiheadAttention(2, 8, key=jax.random.key(0)))
+    with pytest.raises(ValueError, match="equal length"):
+        layer(jnp.ones((3, 8)), jnp.ones((4, 8)), jnp.ones((5, 8)))

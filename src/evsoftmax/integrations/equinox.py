@@ -1,4 +1,4 @@
-r"""ev-softmax as Equinox layers: ``EvSoftmax`` and ``LogEvSoftmax``.
+r"""ev-softmax as Equinox layers: ``EvSoftmax``, ``LogEvSoftmax`` and ``EvMultiheadAttention``.
 
 The paper's protocol, spelled the way ``equinox.nn.Dropout`` spells it: a layer
 trains with the full-support family
@@ -33,9 +33,9 @@ from typing import Any
 import equinox as eqx
 
 from .._lib._validation import validate_epsilon
-from ..jax import ev_softmax, log_ev_softmax
+from ._modes import heads_attention, normalize
 
-__all__ = ["EvSoftmax", "LogEvSoftmax"]
+__all__ = ["EvMultiheadAttention", "EvSoftmax", "LogEvSoftmax"]
 
 
 class _EvSoftmaxBase(eqx.Module):
@@ -49,34 +49,33 @@ class _EvSoftmaxBase(eqx.Module):
         self.inference = inference
 
     def _normalize(self, x: Any, where: Any, inference: bool | None, log: bool) -> Any:
-        if inference is None:
-            inference = self.inference
-        epsilon = 0.0 if inference else self.epsilon
-        function = log_ev_softmax if log else ev_softmax
-        return function(x, axis=self.axis, epsilon=epsilon, where=where)
+        evaluating = self.inference if inference is None else inference
+        return normalize(
+            x, axis=self.axis, epsilon=self.epsilon, where=where, evaluating=evaluating, log=log
+        )
 
 
 class EvSoftmax(_EvSoftmaxBase):
     r"""ev-softmax as an Equinox layer: ``epsilon`` while training, sparse in inference mode.
 
-        Parameters
-        ----------
-        axis : int, default -1
-            The axis to normalize over.
-        epsilon : float, default 1e-6
-            Weight of the entries below the mean while training; finite and ``>= 0``.
-        inference : bool, default False
-            Evaluation mode (:math:`\varepsilon = 0`); set by
-            ``equinox.nn.inference_mode``, like ``equinox.nn.Dropout``'s.
+    Parameters
+    ----------
+    axis : int, default -1
+        The axis to normalize over.
+    epsilon : float, default 1e-6
+        Weight of the entries below the mean while training; finite and ``>= 0``.
+    inference : bool, default False
+        Evaluation mode (:math:`\varepsilon = 0`); set by
+        ``equinox.nn.inference_mode``, like ``equinox.nn.Dropout``'s.
 
-        Examples
-        --------
-        >>> import jax.numpy as jnp
+    Examples
+    --------
+    >>> import jax.numpy as jnp
     >>> import numpy as np
-        >>> from evsoftmax.integrations.equinox import EvSoftmax
-        >>> layer = EvSoftmax(epsilon=0.1)
-        >>> print(np.asarray(layer(jnp.array([0.0, 1.0, 2.0]), inference=True)).round(4))
-        [0.     0.2689 0.7311]
+    >>> from evsoftmax.integrations.equinox import EvSoftmax
+    >>> layer = EvSoftmax(epsilon=0.1)
+    >>> print(np.asarray(layer(jnp.array([0.0, 1.0, 2.0]), inference=True)).round(4))
+    [0.     0.2689 0.7311]
     """
 
     def __call__(
@@ -89,25 +88,25 @@ class EvSoftmax(_EvSoftmaxBase):
 class LogEvSoftmax(_EvSoftmaxBase):
     r"""Logarithm of :class:`EvSoftmax`: ``epsilon`` while training, 0 in inference mode.
 
-        In inference mode, entries below their row's mean are ``-inf``.
+    In inference mode, entries below their row's mean are ``-inf``.
 
-        Parameters
-        ----------
-        axis : int, default -1
-            The axis to normalize over.
-        epsilon : float, default 1e-6
-            Weight of the entries below the mean while training; finite and ``>= 0``.
-        inference : bool, default False
-            Evaluation mode (:math:`\varepsilon = 0`); set by ``equinox.nn.inference_mode``.
+    Parameters
+    ----------
+    axis : int, default -1
+        The axis to normalize over.
+    epsilon : float, default 1e-6
+        Weight of the entries below the mean while training; finite and ``>= 0``.
+    inference : bool, default False
+        Evaluation mode (:math:`\varepsilon = 0`); set by ``equinox.nn.inference_mode``.
 
-        Examples
-        --------
-        >>> import jax.numpy as jnp
+    Examples
+    --------
+    >>> import jax.numpy as jnp
     >>> import numpy as np
-        >>> from evsoftmax.integrations.equinox import LogEvSoftmax
-        >>> layer = LogEvSoftmax(epsilon=0.5)
-        >>> print(np.asarray(layer(jnp.array([2.0, 0.0, -2.0]))).round(4))
-        [-0.1323 -2.1323 -5.2309]
+    >>> from evsoftmax.integrations.equinox import LogEvSoftmax
+    >>> layer = LogEvSoftmax(epsilon=0.5)
+    >>> print(np.asarray(layer(jnp.array([2.0, 0.0, -2.0]))).round(4))
+    [-0.1323 -2.1323 -5.2309]
     """
 
     def __call__(
@@ -115,3 +114,99 @@ class LogEvSoftmax(_EvSoftmaxBase):
     ) -> Any:
         """Log-probabilities of ``x`` along ``axis`` (``key`` is accepted and unused)."""
         return self._normalize(x, where, inference, log=True)
+
+
+class EvMultiheadAttention(eqx.Module):
+    r"""``equinox.nn.MultiheadAttention`` with ev-softmax over each query's valid keys.
+
+    Wraps a ``MultiheadAttention`` and uses its projections unchanged (so a
+    trained layer's weights carry over), but computes the attention with
+    :func:`evsoftmax.ev_attention`: O(L + S) memory per head, no score matrix.
+    ``epsilon`` applies while training and 0 in inference mode, switched by
+    ``equinox.nn.inference_mode`` like the other layers here.
+
+    Parameters
+    ----------
+    attention : equinox.nn.MultiheadAttention
+        The layer whose projections are used; its dropout must be 0 (the
+        attention weights are never formed, so they cannot be dropped).
+    epsilon : float, default 1e-6
+        Weight of the keys outside the support while training; finite and ``>= 0``.
+    inference : bool, default False
+        Evaluation mode (:math:`\varepsilon = 0`).
+
+    Examples
+    --------
+    >>> import equinox as eqx
+    >>> import jax
+    >>> from evsoftmax.integrations.equinox import EvMultiheadAttention
+    >>> layer = EvMultiheadAttention(eqx.nn.MultiheadAttention(2, 8, key=jax.random.key(0)))
+    >>> x = jax.numpy.ones((5, 8))
+    >>> layer(x, x, x).shape
+    (5, 8)
+    """
+
+    attention: eqx.nn.MultiheadAttention
+    epsilon: float = eqx.field(static=True)
+    inference: bool
+
+    def __init__(
+        self,
+        attention: eqx.nn.MultiheadAttention,
+        epsilon: float = 1e-6,
+        *,
+        inference: bool = False,
+    ):
+        if not isinstance(attention, eqx.nn.MultiheadAttention):
+            raise TypeError(
+                "attention must be an equinox.nn.MultiheadAttention, "
+                f"got {type(attention).__name__}"
+            )
+        if attention.dropout.p != 0:
+            raise ValueError(
+                "attention: its dropout must be 0 (ev-attention never forms the weights "
+                f"to drop), got dropout_p={attention.dropout.p!r}"
+            )
+        self.attention = attention
+        self.epsilon = validate_epsilon(epsilon)
+        self.inference = inference
+
+    def __call__(
+        self,
+        query: Any,
+        key_: Any,
+        value: Any,
+        mask: Any = None,
+        *,
+        key: Any = None,
+        inference: bool | None = None,
+        process_heads: Any = None,
+    ) -> Any:
+        """Attend like ``MultiheadAttention.__call__`` (``key`` is accepted and unused).
+
+        ``mask`` is ``(q_seq, kv_seq)`` or ``(num_heads, q_seq, kv_seq)``, ``False``
+        where a key is ignored; ``process_heads`` as in Equinox.
+        """
+        import jax
+
+        layer = self.attention
+        if key_.shape[0] != value.shape[0]:
+            raise ValueError("key_ and value must both be sequences of equal length.")
+        heads = [
+            jax.vmap(projection)(x).reshape(x.shape[0], layer.num_heads, -1)
+            for projection, x in (
+                (layer.query_proj, query),
+                (layer.key_proj, key_),
+                (layer.value_proj, value),
+            )
+        ]
+        if process_heads is not None:
+            heads = list(process_heads(*heads))
+        evaluating = self.inference if inference is None else inference
+        out = heads_attention(
+            *heads,
+            mask=mask,
+            is_causal=False,
+            epsilon=0.0 if evaluating else self.epsilon,
+        )
+        return jax.vmap(layer.output_proj)(out.reshape(query.shape[0], -1))
