@@ -183,20 +183,36 @@ def test_prepared_eager_mask_counts_finfo_min_as_excluded(model, batch):
     torch.testing.assert_close(ev, _logits(model, REFERENCE, ids, mask), rtol=1e-10, atol=1e-10)
 
 
-def test_output_attentions_are_the_reference_weights(model, batch):
-    ids, mask = batch
-    with torch.no_grad():
-        ev = model(ids, attention_mask=mask, output_attentions=True).attentions
-        model.set_attn_implementation(REFERENCE)
-        try:
-            reference = model(ids, attention_mask=mask, output_attentions=True).attentions
-        finally:
-            model.set_attn_implementation(evs_hf.NAME)
-    assert len(ev) == 2 and ev[0].shape == (2, 4, 7, 7)
-    for got, expected in zip(ev, reference, strict=True):
+@pytest.mark.parametrize("padded", [True, False], ids=["padding-mask", "causal-flag"])
+def test_output_attentions_are_the_reference_weights(model, batch, padded):
+    ids, mask = batch if padded else (batch[0][1:], None)  # no padding: no mask, is_causal
+    attentions = {}
+    for implementation in (evs_hf.NAME, REFERENCE):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            attentions[implementation] = model(
+                ids, attention_mask=mask, output_attentions=True
+            ).attentions
+    model.set_attn_implementation(evs_hf.NAME)
+    ev = attentions[evs_hf.NAME]
+    assert len(ev) == 2 and ev[0].shape == (len(ids), 4, 7, 7)
+    for got, expected in zip(ev, attentions[REFERENCE], strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    # Sparse: some valid (query, key) pairs get exactly 0.
-    assert (ev[0][1][torch.ones(7, 7).tril().bool().expand(4, 7, 7)] == 0).any()
+    # Sparse: some causally valid (query, key) pairs of the last sequence get exactly 0.
+    assert (ev[0][-1][torch.ones(7, 7).tril().bool().expand(4, 7, 7)] == 0).any()
+
+
+def test_per_head_mask_and_grouped_heads():
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 5, 8, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, 6, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    valid = torch.rand(2, 4, 5, 6, generator=gen) > 0.3
+    module = torch.nn.Module().eval()
+    out, _ = evs_hf.ev_softmax_attention_forward(module, q, k, v, valid, scaling=0.5)
+    expected, _ = _dense(q, k, v, valid, 0.5, 0.0)
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        evs_hf.ev_softmax_attention_forward(module, q, k, v, valid[:, :2])
 
 
 def test_generate_matches_reference(model, batch):
