@@ -12,8 +12,8 @@ Conventions (for everyone who writes a page):
 * The line ``<!-- docs-test: skip: REASON -->`` just before a block skips it
   visibly (it only illustrates: it needs a GPU, a download, ...); later blocks
   must not depend on it.
-* A block that imports a framework (torch, jax, flax, equinox, dask,
-  array_api_strict, cupy) runs in the test session of that backend
+* A block that imports a framework (torch, jax, flax, equinox, transformers,
+  dask, array_api_strict, cupy) runs in the test session of that backend
   (``EVSOFTMAX_TEST_BACKENDS``) and skips visibly elsewhere, as do the later
   blocks of its page.
 """
@@ -47,6 +47,7 @@ _BACKEND_OF = {
     "jax": "jax",
     "flax": "jax",
     "equinox": "jax",
+    "transformers": "torch",
     "optax": "jax",
     "dask": "dask",
     "array_api_strict": "array_api_strict",

@@ -26,7 +26,7 @@ def test_info_reports_versions_and_every_fast_path(capsys):
     report = _report(capsys)
     assert report["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
     assert report["backends"]["numpy"]["installed"]
-    assert set(report["integrations"]) == {"flax", "equinox"}
+    assert set(report["integrations"]) == {"flax", "equinox", "transformers"}
     assert set(report["fast_paths"]) == {"cpu_kernel", "jax_ffi", "triton", "cupy_kernels"}
     for name, path in report["fast_paths"].items():
         # An inactive path always says why, and what to do about it.

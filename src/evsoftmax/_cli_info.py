@@ -49,7 +49,7 @@ _BACKENDS: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 # Integration modules (evsoftmax.integrations.NAME) -> their extra.
-_INTEGRATIONS = {"flax": "flax", "equinox": "equinox"}
+_INTEGRATIONS = {"flax": "flax", "equinox": "equinox", "transformers": "transformers"}
 
 # The C kernel's clones (GCC ``target_clones``, x86-64 Linux builds) and the CPU
 # flags (as /proc/cpuinfo names them) each needs; GCC's loader picks the first
