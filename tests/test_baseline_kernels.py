@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -255,3 +256,17 @@ def test_torch_kernel_on_threads_matches_sort_based_ops(name, spy, monkeypatch):
     assert (spy.forward, spy.vjp) == (1, 1)
     torch.testing.assert_close(out, out_ops, atol=1e-10, rtol=0)
     torch.testing.assert_close(grad, grad_ops, atol=1e-9, rtol=0)
+
+
+def test_torch_jit_trace_records_the_ops_not_the_kernel(spy):
+    """A trace cannot see the kernel's writes: it records the torch ops, valid for new inputs."""
+    torch = _torch()
+    x = torch.tensor(_rng_rows(13, (3, 5), 1.0))
+    with warnings.catch_warnings():
+        # Deprecated, and it warns about the Python-level shape checks it records as constants.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(evs.sparsemax, (x,), check_trace=False)
+    assert spy.forward == 0
+    other = torch.tensor(_rng_rows(14, (3, 5), 1.0))
+    _assert_matches(traced(other).numpy(), ref.sparsemax(other.numpy()), "float64")

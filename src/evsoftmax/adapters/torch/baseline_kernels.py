@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ... import _ext
+from . import ops
 from .ops import _openmp_parallel, accumulation_dtype, as_rows, from_rows
 
 __all__ = ["applies", "forward", "vjp"]
@@ -25,12 +26,12 @@ def applies(*tensors: torch.Tensor) -> bool:
     """Whether the kernels may run on ``tensors``: eager, plain CPU floating tensors.
 
     Not while ``torch.compile`` traces or a ``torch.func`` transform is active
-    (their tensors have no memory of their own), and not when the kernels are
-    not built or turned off (``EVSOFTMAX_NO_CPU_KERNELS``).
+    (their tensors have no memory of their own), not while ``torch.jit.trace``
+    or ``torch.export`` records (a trace would hold the kernel's output as a
+    constant), and not when the kernels are not built or turned off
+    (``EVSOFTMAX_NO_CPU_KERNELS``).
     """
-    if _ext.baseline_kernels() is None or torch.compiler.is_compiling():
-        return False
-    if torch._C._are_functorch_transforms_active():
+    if _ext.baseline_kernels() is None or ops.static_graph() or ops.recording():
         return False
     return all(
         type(t) is torch.Tensor and t.device.type == "cpu" and t.dtype in _FLOATS for t in tensors
