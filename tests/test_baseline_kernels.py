@@ -236,7 +236,8 @@ def test_kernel_rejects_bad_arguments():
         )
 
 
-@pytest.mark.parametrize("name", MAPS)
+# The threading is the same for every map: one of each kernel (bisection with a general power).
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "bisect_1.25"])
 def test_torch_kernel_on_threads_matches_sort_based_ops(name, spy, monkeypatch):
     """A shape the kernels split over PyTorch's threads, against the sort-based torch ops.
 
