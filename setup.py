@@ -1,10 +1,11 @@
 """Build script for the optional C kernels; all other metadata is in ``pyproject.toml``.
 
 ``evsoftmax._ext._cpu_kernels`` (fused CPU ev-softmax rows, used by the NumPy
-and PyTorch adapters) is compiled when a C compiler is available. It is
+and PyTorch adapters) and ``evsoftmax._ext._baseline_kernels`` (sparsemax and
+entmax rows) are compiled when a C compiler is available. They are
 optional: if the build fails, or on platforms without POSIX threads, the
-package installs without it and takes its array-library code paths instead.
-Set ``EVSOFTMAX_NO_EXTENSIONS=1`` to skip it on purpose.
+package installs without them and takes its array-library code paths instead.
+Set ``EVSOFTMAX_NO_EXTENSIONS=1`` to skip them on purpose.
 """
 
 from __future__ import annotations
@@ -22,14 +23,24 @@ def _extensions() -> list[Extension]:
     args = ["-O3", "-fopenmp-simd"]
     if sys.platform.startswith("linux"):
         args.append("-pthread")
+    link = ["-pthread"] if sys.platform.startswith("linux") else []
     kernels = Extension(
         "evsoftmax._ext._cpu_kernels",
         sources=["src/evsoftmax/_ext/_cpu_kernels.c"],
         extra_compile_args=args,
-        extra_link_args=["-pthread"] if sys.platform.startswith("linux") else [],
+        extra_link_args=link,
         optional=True,
     )
-    return [kernels]
+    headers = ["src/evsoftmax/_ext/_common.h", "src/evsoftmax/_ext/_baseline_rows.h"]
+    baselines = Extension(
+        "evsoftmax._ext._baseline_kernels",
+        sources=["src/evsoftmax/_ext/_baseline_kernels.c"],
+        depends=headers,
+        extra_compile_args=args,
+        extra_link_args=link,
+        optional=True,
+    )
+    return [kernels, baselines]
 
 
 setup(ext_modules=_extensions())

@@ -13,23 +13,29 @@ import pytest
 
 from evsoftmax import _ext
 
-__all__ = ["PATHS", "require_cpu_kernels", "use_path"]
+__all__ = ["PATHS", "require_baseline_kernels", "require_cpu_kernels", "use_path"]
 
 # "kernel": the compiled kernel; "array-ops": the framework's own ops without it.
 PATHS = ["kernel", "array-ops"]
 
 
-def require_cpu_kernels() -> None:
-    """Skip (or, when required, fail) unless the compiled kernels are available."""
-    if _ext.available():
+def require_cpu_kernels(module: str = "_cpu_kernels") -> None:
+    """Skip (or, when required, fail) unless the compiled kernels (``module``) are available."""
+    found = _ext.available() if module == "_cpu_kernels" else _ext.baseline_kernels() is not None
+    if found:
         return
     if os.environ.get("EVSOFTMAX_REQUIRE_CPU_KERNELS"):
         pytest.fail(
-            "evsoftmax._ext._cpu_kernels is not built, but the test run requires it "
+            f"evsoftmax._ext.{module} is not built, but the test run requires it "
             "(EVSOFTMAX_REQUIRE_CPU_KERNELS is set): install a C compiler (e.g. gcc) and "
             "reinstall evsoftmax from source; `evsoftmax info` shows whether the kernel is built"
         )
     pytest.skip("evsoftmax's compiled CPU kernels are not built")
+
+
+def require_baseline_kernels() -> None:
+    """:func:`require_cpu_kernels` for the baselines' kernels (``_baseline_kernels``)."""
+    require_cpu_kernels("_baseline_kernels")
 
 
 def use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:

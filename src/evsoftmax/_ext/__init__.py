@@ -1,10 +1,12 @@
-r"""Optional compiled kernels: fused ev-softmax over contiguous CPU rows.
+r"""Optional compiled kernels: fused ev-softmax and baselines over contiguous CPU rows.
 
-``_cpu_kernels`` is a C extension built at install time when a C compiler is
-available (see ``setup.py``); without it, :func:`cpu_kernels` returns None and
-the adapters use their array-library code paths, which give the same results.
-Set the environment variable ``EVSOFTMAX_NO_CPU_KERNELS=1`` to ignore a built
-copy (the tests use it to exercise both paths).
+``_cpu_kernels`` (ev-softmax) and ``_baseline_kernels`` (sparsemax, 1.5-entmax,
+alpha-entmax by bisection and their VJP) are C extensions built at install
+time when a C compiler is available (see ``setup.py``); without them,
+:func:`cpu_kernels` and :func:`baseline_kernels` return None and the adapters
+use their array-library code paths, which give the same results. Set the
+environment variable ``EVSOFTMAX_NO_CPU_KERNELS=1`` to ignore built copies
+(the tests use it to exercise both paths).
 
 The kernel reads each row from memory once and computes, in cache, the row
 maximum, the mean of the shifted scores (the support test of
@@ -34,19 +36,32 @@ from types import ModuleType
 
 from .._core import off_support_weight
 
-__all__ = ["available", "cpu_kernels", "ev_softmax_rows", "off_support_weight"]
+__all__ = [
+    "BASELINE_OPS",
+    "available",
+    "baseline_kernels",
+    "baseline_rows",
+    "baseline_vjp_rows",
+    "cpu_kernels",
+    "ev_softmax_rows",
+    "off_support_weight",
+]
 
 
-def _load() -> ModuleType | None:
+def _load(name: str) -> ModuleType | None:
     try:
-        return importlib.import_module("._cpu_kernels", __name__)
+        return importlib.import_module(name, __name__)
     except ImportError:
         return None
 
 
-# Loaded with the package (a small library, no framework): a plain global, which
+# Loaded with the package (small libraries, no framework): plain globals, which
 # torch.compile can read while tracing, unlike a cached loader.
-_KERNELS = _load()
+_KERNELS = _load("._cpu_kernels")
+_BASELINES = _load("._baseline_kernels")
+
+BASELINE_OPS = {"sparsemax": 0, "entmax15": 1, "entmax_bisect": 2}
+"""The maps of :func:`baseline_rows`, by name, and their codes in the C kernel."""
 
 
 def cpu_kernels() -> ModuleType | None:
@@ -90,3 +105,64 @@ def ev_softmax_rows(
     ratio, log_ratio = off_support_weight(epsilon)
     args = (rows, length, itemsize, ratio, log_ratio, log, threads, parallel)
     kernels.ev_softmax_rows(x, out, *args)
+
+
+def baseline_kernels() -> ModuleType | None:
+    """The compiled baseline kernel module, or None when it is not built or turned off."""
+    if os.environ.get("EVSOFTMAX_NO_CPU_KERNELS"):
+        return None
+    return _BASELINES
+
+
+def _baselines() -> ModuleType:
+    kernels = baseline_kernels()
+    if kernels is None:
+        raise RuntimeError("evsoftmax's compiled baseline kernels are not available")
+    return kernels
+
+
+def baseline_rows(
+    name: str,
+    x: int,
+    out: int,
+    *,
+    rows: int,
+    length: int,
+    itemsize: int,
+    threads: int,
+    parallel: int = 0,
+    alpha: float = 1.5,
+    n_iter: int = 50,
+) -> None:
+    """A baseline (a key of :data:`BASELINE_OPS`) of C-contiguous rows at ``x`` into ``out``.
+
+    The maps of :mod:`evsoftmax._sparsemax` and :mod:`evsoftmax._entmax` on the
+    last axis, special rows included (NaN rows, -inf entries, rows with no valid
+    entry); ``alpha`` and ``n_iter`` are read for ``"entmax_bisect"`` only.
+    ``itemsize``, ``threads`` and ``parallel`` are as in :func:`ev_softmax_rows`.
+    Raises RuntimeError when the kernels are not available.
+    """
+    args = (rows, length, itemsize, float(alpha), int(n_iter), threads, parallel)
+    _baselines().forward_rows(BASELINE_OPS[name], x, out, *args)
+
+
+def baseline_vjp_rows(
+    probs: int,
+    grad: int,
+    out: int,
+    *,
+    rows: int,
+    length: int,
+    itemsize: int,
+    alpha: float,
+    threads: int,
+    parallel: int = 0,
+) -> None:
+    """The closed-form VJP of alpha-entmax (:func:`evsoftmax._entmax.entmax_jvp`) on rows.
+
+    ``probs`` holds the map's output rows, ``grad`` the cotangent rows and ``out``
+    receives the gradient rows (addresses of C-contiguous float32/float64 rows);
+    ``alpha = 2`` is sparsemax's, ``alpha = 1.5`` 1.5-entmax's.
+    """
+    args = (rows, length, itemsize, float(alpha), threads, parallel)
+    _baselines().vjp_rows(probs, grad, out, *args)
