@@ -240,7 +240,7 @@ class Seq2SeqResults:
 
     options: Seq2SeqOptions
     evaluations: dict[str, list[_Evaluation]]
-    valid_keys: dict[str, float]  # per kind: mean keys a query may attend to (seed 0's test set)
+    valid_keys: dict[str, float]  # per kind: keys a query may attend to (mean over seeds)
     seconds: dict[str, float]  # per normalizer, training and evaluation over all seeds
     total_seconds: float
     cpu_seconds: float
@@ -285,7 +285,7 @@ def run_seq2seq(
     return Seq2SeqResults(
         options,
         evaluations,
-        _valid_keys(tests[options.first_seed]),
+        {k: float(np.mean([_valid_keys(t)[k] for t in tests.values()])) for k in KINDS},
         seconds,
         time.perf_counter() - began,
         time.process_time() - cpu,
@@ -426,7 +426,7 @@ def support_figure(summary: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     handles, labels = right.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside right upper", frameon=False)
+    figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
     figure.suptitle(
         f"seq2seq on generated tasks: mean ± standard error over {summary['options']['seeds']} "
         "seeds (test set, epsilon = 0)"
