@@ -18,7 +18,17 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("rich")
 
 from evsoftmax import cli  # noqa: E402
-from evsoftmax._reproduce import losses, metric, normalizers, ssvae, training, vqvae  # noqa: E402
+from evsoftmax._reproduce import (  # noqa: E402
+    losses,
+    metric,
+    normalizers,
+    seq2seq,
+    ssvae,
+    tasks,
+    training,
+    transformer,
+    vqvae,
+)
 from evsoftmax._reproduce.data import load  # noqa: E402
 from evsoftmax._reproduce.experiment import run_cvae  # noqa: E402
 from evsoftmax._reproduce.options import EXACT, QUICK, CVAEOptions, quick  # noqa: E402
@@ -269,25 +279,23 @@ def test_command_line_exact_variant(tmp_path):
     assert summary["normalizers"]["softmax"]["decoder_calls_per_example"]["mean"] == 10.0
 
 
-def test_command_line_names_seq2seq_not_yet_available(capsys):
-    assert cli.main(["reproduce", "seq2seq", "--quick"]) == 2
-    err = capsys.readouterr().err
-    assert "not yet available" in err
-    assert "ev_attention" in err
-
-
 def test_command_line_all_writes_one_document(tmp_path, capsys):
     json_path, plots = tmp_path / "all.json", tmp_path / "plots"
     argv = ["reproduce", "all", "--quick", "--steps", "12", "--seeds", "1", "--no-progress"]
     assert cli.main([*argv, "--json", str(json_path), "--plots", str(plots)]) == 0
-    assert "skipped seq2seq" in capsys.readouterr().out
+    assert "ordering by attended keys" in capsys.readouterr().out
     document = json.loads(json_path.read_text())
-    assert set(document["experiments"]) == {"cvae", "ssvae", "vqvae"}
-    assert set(document["not_available"]) == {"seq2seq"}
+    assert set(document["experiments"]) == {"cvae", "ssvae", "vqvae", "seq2seq"}
     for summary in document["experiments"].values():
         assert summary["options"]["steps"] == 12
         assert summary["options"]["seeds"] == 1
-    pngs = ("cvae_priors.png", "cvae_wasserstein.png", "ssvae_accuracy.png", "vqvae_samples.png")
+    pngs = (
+        "cvae_priors.png",
+        "cvae_wasserstein.png",
+        "ssvae_accuracy.png",
+        "vqvae_samples.png",
+        "seq2seq.png",
+    )
     for name in pngs:
         assert (plots / name).read_bytes()[:8] == PNG_MAGIC
 
@@ -420,3 +428,105 @@ def test_command_line_vqvae_quick_path(tmp_path):
         assert 0.0 <= entry["acc1"]["mean"] <= entry["acc3"]["mean"] <= 100.0
         assert 1.0 <= entry["nonzero_codes"]["mean"] <= codes
     assert (plots / "vqvae_samples.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# -- seq2seq ---------------------------------------------------------------------------
+
+
+def test_generated_tasks_copy_reverse_and_sort():
+    batch = tasks.generate(60, 10, 2, 6, torch.Generator().manual_seed(0))
+    assert set(batch.task.tolist()) == {0, 1, 2}
+    for source, target, task in zip(
+        batch.source.tolist(), batch.target.tolist(), batch.task, strict=True
+    ):
+        x = [t for t in source[1:] if t != tasks.PAD]
+        expected = {"copy": x, "reverse": x[::-1], "sort": sorted(x)}[tasks.TASKS[task]]
+        assert 2 <= len(x) <= 6
+        assert source[0] == 3 + int(task)  # the task token
+        assert target == expected + [tasks.EOS] + [tasks.PAD] * (6 - len(x))
+    assert batch.decoder_input()[:, 0].eq(tasks.BOS).all()
+    torch.testing.assert_close(batch.decoder_input()[:, 1:], batch.target[:, :-1])
+    again = tasks.generate(60, 10, 2, 6, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(batch.source, again.source)
+
+
+def test_truncate_and_exact_match():
+    eos, pad = tasks.EOS, tasks.PAD
+    tokens = torch.tensor([[7, eos, 8, eos], [7, 8, 9, 9], [eos, 5, 5, 5]])
+    expected = torch.tensor([[7, eos, pad, pad], [7, 8, 9, 9], [eos, pad, pad, pad]])
+    torch.testing.assert_close(seq2seq.truncate(tokens), expected)
+    target = torch.tensor([[7, eos, pad, pad], [7, 8, 9, eos], [eos, pad, pad, pad]])
+    assert seq2seq.exact_match(seq2seq.truncate(tokens), target).tolist() == [True, False, True]
+
+
+def _reference_attention(name, q, k, v, valid):
+    """Float64 attention from the math: masked scores, then the normalizer's closed form."""
+    scores = (q @ k.transpose(-2, -1)).double() / math.sqrt(q.shape[-1])
+    if name == "ev_softmax":  # keep the valid keys at or above the valid keys' mean score
+        mean = scores.where(valid, 0.0).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True)
+        valid = valid & (scores >= mean)
+        weights = torch.softmax(scores.masked_fill(~valid, -math.inf), -1)
+    else:
+        entmax = pytest.importorskip("entmax")
+        peer = {"softmax": torch.softmax, "sparsemax": entmax.sparsemax}.get(name, entmax.entmax15)
+        weights = peer(scores.masked_fill(~valid, -math.inf), -1)
+    return weights @ v.double(), (weights > 0).sum(-1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_transformer_attention_matches_a_float64_reference(name, causal):
+    torch.manual_seed(4)
+    attention = transformer._Attention(name, 8, 2, epsilon=1e-6).eval()
+    x = torch.randn(3, 5, 8) * 3
+    keys = torch.ones(3, 5, dtype=torch.bool)
+    keys[0, 3:] = False
+    keys[2, 1:] = False
+    with torch.no_grad():
+        out, support = attention(x, x, keys, causal)
+        q = attention._split(attention.query(x))
+        k, v = (attention._split(t) for t in attention.key_value(x).chunk(2, dim=-1))
+        valid = keys[:, None, None, :].expand(3, 2, 5, 5)
+        if causal:
+            valid = valid & torch.ones(5, 5, dtype=torch.bool).tril()
+        expected, expected_support = _reference_attention(name, q, k, v, valid)
+        expected = attention.out(expected.float().transpose(1, 2).reshape(3, 5, 8))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(support, expected_support)
+
+
+def test_seq2seq_is_deterministic_per_seed():
+    options = seq2seq.QUICK.replace(seeds=1, steps=8, test_examples=30, normalizers=NAMES[2:])
+    first, second = (seq2seq.summarize(seq2seq.run_seq2seq(options)) for _ in range(2))
+    for name in NAMES[2:]:
+        a, b = first["normalizers"][name], second["normalizers"][name]
+        assert a["token_accuracy"] == b["token_accuracy"]
+        assert a["attended_keys_by_kind"] == b["attended_keys_by_kind"]
+
+
+def test_command_line_seq2seq_quick_path(tmp_path, capsys):
+    json_path, plots = tmp_path / "seq2seq.json", tmp_path / "plots"
+    argv = ["reproduce", "seq2seq", "--quick", "--steps", "10", "--seeds", "2", "--no-progress"]
+    assert cli.main([*argv, "--json", str(json_path), "--plots", str(plots)]) == 0
+    assert "ordering by exact match" in capsys.readouterr().out
+    summary = json.loads(json_path.read_text())
+    assert summary["options"]["steps"] == 10
+    assert summary["options"]["seeds"] == 2
+    assert list(summary["normalizers"]) == list(NAMES)
+    assert summary["normalizers"]["ev_softmax"]["paper"] == {"bleu": 29.4, "attended": 8.2}
+    valid = summary["valid_keys_by_kind"]
+    softmax = summary["normalizers"]["softmax"]
+    vocabulary = tasks.vocabulary_size(summary["options"]["symbols"])
+    # softmax gives every valid key and every output token non-zero weight.
+    for kind in transformer.KINDS:
+        assert softmax["attended_keys_by_kind"][kind]["mean"] == pytest.approx(valid[kind])
+    assert softmax["output_support"]["mean"] == vocabulary
+    for entry in summary["normalizers"].values():
+        for kind in transformer.KINDS:
+            assert 1.0 <= entry["attended_keys_by_kind"][kind]["mean"] <= valid[kind] + 1e-9
+        assert 1.0 <= entry["output_support"]["mean"] <= vocabulary
+        for task in tasks.TASKS:
+            assert 0.0 <= entry["exact_match_by_task"][task]["mean"] <= 100.0
+        assert len(entry["token_accuracy"]["per_seed"]) == 2
+    assert set(summary["ordering_by_attended_keys"]) == set(NAMES)
+    assert (plots / "seq2seq.png").read_bytes()[:8] == PNG_MAGIC

@@ -11,6 +11,7 @@ Modules of the CVAE: ``options`` (experiment settings and presets), ``data``
 ``metric`` (the paper's Wasserstein distance, total variation, parity mass,
 mode counts, mean and standard error), ``training`` (the training loop),
 ``experiment`` (the whole run), ``figures`` (the PNGs) and ``report`` (table,
-progress bar, JSON). ``ssvae`` and ``vqvae`` hold the other two experiments
-whole; ``main`` is the subcommand's body.
+progress bar, JSON). ``ssvae`` and ``vqvae`` hold two more experiments
+whole; ``seq2seq`` is the Transformer experiment, with its generated data in
+``tasks`` and its model in ``transformer``; ``main`` is the subcommand's body.
 """

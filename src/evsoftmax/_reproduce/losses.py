@@ -27,18 +27,20 @@ defined:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import torch
 
 from . import normalizers
 
-__all__ = ["Terms", "fenchel_young", "objective_terms", "smoothed_kl"]
+__all__ = ["Terms", "class_loss", "fenchel_young", "objective_terms", "smoothed_kl"]
 
 Terms = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``(posterior_logits, prior_logits) -> (marginalization weights, regularizer)``."""
 
 _TSALLIS_ALPHA = {"sparsemax": 2.0, "entmax15": 1.5}
+_package = importlib.import_module("..", __package__)
 
 
 def _kl_from_logs(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
@@ -110,3 +112,30 @@ def objective_terms(name: str, *, epsilon: float, sparse_loss: str, delta: float
     if name == "ev_softmax":
         return _ev_softmax_terms(epsilon)
     return _sparse_terms(name, sparse_loss, delta)
+
+
+def class_loss(
+    name: str,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    epsilon: float,
+    ignore_index: int | None = None,
+) -> torch.Tensor:
+    """The mean loss of class indices ``target`` that matches the normalizer ``name``.
+
+    softmax: cross-entropy; sparsemax and entmax-1.5: their Fenchel-Young
+    losses; ev-softmax: the NLL of its training family (``epsilon > 0``).
+    ``ignore_index`` targets take no part (padding).
+    """
+    loss: torch.Tensor
+    flat, labels = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+    if name == "softmax":
+        skip = -100 if ignore_index is None else ignore_index
+        loss = torch.nn.functional.cross_entropy(flat, labels, ignore_index=skip)
+    elif name == "ev_softmax":
+        loss = _package.ev_softmax_nll_loss(
+            flat, labels, epsilon=epsilon, ignore_index=ignore_index
+        )
+    else:
+        loss = getattr(_package, f"{name}_loss")(flat, labels, ignore_index=ignore_index)
+    return loss

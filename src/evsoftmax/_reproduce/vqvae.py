@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from rich import box
 from rich.table import Table
 
-from . import metric, normalizers
+from . import losses, metric, normalizers
 from .data import SIDE, Digits, load
 from .normalizers import LABELS
 from .options import NORMALIZERS, CVAEOptions
@@ -207,20 +207,6 @@ def train_vqvae(data: Digits, options: VQVAEOptions, seed: int) -> _VQVAE:
     return model
 
 
-def _prior_loss(
-    name: str, logits: torch.Tensor, target: torch.Tensor, epsilon: float
-) -> torch.Tensor:
-    loss: torch.Tensor
-    flat, labels = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
-    if name == "softmax":
-        loss = torch.nn.functional.cross_entropy(flat, labels)
-    elif name == "ev_softmax":
-        loss = _package.ev_softmax_nll_loss(flat, labels, epsilon=epsilon)
-    else:
-        loss = getattr(_package, f"{name}_loss")(flat, labels)
-    return loss
-
-
 def train_prior(
     name: str,
     codes: torch.Tensor,
@@ -238,7 +224,7 @@ def train_prior(
     for _ in range(options.steps):
         index = torch.randint(len(codes), (options.batch_size,), generator=order)
         logits = prior.teacher_forced(codes[index], digits[index])
-        loss = _prior_loss(name, logits, codes[index], options.epsilon)
+        loss = losses.class_loss(name, logits, codes[index], options.epsilon)
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
