@@ -317,72 +317,109 @@ static inline uint16_t float_to_bf16(float f) {
     return (uint16_t)(bits >> 16);
 }
 
-/* One row of x (entries `step` apart, masked entries -inf) into the float buffer. */
+/* A tile: `count` rows (starts `row_step` entries apart, entries `step` apart) gathered
+ * into count contiguous rows of the accumulation type, masked entries -inf. Reading
+ * the rows side by side means that rows along a non-last axis of a contiguous array
+ * (adjacent in memory: row_step 1) are read a cache line at a time. */
+#define EVS_GATHER(T, SRC, LOAD)                                                            \
+    do {                                                                                    \
+        const SRC *p = (const SRC *)x;                                                      \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (Py_ssize_t t = 0; t < count; t++)                                          \
+                buf[t * length + i] = LOAD(p[i * step + t * row_step]);                    \
+    } while (0)
+#define EVS_SCATTER(DST, STORE)                                                             \
+    do {                                                                                    \
+        DST *p = (DST *)y;                                                                  \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (Py_ssize_t t = 0; t < count; t++)                                          \
+                p[i * step + t * row_step] = STORE(buf[t * length + i]);                   \
+    } while (0)
+#define EVS_AS_FLOAT(v) ((float)(v))
+#define EVS_AS_DOUBLE(v) (v)
+#define EVS_AS_F16(v) ((evs_f16)(v))
+
 EVS_CLONES static void gather_float(const char *x, int dtype, Py_ssize_t step,
-                                    const unsigned char *mask, Py_ssize_t mask_step,
-                                    float *restrict buf, Py_ssize_t length) {
-    if (dtype == EVS_F32) {
-        const float *p = (const float *)x;
-        for (Py_ssize_t i = 0; i < length; i++) buf[i] = p[i * step];
-    } else if (dtype == EVS_F16) {
-        const evs_f16 *p = (const evs_f16 *)x;
-        for (Py_ssize_t i = 0; i < length; i++) buf[i] = (float)p[i * step];
-    } else {
-        const uint16_t *p = (const uint16_t *)x;
-        for (Py_ssize_t i = 0; i < length; i++) buf[i] = bf16_to_float(p[i * step]);
-    }
-    if (mask != NULL)
-        for (Py_ssize_t i = 0; i < length; i++)
-            buf[i] = mask[i * mask_step] ? buf[i] : -INFINITY;
+                                    Py_ssize_t row_step, Py_ssize_t count, float *restrict buf,
+                                    Py_ssize_t length) {
+    if (dtype == EVS_F32)
+        EVS_GATHER(float, float, EVS_AS_FLOAT);
+    else if (dtype == EVS_F16)
+        EVS_GATHER(float, evs_f16, EVS_AS_FLOAT);
+    else
+        EVS_GATHER(float, uint16_t, bf16_to_float);
 }
 
 EVS_CLONES static void scatter_float(const float *restrict buf, char *y, int dtype,
-                                     Py_ssize_t step, Py_ssize_t length) {
-    if (dtype == EVS_F32) {
-        float *p = (float *)y;
-        for (Py_ssize_t i = 0; i < length; i++) p[i * step] = buf[i];
-    } else if (dtype == EVS_F16) {
-        evs_f16 *p = (evs_f16 *)y;
-        for (Py_ssize_t i = 0; i < length; i++) p[i * step] = (evs_f16)buf[i];
-    } else {
-        uint16_t *p = (uint16_t *)y;
-        for (Py_ssize_t i = 0; i < length; i++) p[i * step] = float_to_bf16(buf[i]);
-    }
+                                     Py_ssize_t step, Py_ssize_t row_step, Py_ssize_t count,
+                                     Py_ssize_t length) {
+    if (dtype == EVS_F32)
+        EVS_SCATTER(float, EVS_AS_FLOAT);
+    else if (dtype == EVS_F16)
+        EVS_SCATTER(evs_f16, EVS_AS_F16);
+    else
+        EVS_SCATTER(uint16_t, float_to_bf16);
 }
 
-static void gather_double(const char *x, Py_ssize_t step, const unsigned char *mask,
-                          Py_ssize_t mask_step, double *restrict buf, Py_ssize_t length) {
-    const double *p = (const double *)x;
-    for (Py_ssize_t i = 0; i < length; i++)
-        buf[i] = mask == NULL || mask[i * mask_step] ? p[i * step] : -INFINITY;
+static void gather_double(const char *x, Py_ssize_t step, Py_ssize_t row_step, Py_ssize_t count,
+                          double *restrict buf, Py_ssize_t length) {
+    EVS_GATHER(double, double, EVS_AS_DOUBLE);
 }
 
 static void scatter_double(const double *restrict buf, char *y, Py_ssize_t step,
-                           Py_ssize_t length) {
-    double *p = (double *)y;
-    for (Py_ssize_t i = 0; i < length; i++) p[i * step] = buf[i];
+                           Py_ssize_t row_step, Py_ssize_t count, Py_ssize_t length) {
+    EVS_SCATTER(double, EVS_AS_DOUBLE);
 }
 
-/* One row that is not plain contiguous native data: gathered into a buffer of the
- * accumulation type (mask applied, half precision widened), normalized, and written
- * back (straight into y when y's row is contiguous and of that type). */
-static void strided_row(const job_t *job, const char *x, const unsigned char *mask, char *y,
-                        void *buf_in, void *buf_out) {
+/* Masked entries of a gathered tile set to -inf (a masked NaN is thus never used). */
+#define EVS_DEFINE_APPLY_MASK(T)                                                            \
+    static void apply_mask_##T(const unsigned char *mask, Py_ssize_t step,                  \
+                               Py_ssize_t row_step, Py_ssize_t count, T *restrict buf,      \
+                               Py_ssize_t length) {                                         \
+        for (Py_ssize_t t = 0; t < count; t++)                                              \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                if (!mask[i * step + t * row_step]) buf[t * length + i] = -INFINITY;        \
+    }
+
+EVS_DEFINE_APPLY_MASK(float)
+EVS_DEFINE_APPLY_MASK(double)
+
+/* Rows per tile: up to 16 side by side when rows are not contiguous (their entries are
+ * `axs` apart), within 64k entries of scratch. */
+static Py_ssize_t tile_rows(const job_t *job) {
+    if (job->axs == 1) return 1;
+    Py_ssize_t rows = 65536 / (job->length > 0 ? job->length : 1);
+    return rows < 1 ? 1 : rows > 16 ? 16 : rows;
+}
+
+/* `count` rows (one tile) that are not plain contiguous native data: gathered into
+ * scratch of the accumulation type (mask applied, half precision widened),
+ * normalized, and written back (straight into y when y's rows are contiguous and
+ * of that type). Rows are `row_step` entries apart in x and y (`mask_row_step`
+ * bytes in the mask). */
+static void strided_tile(const job_t *job, const char *x, const unsigned char *mask, char *y,
+                         Py_ssize_t count, Py_ssize_t x_row, Py_ssize_t m_row, Py_ssize_t y_row,
+                         void *buf_in, void *buf_out) {
     Py_ssize_t n = job->length;
     int log_out = job->log_out;
     if (job->dtype == EVS_F64) {
         double *in = (double *)buf_in;
-        double *out = job->ays == 1 ? (double *)y : (double *)buf_out;
-        gather_double(x, job->axs, mask, job->ams, in, n);
-        rows_double(in, out, 1, 0, 0, n, job->ratio, job->log_ratio, log_out);
-        if (job->ays != 1) scatter_double(out, y, job->ays, n);
+        int direct = job->ays == 1;
+        gather_double(x, job->axs, x_row, count, in, n);
+        if (mask != NULL) apply_mask_double(mask, job->ams, m_row, count, in, n);
+        double *out = direct ? (double *)y : (double *)buf_out;
+        rows_double(in, out, count, n, direct ? y_row : n, n, job->ratio, job->log_ratio,
+                    log_out);
+        if (!direct) scatter_double(out, y, job->ays, y_row, count, n);
     } else {
         float *in = (float *)buf_in;
         int direct = job->ays == 1 && job->dtype == EVS_F32;
+        gather_float(x, job->dtype, job->axs, x_row, count, in, n);
+        if (mask != NULL) apply_mask_float(mask, job->ams, m_row, count, in, n);
         float *out = direct ? (float *)y : (float *)buf_out;
-        gather_float(x, job->dtype, job->axs, mask, job->ams, in, n);
-        rows_float(in, out, 1, 0, 0, n, (float)job->ratio, (float)job->log_ratio, log_out);
-        if (!direct) scatter_float(out, y, job->dtype, job->ays, n);
+        rows_float(in, out, count, n, direct ? y_row : n, n, (float)job->ratio,
+                   (float)job->log_ratio, log_out);
+        if (!direct) scatter_float(out, y, job->dtype, job->ays, y_row, count, n);
     }
 }
 
@@ -435,10 +472,14 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
                        job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
         } else {
             const unsigned char *m = job->mask == NULL ? NULL : job->mask + om;
-            for (Py_ssize_t i = 0; i < run; i++)
-                strided_row(job, x + i * job->xs[inner] * (Py_ssize_t)size,
-                            m == NULL ? NULL : m + i * job->ms[inner],
-                            y + i * job->ys[inner] * (Py_ssize_t)size, buf_in, buf_out);
+            Py_ssize_t tile = tile_rows(job);
+            for (Py_ssize_t i = 0; i < run; i += tile) {
+                Py_ssize_t count = run - i < tile ? run - i : tile;
+                strided_tile(job, x + i * job->xs[inner] * (Py_ssize_t)size,
+                             m == NULL ? NULL : m + i * job->ms[inner],
+                             y + i * job->ys[inner] * (Py_ssize_t)size, count, job->xs[inner],
+                             job->ms[inner], job->ys[inner], buf_in, buf_out);
+            }
         }
         r += run;
         index[inner] += run;
@@ -452,8 +493,9 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
 /* The body every thread runs: claim chunks of rows until none is left. */
 static void work(void *arg) {
     job_t *job = (job_t *)arg;
-    /* Two rows of scratch in the accumulation type, for the rows that are gathered. */
-    size_t bytes = (size_t)(job->length > 0 ? job->length : 1) * sizeof(double);
+    /* Two tiles of scratch in the accumulation type, for the rows that are gathered. */
+    size_t bytes = (size_t)(job->length > 0 ? job->length : 1) * (size_t)tile_rows(job) *
+                   sizeof(double);
     void *buf_in = malloc(bytes), *buf_out = malloc(bytes);
     if (buf_in == NULL || buf_out == NULL) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
