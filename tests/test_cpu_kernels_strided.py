@@ -185,3 +185,19 @@ def test_bad_arguments_raise():
         kernels.ev_softmax_strided(0, 0, 0, (2, 3), (3, 1), (0, 0), (3, 1), 2, 0, 0.0, 0.0, 0, 1, 0)
     with pytest.raises(ValueError, match="per dimension"):
         kernels.ev_softmax_strided(0, 0, 0, (2, 3), (3,), (0, 0), (3, 1), 1, 0, 0.0, 0.0, 0, 1, 0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's overflow
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("log", [False, True])
+def test_rows_along_a_middle_axis_side_by_side(dtype, log):
+    # Rows along axis 1 of a C-contiguous array start next to each other: the kernel
+    # takes them 16 at a time, vectorized across rows, and hands a tile with a special
+    # row to the row-by-row path. Columns 16-31 hold special rows, 32-35 a partial tile.
+    x = draw((2, 30, 36), dtype, 11, 1)
+    x[0, 3, 17] = np.nan  # a NaN row
+    x[1, :, 20] = -np.inf  # no valid entry
+    x[0, 5:, 25] = -np.inf  # one valid entry
+    for epsilon in (0.0, 0.5):
+        got = run(x, 1, None, epsilon, log)
+        assert_matches(got, expected(x, 1, None, epsilon, log), dtype)

@@ -324,16 +324,26 @@ static inline uint16_t float_to_bf16(float f) {
 #define EVS_GATHER(T, SRC, LOAD)                                                            \
     do {                                                                                    \
         const SRC *p = (const SRC *)x;                                                      \
-        for (Py_ssize_t i = 0; i < length; i++)                                             \
-            for (Py_ssize_t t = 0; t < count; t++)                                          \
-                buf[t * length + i] = LOAD(p[i * step + t * row_step]);                    \
+        if (count == 1 && step == 1) /* one contiguous row: a vectorized loop */           \
+            for (Py_ssize_t i = 0; i < length; i++) buf[i] = LOAD(p[i]);                    \
+        else if (count == 1)                                                                \
+            for (Py_ssize_t i = 0; i < length; i++) buf[i] = LOAD(p[i * step]);             \
+        else                                                                                \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (Py_ssize_t t = 0; t < count; t++)                                      \
+                    buf[t * length + i] = LOAD(p[i * step + t * row_step]);                \
     } while (0)
 #define EVS_SCATTER(DST, STORE)                                                             \
     do {                                                                                    \
         DST *p = (DST *)y;                                                                  \
-        for (Py_ssize_t i = 0; i < length; i++)                                             \
-            for (Py_ssize_t t = 0; t < count; t++)                                          \
-                p[i * step + t * row_step] = STORE(buf[t * length + i]);                   \
+        if (count == 1 && step == 1)                                                        \
+            for (Py_ssize_t i = 0; i < length; i++) p[i] = STORE(buf[i]);                   \
+        else if (count == 1)                                                                \
+            for (Py_ssize_t i = 0; i < length; i++) p[i * step] = STORE(buf[i]);            \
+        else                                                                                \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (Py_ssize_t t = 0; t < count; t++)                                      \
+                    p[i * step + t * row_step] = STORE(buf[t * length + i]);               \
     } while (0)
 #define EVS_AS_FLOAT(v) ((float)(v))
 #define EVS_AS_DOUBLE(v) (v)
@@ -369,6 +379,115 @@ static void gather_double(const char *x, Py_ssize_t step, Py_ssize_t row_step, P
 static void scatter_double(const double *restrict buf, char *y, Py_ssize_t step,
                            Py_ssize_t row_step, Py_ssize_t count, Py_ssize_t length) {
     EVS_SCATTER(double, EVS_AS_DOUBLE);
+}
+
+/* Defines lanes_<T>(b, o, length, ratio, log_ratio, log_out): the recipe of row_<T> on
+ * EVS_LANES rows stored side by side (entry i of row t at b[i * EVS_LANES + t]), as
+ * rows along a non-last axis of a contiguous array lie, vectorized across the rows.
+ * Returns 0, writing nothing, when a row needs the special rules (no valid entry, a
+ * NaN or +inf, an overflowing sum): the caller then takes the rows one by one. */
+#define EVS_LANES 16
+#define EVS_DEFINE_LANES(T, EXP)                                                            \
+    EVS_CLONES static int lanes_##T(const T *restrict b, T *restrict o, Py_ssize_t length,  \
+                                   T ratio, T log_ratio, int log_out) {                     \
+        T m[EVS_LANES], mean[EVS_LANES], total[EVS_LANES], bs[EVS_LANES], bc[EVS_LANES];    \
+        double sum[EVS_LANES] = {0}, count[EVS_LANES] = {0};                                \
+        for (int t = 0; t < EVS_LANES; t++) m[t] = -INFINITY;                               \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (int t = 0; t < EVS_LANES; t++) {                                           \
+                T v = b[i * EVS_LANES + t];                                                 \
+                m[t] = v > m[t] ? v : m[t];                                                 \
+            }                                                                               \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            for (int t = 0; t < EVS_LANES; t++) bs[t] = bc[t] = 0;                          \
+            for (Py_ssize_t i = start; i < stop; i++)                                       \
+                for (int t = 0; t < EVS_LANES; t++) {                                       \
+                    T v = b[i * EVS_LANES + t];                                             \
+                    int valid = v != -INFINITY;                                             \
+                    bs[t] += valid ? v - m[t] : (T)0;                                       \
+                    bc[t] += valid ? (T)1 : (T)0;                                           \
+                }                                                                           \
+            for (int t = 0; t < EVS_LANES; t++) {                                           \
+                sum[t] += bs[t];                                                            \
+                count[t] += bc[t];                                                          \
+            }                                                                               \
+        }                                                                                   \
+        for (int t = 0; t < EVS_LANES; t++) {                                               \
+            if (count[t] == 0.0 || !isfinite(sum[t])) return 0;                             \
+            mean[t] = (T)(sum[t] / count[t]);                                               \
+            total[t] = 0;                                                                   \
+        }                                                                                   \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (int t = 0; t < EVS_LANES; t++) {                                           \
+                T s = b[i * EVS_LANES + t] - m[t];                                          \
+                T e = EXP(s);                                                               \
+                T w = s < mean[t] ? ratio * e : e;                                          \
+                if (!log_out) o[i * EVS_LANES + t] = w;                                     \
+                total[t] += w;                                                              \
+            }                                                                               \
+        if (log_out) {                                                                      \
+            for (int t = 0; t < EVS_LANES; t++) total[t] = (T)log((double)total[t]);        \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (int t = 0; t < EVS_LANES; t++) {                                       \
+                    T s = b[i * EVS_LANES + t] - m[t];                                      \
+                    o[i * EVS_LANES + t] = (s < mean[t] ? s + log_ratio : s) - total[t];    \
+                }                                                                           \
+        } else {                                                                            \
+            for (int t = 0; t < EVS_LANES; t++) total[t] = (T)1 / total[t];                 \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (int t = 0; t < EVS_LANES; t++) o[i * EVS_LANES + t] *= total[t];       \
+        }                                                                                   \
+        return 1;                                                                           \
+    }
+
+EVS_DEFINE_LANES(float, exp_nonpositive_f32)
+EVS_DEFINE_LANES(double, exp_nonpositive_f64)
+
+/* Copies between a lane tile (entry i of row t at b[i * EVS_LANES + t]) and rows of the
+ * array whose entries are `step` apart and whose starts are adjacent (row_step 1). */
+#define EVS_DEFINE_LANE_COPY(T, SRC, LOAD, STORE)                                          \
+    EVS_CLONES static void lanes_in_##SRC(const char *x, Py_ssize_t step, T *restrict b,    \
+                                          Py_ssize_t length) {                              \
+        const SRC *p = (const SRC *)x;                                                      \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (int t = 0; t < EVS_LANES; t++) b[i * EVS_LANES + t] = LOAD(p[i * step + t]); \
+    }                                                                                       \
+    EVS_CLONES static void lanes_out_##SRC(const T *restrict b, char *y, Py_ssize_t step,   \
+                                           Py_ssize_t length) {                             \
+        SRC *p = (SRC *)y;                                                                  \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (int t = 0; t < EVS_LANES; t++) p[i * step + t] = STORE(b[i * EVS_LANES + t]); \
+    }
+
+EVS_DEFINE_LANE_COPY(float, float, EVS_AS_FLOAT, EVS_AS_FLOAT)
+EVS_DEFINE_LANE_COPY(float, evs_f16, EVS_AS_FLOAT, EVS_AS_F16)
+EVS_DEFINE_LANE_COPY(double, double, EVS_AS_DOUBLE, EVS_AS_DOUBLE)
+EVS_DEFINE_LANE_COPY(float, uint16_t, bf16_to_float, float_to_bf16)
+
+/* A full tile of unmasked rows with adjacent starts, side by side, copied through
+ * scratch (reading the array in place, 16 entries a cache line apart per row, makes
+ * the cache ways conflict); 0 if it needs the row-by-row path (see lanes_<T>). */
+static int lane_tile(const job_t *job, const char *x, char *y, void *buf_in, void *buf_out) {
+    Py_ssize_t n = job->length;
+    int log_out = job->log_out;
+    if (job->dtype == EVS_F64) {
+        double *in = (double *)buf_in, *out = (double *)buf_out;
+        lanes_in_double(x, job->axs, in, n);
+        if (!lanes_double(in, out, n, job->ratio, job->log_ratio, log_out)) return 0;
+        lanes_out_double(out, y, job->ays, n);
+        return 1;
+    }
+    float *in = (float *)buf_in, *out = (float *)buf_out;
+    if (job->dtype == EVS_F32) lanes_in_float(x, job->axs, in, n);
+    else if (job->dtype == EVS_F16) lanes_in_evs_f16(x, job->axs, in, n);
+    else lanes_in_uint16_t(x, job->axs, in, n);
+    if (!lanes_float(in, out, n, (float)job->ratio, (float)job->log_ratio, log_out))
+        return 0;
+    if (job->dtype == EVS_F32) lanes_out_float(out, y, job->ays, n);
+    else if (job->dtype == EVS_F16) lanes_out_evs_f16(out, y, job->ays, n);
+    else lanes_out_uint16_t(out, y, job->ays, n);
+    return 1;
 }
 
 /* Masked entries of a gathered tile set to -inf (a masked NaN is thus never used). */
@@ -473,8 +592,14 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
         } else {
             const unsigned char *m = job->mask == NULL ? NULL : job->mask + om;
             Py_ssize_t tile = tile_rows(job);
+            int lanes = m == NULL && tile == EVS_LANES && job->xs[inner] == 1 &&
+                        job->ys[inner] == 1;
             for (Py_ssize_t i = 0; i < run; i += tile) {
                 Py_ssize_t count = run - i < tile ? run - i : tile;
+                if (lanes && count == EVS_LANES &&
+                    lane_tile(job, x + i * (Py_ssize_t)size, y + i * (Py_ssize_t)size, buf_in,
+                              buf_out))
+                    continue;
                 strided_tile(job, x + i * job->xs[inner] * (Py_ssize_t)size,
                              m == NULL ? NULL : m + i * job->ms[inner],
                              y + i * job->ys[inner] * (Py_ssize_t)size, count, job->xs[inner],
