@@ -190,7 +190,8 @@ def test_bad_arguments_raise():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's overflow
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
 @pytest.mark.parametrize("log", [False, True])
-def test_rows_along_a_middle_axis_side_by_side(dtype, log):
+@pytest.mark.parametrize("mask", ["none", "full", "broadcast"])
+def test_rows_along_a_middle_axis_side_by_side(dtype, log, mask):
     # Rows along axis 1 of a C-contiguous array start next to each other: the kernel
     # takes them 16 at a time, vectorized across rows, and hands a tile with a special
     # row to the row-by-row path. Columns 16-31 hold special rows, 32-35 a partial tile.
@@ -198,6 +199,29 @@ def test_rows_along_a_middle_axis_side_by_side(dtype, log):
     x[0, 3, 17] = np.nan  # a NaN row
     x[1, :, 20] = -np.inf  # no valid entry
     x[0, 5:, 25] = -np.inf  # one valid entry
+    rng = np.random.default_rng(12)
+    where = {
+        "none": None,
+        "full": rng.random(x.shape) > 0.3,
+        "broadcast": rng.random((30, 1)) > 0.3,
+    }
+    where = where[mask]
+    if mask == "full":
+        where[1, :, 3] = False  # a fully masked row inside a tile
     for epsilon in (0.0, 0.5):
-        got = run(x, 1, None, epsilon, log)
-        assert_matches(got, expected(x, 1, None, epsilon, log), dtype)
+        got = run(x, 1, where, epsilon, log)
+        assert_matches(got, expected(x, 1, where, epsilon, log), dtype)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's NaN row
+@pytest.mark.parametrize("length", [1, 3, 16, 32, 33])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_short_rows_sixteen_at_a_time(length, dtype):
+    # Rows of up to 32 entries run 16 side by side; a tile with a special row takes
+    # the row path, and the rows after the last full tile too (40 = 2 * 16 + 8).
+    x = draw((40, length), dtype, length, 1)
+    x[20, 0] = np.nan
+    x[35, :] = -np.inf
+    for log in (False, True):
+        got = run(x, 1, None, 0.5, log, threads=2)
+        assert_matches(got, expected(x, 1, None, 0.5, log), dtype)

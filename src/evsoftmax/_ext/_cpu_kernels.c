@@ -447,17 +447,27 @@ EVS_DEFINE_LANES(double, exp_nonpositive_f64)
 /* Copies between a lane tile (entry i of row t at b[i * EVS_LANES + t]) and rows of the
  * array whose entries are `step` apart and whose starts are adjacent (row_step 1). */
 #define EVS_DEFINE_LANE_COPY(T, SRC, LOAD, STORE)                                          \
-    EVS_CLONES static void lanes_in_##SRC(const char *x, Py_ssize_t step, T *restrict b,    \
-                                          Py_ssize_t length) {                              \
+    EVS_CLONES static void lanes_in_##SRC(const char *x, Py_ssize_t step, Py_ssize_t row_step, \
+                                          T *restrict b, Py_ssize_t length) {               \
         const SRC *p = (const SRC *)x;                                                      \
-        for (Py_ssize_t i = 0; i < length; i++)                                             \
-            for (int t = 0; t < EVS_LANES; t++) b[i * EVS_LANES + t] = LOAD(p[i * step + t]); \
+        if (row_step == 1)                                                                  \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (int t = 0; t < EVS_LANES; t++) b[i * EVS_LANES + t] = LOAD(p[i * step + t]); \
+        else                                                                                \
+            for (int t = 0; t < EVS_LANES; t++)                                             \
+                for (Py_ssize_t i = 0; i < length; i++)                                     \
+                    b[i * EVS_LANES + t] = LOAD(p[i * step + t * row_step]);                \
     }                                                                                       \
     EVS_CLONES static void lanes_out_##SRC(const T *restrict b, char *y, Py_ssize_t step,   \
-                                           Py_ssize_t length) {                             \
+                                           Py_ssize_t row_step, Py_ssize_t length) {        \
         SRC *p = (SRC *)y;                                                                  \
-        for (Py_ssize_t i = 0; i < length; i++)                                             \
-            for (int t = 0; t < EVS_LANES; t++) p[i * step + t] = STORE(b[i * EVS_LANES + t]); \
+        if (row_step == 1)                                                                  \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (int t = 0; t < EVS_LANES; t++) p[i * step + t] = STORE(b[i * EVS_LANES + t]); \
+        else                                                                                \
+            for (int t = 0; t < EVS_LANES; t++)                                             \
+                for (Py_ssize_t i = 0; i < length; i++)                                     \
+                    p[i * step + t * row_step] = STORE(b[i * EVS_LANES + t]);               \
     }
 
 EVS_DEFINE_LANE_COPY(float, float, EVS_AS_FLOAT, EVS_AS_FLOAT)
@@ -468,25 +478,39 @@ EVS_DEFINE_LANE_COPY(float, uint16_t, bf16_to_float, float_to_bf16)
 /* A full tile of unmasked rows with adjacent starts, side by side, copied through
  * scratch (reading the array in place, 16 entries a cache line apart per row, makes
  * the cache ways conflict); 0 if it needs the row-by-row path (see lanes_<T>). */
-static int lane_tile(const job_t *job, const char *x, char *y, void *buf_in, void *buf_out) {
-    Py_ssize_t n = job->length;
+#define EVS_DEFINE_LANE_MASK(T)                                                             \
+    static void lanes_mask_##T(const unsigned char *mask, Py_ssize_t step, Py_ssize_t row_step, \
+                               T *restrict b, Py_ssize_t length) {                          \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (int t = 0; t < EVS_LANES; t++)                                             \
+                if (!mask[i * step + t * row_step]) b[i * EVS_LANES + t] = -INFINITY;       \
+    }
+
+EVS_DEFINE_LANE_MASK(float)
+EVS_DEFINE_LANE_MASK(double)
+
+static int lane_tile(const job_t *job, const char *x, const unsigned char *mask, char *y,
+                     Py_ssize_t x_row, Py_ssize_t m_row, Py_ssize_t y_row, void *buf_in,
+                     void *buf_out) {
+    Py_ssize_t n = job->length, xs = job->axs, ys = job->ays;
     int log_out = job->log_out;
     if (job->dtype == EVS_F64) {
         double *in = (double *)buf_in, *out = (double *)buf_out;
-        lanes_in_double(x, job->axs, in, n);
+        lanes_in_double(x, xs, x_row, in, n);
+        if (mask != NULL) lanes_mask_double(mask, job->ams, m_row, in, n);
         if (!lanes_double(in, out, n, job->ratio, job->log_ratio, log_out)) return 0;
-        lanes_out_double(out, y, job->ays, n);
+        lanes_out_double(out, y, ys, y_row, n);
         return 1;
     }
     float *in = (float *)buf_in, *out = (float *)buf_out;
-    if (job->dtype == EVS_F32) lanes_in_float(x, job->axs, in, n);
-    else if (job->dtype == EVS_F16) lanes_in_evs_f16(x, job->axs, in, n);
-    else lanes_in_uint16_t(x, job->axs, in, n);
-    if (!lanes_float(in, out, n, (float)job->ratio, (float)job->log_ratio, log_out))
-        return 0;
-    if (job->dtype == EVS_F32) lanes_out_float(out, y, job->ays, n);
-    else if (job->dtype == EVS_F16) lanes_out_evs_f16(out, y, job->ays, n);
-    else lanes_out_uint16_t(out, y, job->ays, n);
+    if (job->dtype == EVS_F32) lanes_in_float(x, xs, x_row, in, n);
+    else if (job->dtype == EVS_F16) lanes_in_evs_f16(x, xs, x_row, in, n);
+    else lanes_in_uint16_t(x, xs, x_row, in, n);
+    if (mask != NULL) lanes_mask_float(mask, job->ams, m_row, in, n);
+    if (!lanes_float(in, out, n, (float)job->ratio, (float)job->log_ratio, log_out)) return 0;
+    if (job->dtype == EVS_F32) lanes_out_float(out, y, ys, y_row, n);
+    else if (job->dtype == EVS_F16) lanes_out_evs_f16(out, y, ys, y_row, n);
+    else lanes_out_uint16_t(out, y, ys, y_row, n);
     return 1;
 }
 
@@ -495,8 +519,8 @@ static int lane_tile(const job_t *job, const char *x, char *y, void *buf_in, voi
     static void apply_mask_##T(const unsigned char *mask, Py_ssize_t step,                  \
                                Py_ssize_t row_step, Py_ssize_t count, T *restrict buf,      \
                                Py_ssize_t length) {                                         \
-        for (Py_ssize_t t = 0; t < count; t++)                                              \
-            for (Py_ssize_t i = 0; i < length; i++)                                         \
+        for (Py_ssize_t i = 0; i < length; i++) /* in the mask's order along the axis */  \
+            for (Py_ssize_t t = 0; t < count; t++)                                          \
                 if (!mask[i * step + t * row_step]) buf[t * length + i] = -INFINITY;        \
     }
 
@@ -505,8 +529,10 @@ EVS_DEFINE_APPLY_MASK(double)
 
 /* Rows per tile: up to 16 side by side when rows are not contiguous (their entries are
  * `axs` apart), within 64k entries of scratch. */
+#define EVS_SHORT 32 /* rows up to this long are taken 16 at a time, side by side */
+
 static Py_ssize_t tile_rows(const job_t *job) {
-    if (job->axs == 1) return 1;
+    if (job->axs == 1) return job->length <= EVS_SHORT ? EVS_LANES : 1;
     Py_ssize_t rows = 65536 / (job->length > 0 ? job->length : 1);
     return rows < 1 ? 1 : rows > 16 ? 16 : rows;
 }
@@ -583,22 +609,34 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
         if (run > last - r) run = last - r;
         const char *x = job->x + ox * (Py_ssize_t)size;
         char *y = job->y + oy * (Py_ssize_t)size;
-        if (direct && job->dtype == EVS_F64) {
-            rows_double((const double *)x, (double *)y, run, job->xs[inner], job->ys[inner],
+        Py_ssize_t done = 0;
+        if (direct && job->length <= EVS_SHORT) {
+            /* Short rows: 16 at a time side by side, no per-row reductions. */
+            Py_ssize_t xr = job->xs[inner], yr = job->ys[inner];
+            for (; done + EVS_LANES <= run; done += EVS_LANES)
+                if (!lane_tile(job, x + done * xr * (Py_ssize_t)size, NULL,
+                               y + done * yr * (Py_ssize_t)size, xr, 0, yr, buf_in, buf_out))
+                    break;
+            x += done * xr * (Py_ssize_t)size;
+            y += done * yr * (Py_ssize_t)size;
+        }
+        if (done == run) {
+        } else if (direct && job->dtype == EVS_F64) {
+            rows_double((const double *)x, (double *)y, run - done, job->xs[inner], job->ys[inner],
                         job->length, job->ratio, job->log_ratio, job->log_out);
         } else if (direct) {
-            rows_float((const float *)x, (float *)y, run, job->xs[inner], job->ys[inner],
+            rows_float((const float *)x, (float *)y, run - done, job->xs[inner], job->ys[inner],
                        job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
         } else {
             const unsigned char *m = job->mask == NULL ? NULL : job->mask + om;
             Py_ssize_t tile = tile_rows(job);
-            int lanes = m == NULL && tile == EVS_LANES && job->xs[inner] == 1 &&
-                        job->ys[inner] == 1;
+            int lanes = tile == EVS_LANES && job->xs[inner] == 1 && job->ys[inner] == 1;
             for (Py_ssize_t i = 0; i < run; i += tile) {
                 Py_ssize_t count = run - i < tile ? run - i : tile;
                 if (lanes && count == EVS_LANES &&
-                    lane_tile(job, x + i * (Py_ssize_t)size, y + i * (Py_ssize_t)size, buf_in,
-                              buf_out))
+                    lane_tile(job, x + i * (Py_ssize_t)size,
+                              m == NULL ? NULL : m + i * job->ms[inner],
+                              y + i * (Py_ssize_t)size, 1, job->ms[inner], 1, buf_in, buf_out))
                     continue;
                 strided_tile(job, x + i * job->xs[inner] * (Py_ssize_t)size,
                              m == NULL ? NULL : m + i * job->ms[inner],
