@@ -1,5 +1,12 @@
 /*
- * Fused CPU kernels for ev-softmax over contiguous rows (float32 and float64).
+ * Fused CPU kernels for ev-softmax over rows: contiguous float32/float64 rows
+ * (ev_softmax_rows, the XLA FFI handlers), and any strided array of float32,
+ * float64, float16 or bfloat16 along any axis with an optional broadcast boolean
+ * mask (ev_softmax_strided). Strided rows that are not plain contiguous native
+ * data are gathered into per-thread scratch (mask applied as -inf, half precision
+ * widened to float32) and written back converted; rows along a middle axis whose
+ * starts are adjacent, and rows of up to 32 entries, run 16 side by side,
+ * vectorized across rows (lanes_<T>). No full-size temporary is allocated.
  *
  * One call normalizes `rows` rows of `length` entries on up to `threads`
  * threads: the caller's OpenMP team (PyTorch's intra-op pool, through the
