@@ -38,14 +38,20 @@ from .._core import off_support_weight
 
 __all__ = [
     "BASELINE_OPS",
+    "DTYPE_CODES",
     "available",
     "baseline_kernels",
     "baseline_rows",
     "baseline_vjp_rows",
     "cpu_kernels",
     "ev_softmax_rows",
+    "ev_softmax_strided",
     "off_support_weight",
+    "strided_dtypes",
 ]
+
+# The element types of ev_softmax_strided, by name (half precision computed in float32).
+DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 
 
 def _load(name: str) -> ModuleType | None:
@@ -166,3 +172,50 @@ def baseline_vjp_rows(
     """
     args = (rows, length, itemsize, float(alpha), threads, parallel)
     _baselines().vjp_rows(probs, grad, out, *args)
+
+
+def ev_softmax_strided(
+    x: int,
+    mask: int,
+    out: int,
+    *,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    mask_strides: tuple[int, ...],
+    out_strides: tuple[int, ...],
+    axis: int,
+    dtype: str,
+    epsilon: float,
+    log: bool,
+    threads: int,
+    parallel: int = 0,
+) -> None:
+    """ev-softmax (or its log) along ``axis`` of a strided array, read and written in place.
+
+    ``x`` and ``out`` are addresses of arrays of ``shape`` and element type
+    ``dtype`` (a key of :data:`DTYPE_CODES`; float16 and bfloat16 are computed
+    in float32) with ``strides`` and ``out_strides`` in elements. ``mask`` is
+    the address of a boolean array of the same shape (``mask_strides`` in bytes,
+    0 along broadcast axes) whose false entries count as ``-inf``, or 0 for
+    none: no full-size copy is made of anything. ``threads`` and ``parallel``
+    are as for :func:`ev_softmax_rows`. Raises RuntimeError when the kernels
+    are not available, ValueError for a dtype they cannot take.
+    """
+    kernels = cpu_kernels()
+    if kernels is None:
+        raise RuntimeError("evsoftmax's compiled CPU kernels are not available")
+    if dtype not in DTYPE_CODES or (dtype == "float16" and not kernels.FLOAT16):
+        raise ValueError(f"dtype {dtype!r} is not supported by the compiled kernels")
+    ratio, log_ratio = off_support_weight(epsilon)
+    kernels.ev_softmax_strided(
+        x, mask, out, shape, strides, mask_strides, out_strides, axis, DTYPE_CODES[dtype],
+        ratio, log_ratio, log, threads, parallel,
+    )  # fmt: skip
+
+
+def strided_dtypes() -> frozenset[str]:
+    """The dtype names :func:`ev_softmax_strided` takes (empty when the kernels are missing)."""
+    kernels = cpu_kernels()
+    if kernels is None:
+        return frozenset()
+    return frozenset(name for name in DTYPE_CODES if name != "float16" or kernels.FLOAT16)

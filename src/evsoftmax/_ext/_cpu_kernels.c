@@ -1,5 +1,12 @@
 /*
- * Fused CPU kernels for ev-softmax over contiguous rows (float32 and float64).
+ * Fused CPU kernels for ev-softmax over rows: contiguous float32/float64 rows
+ * (ev_softmax_rows, the XLA FFI handlers), and any strided array of float32,
+ * float64, float16 or bfloat16 along any axis with an optional broadcast boolean
+ * mask (ev_softmax_strided). Strided rows that are not plain contiguous native
+ * data are gathered into per-thread scratch (mask applied as -inf, half precision
+ * widened to float32) and written back converted; rows along a middle axis whose
+ * starts are adjacent, and rows of up to 32 entries, run 16 side by side,
+ * vectorized across rows (lanes_<T>). No full-size temporary is allocated.
  *
  * One call normalizes `rows` rows of `length` entries on up to `threads`
  * threads: the caller's OpenMP team (PyTorch's intra-op pool, through the
@@ -37,6 +44,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -144,10 +152,11 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
 /* The mean is summed in vectorized blocks of this many entries, added up in double. */
 #define EVS_BLOCK 1024
 
-/* Defines row_<T>(x, y, length, ratio, log_ratio, log_out). */
+/* Defines row_<T>(x, y, length, ratio, log_ratio, log_out), inlined into rows_<T>. */
 #define EVS_DEFINE_ROW(T, EXP)                                                              \
-    EVS_CLONES static void row_##T(const T *restrict x, T *restrict y, Py_ssize_t length,   \
-                                  T ratio, T log_ratio, int log_out) {                      \
+    static inline __attribute__((always_inline)) void row_##T(                              \
+        const T *restrict x, T *restrict y, Py_ssize_t length, T ratio, T log_ratio,        \
+        int log_out) {                                                                      \
         T m = -INFINITY;                                                                    \
         EVS_SIMD_MAX_M                                                                      \
         for (Py_ssize_t i = 0; i < length; i++) m = x[i] > m ? x[i] : m;                    \
@@ -213,6 +222,20 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
 EVS_DEFINE_ROW(float, exp_nonpositive_f32)
 EVS_DEFINE_ROW(double, exp_nonpositive_f64)
 
+/* Defines rows_<T>(x, y, count, x_step, y_step, length, ...): `count` rows whose starts
+ * are x_step (y_step) entries apart, in one call, so that short rows cost no call and
+ * no dispatch each (the row body is inlined into each target clone). */
+#define EVS_DEFINE_ROWS(T)                                                                  \
+    EVS_CLONES static void rows_##T(const T *x, T *y, Py_ssize_t count, Py_ssize_t x_step,  \
+                                   Py_ssize_t y_step, Py_ssize_t length, T ratio,           \
+                                   T log_ratio, int log_out) {                              \
+        for (Py_ssize_t r = 0; r < count; r++)                                              \
+            row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out);     \
+    }
+
+EVS_DEFINE_ROWS(float)
+EVS_DEFINE_ROWS(double)
+
 #define EVS_SIMD_INNER _Pragma("omp simd reduction(+ : block_inner)")
 
 /* Defines vjp_row_<T>(p, g, out, length): out = p * (g - <p, g>), the closed-form
@@ -236,35 +259,403 @@ EVS_DEFINE_ROW(double, exp_nonpositive_f64)
 EVS_DEFINE_VJP(float)
 EVS_DEFINE_VJP(double)
 
+/* Element types of the strided entry point (half precision is computed in float). */
+#define EVS_F32 0
+#define EVS_F64 1
+#define EVS_F16 2
+#define EVS_BF16 3
+#define EVS_MAX_DIMS 32
+
+#if defined(__FLT16_MAX__)
+#define EVS_HAVE_F16 1
+typedef _Float16 evs_f16;
+#else
+#define EVS_HAVE_F16 0
+typedef uint16_t evs_f16; /* never read: the entry point refuses float16 */
+#endif
+
 /* One call's work, shared by its threads, which claim chunks of rows from `next`:
- * ev-softmax of x into y, or, when g is set, the VJP from output x and cotangent g. */
+ * ev-softmax of x into y, or, when g is set, the VJP from output x and cotangent g
+ * (contiguous rows). A row is a line along the normalized axis; the other axes
+ * (`outer` of them after merging, the last varying fastest) enumerate the rows. x,
+ * y and the mask (bytes, 0: masked out; NULL: none) are addressed through strides,
+ * in elements (bytes for the mask), so that any axis, layout and broadcast mask is
+ * read in place. */
 typedef struct {
     const char *x;
     const char *g;
     char *y;
+    const unsigned char *mask;
     Py_ssize_t rows, length, chunk;
     double ratio, log_ratio;
-    int log_out, is_double;
-    Py_ssize_t next; /* first unclaimed row (atomic) */
+    int log_out, dtype, outer;
+    Py_ssize_t extent[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
+    Py_ssize_t axs, ams, ays; /* strides along the axis */
+    Py_ssize_t next;          /* first unclaimed row (atomic) */
+    int failed;               /* a thread could not allocate its scratch rows (atomic) */
 } job_t;
 
-static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
+/* A job over `rows` contiguous rows of `length` entries. */
+static void contiguous_rows(job_t *job, Py_ssize_t rows, Py_ssize_t length) {
+    job->rows = rows;
+    job->length = length;
+    job->outer = 1;
+    job->extent[0] = rows;
+    job->xs[0] = job->ys[0] = length;
+    job->ms[0] = 0;
+    job->axs = job->ays = 1;
+    job->ams = 0;
+    job->mask = NULL;
+}
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Round to nearest even, as torch and ml_dtypes convert; NaN stays a (quiet) NaN. */
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+/* A tile: `count` rows (starts `row_step` entries apart, entries `step` apart) gathered
+ * into count contiguous rows of the accumulation type, masked entries -inf. Reading
+ * the rows side by side means that rows along a non-last axis of a contiguous array
+ * (adjacent in memory: row_step 1) are read a cache line at a time. */
+#define EVS_GATHER(T, SRC, LOAD)                                                            \
+    do {                                                                                    \
+        const SRC *p = (const SRC *)x;                                                      \
+        if (count == 1 && step == 1) /* one contiguous row: a vectorized loop */           \
+            for (Py_ssize_t i = 0; i < length; i++) buf[i] = LOAD(p[i]);                    \
+        else if (count == 1)                                                                \
+            for (Py_ssize_t i = 0; i < length; i++) buf[i] = LOAD(p[i * step]);             \
+        else                                                                                \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (Py_ssize_t t = 0; t < count; t++)                                      \
+                    buf[t * length + i] = LOAD(p[i * step + t * row_step]);                \
+    } while (0)
+#define EVS_SCATTER(DST, STORE)                                                             \
+    do {                                                                                    \
+        DST *p = (DST *)y;                                                                  \
+        if (count == 1 && step == 1)                                                        \
+            for (Py_ssize_t i = 0; i < length; i++) p[i] = STORE(buf[i]);                   \
+        else if (count == 1)                                                                \
+            for (Py_ssize_t i = 0; i < length; i++) p[i * step] = STORE(buf[i]);            \
+        else                                                                                \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (Py_ssize_t t = 0; t < count; t++)                                      \
+                    p[i * step + t * row_step] = STORE(buf[t * length + i]);               \
+    } while (0)
+#define EVS_AS_FLOAT(v) ((float)(v))
+#define EVS_AS_DOUBLE(v) (v)
+#define EVS_AS_F16(v) ((evs_f16)(v))
+
+EVS_CLONES static void gather_float(const char *x, int dtype, Py_ssize_t step,
+                                    Py_ssize_t row_step, Py_ssize_t count, float *restrict buf,
+                                    Py_ssize_t length) {
+    if (dtype == EVS_F32)
+        EVS_GATHER(float, float, EVS_AS_FLOAT);
+    else if (dtype == EVS_F16)
+        EVS_GATHER(float, evs_f16, EVS_AS_FLOAT);
+    else
+        EVS_GATHER(float, uint16_t, bf16_to_float);
+}
+
+EVS_CLONES static void scatter_float(const float *restrict buf, char *y, int dtype,
+                                     Py_ssize_t step, Py_ssize_t row_step, Py_ssize_t count,
+                                     Py_ssize_t length) {
+    if (dtype == EVS_F32)
+        EVS_SCATTER(float, EVS_AS_FLOAT);
+    else if (dtype == EVS_F16)
+        EVS_SCATTER(evs_f16, EVS_AS_F16);
+    else
+        EVS_SCATTER(uint16_t, float_to_bf16);
+}
+
+static void gather_double(const char *x, Py_ssize_t step, Py_ssize_t row_step, Py_ssize_t count,
+                          double *restrict buf, Py_ssize_t length) {
+    EVS_GATHER(double, double, EVS_AS_DOUBLE);
+}
+
+static void scatter_double(const double *restrict buf, char *y, Py_ssize_t step,
+                           Py_ssize_t row_step, Py_ssize_t count, Py_ssize_t length) {
+    EVS_SCATTER(double, EVS_AS_DOUBLE);
+}
+
+/* Defines lanes_<T>(b, o, length, ratio, log_ratio, log_out): the recipe of row_<T> on
+ * EVS_LANES rows stored side by side (entry i of row t at b[i * EVS_LANES + t]), as
+ * rows along a non-last axis of a contiguous array lie, vectorized across the rows.
+ * Returns 0, writing nothing, when a row needs the special rules (no valid entry, a
+ * NaN or +inf, an overflowing sum): the caller then takes the rows one by one. */
+#define EVS_LANES 16
+#define EVS_DEFINE_LANES(T, EXP)                                                            \
+    EVS_CLONES static int lanes_##T(const T *restrict b, T *restrict o, Py_ssize_t length,  \
+                                   T ratio, T log_ratio, int log_out) {                     \
+        T m[EVS_LANES], mean[EVS_LANES], total[EVS_LANES], bs[EVS_LANES], bc[EVS_LANES];    \
+        double sum[EVS_LANES] = {0}, count[EVS_LANES] = {0};                                \
+        for (int t = 0; t < EVS_LANES; t++) m[t] = -INFINITY;                               \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (int t = 0; t < EVS_LANES; t++) {                                           \
+                T v = b[i * EVS_LANES + t];                                                 \
+                m[t] = v > m[t] ? v : m[t];                                                 \
+            }                                                                               \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            for (int t = 0; t < EVS_LANES; t++) bs[t] = bc[t] = 0;                          \
+            for (Py_ssize_t i = start; i < stop; i++)                                       \
+                for (int t = 0; t < EVS_LANES; t++) {                                       \
+                    T v = b[i * EVS_LANES + t];                                             \
+                    int valid = v != -INFINITY;                                             \
+                    bs[t] += valid ? v - m[t] : (T)0;                                       \
+                    bc[t] += valid ? (T)1 : (T)0;                                           \
+                }                                                                           \
+            for (int t = 0; t < EVS_LANES; t++) {                                           \
+                sum[t] += bs[t];                                                            \
+                count[t] += bc[t];                                                          \
+            }                                                                               \
+        }                                                                                   \
+        for (int t = 0; t < EVS_LANES; t++) {                                               \
+            if (count[t] == 0.0 || !isfinite(sum[t])) return 0;                             \
+            mean[t] = (T)(sum[t] / count[t]);                                               \
+            total[t] = 0;                                                                   \
+        }                                                                                   \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (int t = 0; t < EVS_LANES; t++) {                                           \
+                T s = b[i * EVS_LANES + t] - m[t];                                          \
+                T e = EXP(s);                                                               \
+                T w = s < mean[t] ? ratio * e : e;                                          \
+                if (!log_out) o[i * EVS_LANES + t] = w;                                     \
+                total[t] += w;                                                              \
+            }                                                                               \
+        if (log_out) {                                                                      \
+            for (int t = 0; t < EVS_LANES; t++) total[t] = (T)log((double)total[t]);        \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (int t = 0; t < EVS_LANES; t++) {                                       \
+                    T s = b[i * EVS_LANES + t] - m[t];                                      \
+                    o[i * EVS_LANES + t] = (s < mean[t] ? s + log_ratio : s) - total[t];    \
+                }                                                                           \
+        } else {                                                                            \
+            for (int t = 0; t < EVS_LANES; t++) total[t] = (T)1 / total[t];                 \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (int t = 0; t < EVS_LANES; t++) o[i * EVS_LANES + t] *= total[t];       \
+        }                                                                                   \
+        return 1;                                                                           \
+    }
+
+EVS_DEFINE_LANES(float, exp_nonpositive_f32)
+EVS_DEFINE_LANES(double, exp_nonpositive_f64)
+
+/* Copies between a lane tile (entry i of row t at b[i * EVS_LANES + t]) and rows of the
+ * array whose entries are `step` apart and whose starts are adjacent (row_step 1). */
+#define EVS_DEFINE_LANE_COPY(T, SRC, LOAD, STORE)                                          \
+    EVS_CLONES static void lanes_in_##SRC(const char *x, Py_ssize_t step, Py_ssize_t row_step, \
+                                          T *restrict b, Py_ssize_t length) {               \
+        const SRC *p = (const SRC *)x;                                                      \
+        if (row_step == 1)                                                                  \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (int t = 0; t < EVS_LANES; t++) b[i * EVS_LANES + t] = LOAD(p[i * step + t]); \
+        else                                                                                \
+            for (int t = 0; t < EVS_LANES; t++)                                             \
+                for (Py_ssize_t i = 0; i < length; i++)                                     \
+                    b[i * EVS_LANES + t] = LOAD(p[i * step + t * row_step]);                \
+    }                                                                                       \
+    EVS_CLONES static void lanes_out_##SRC(const T *restrict b, char *y, Py_ssize_t step,   \
+                                           Py_ssize_t row_step, Py_ssize_t length) {        \
+        SRC *p = (SRC *)y;                                                                  \
+        if (row_step == 1)                                                                  \
+            for (Py_ssize_t i = 0; i < length; i++)                                         \
+                for (int t = 0; t < EVS_LANES; t++) p[i * step + t] = STORE(b[i * EVS_LANES + t]); \
+        else                                                                                \
+            for (int t = 0; t < EVS_LANES; t++)                                             \
+                for (Py_ssize_t i = 0; i < length; i++)                                     \
+                    p[i * step + t * row_step] = STORE(b[i * EVS_LANES + t]);               \
+    }
+
+EVS_DEFINE_LANE_COPY(float, float, EVS_AS_FLOAT, EVS_AS_FLOAT)
+EVS_DEFINE_LANE_COPY(float, evs_f16, EVS_AS_FLOAT, EVS_AS_F16)
+EVS_DEFINE_LANE_COPY(double, double, EVS_AS_DOUBLE, EVS_AS_DOUBLE)
+EVS_DEFINE_LANE_COPY(float, uint16_t, bf16_to_float, float_to_bf16)
+
+/* A full tile of unmasked rows with adjacent starts, side by side, copied through
+ * scratch (reading the array in place, 16 entries a cache line apart per row, makes
+ * the cache ways conflict); 0 if it needs the row-by-row path (see lanes_<T>). */
+#define EVS_DEFINE_LANE_MASK(T)                                                             \
+    static void lanes_mask_##T(const unsigned char *mask, Py_ssize_t step, Py_ssize_t row_step, \
+                               T *restrict b, Py_ssize_t length) {                          \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (int t = 0; t < EVS_LANES; t++)                                             \
+                if (!mask[i * step + t * row_step]) b[i * EVS_LANES + t] = -INFINITY;       \
+    }
+
+EVS_DEFINE_LANE_MASK(float)
+EVS_DEFINE_LANE_MASK(double)
+
+static int lane_tile(const job_t *job, const char *x, const unsigned char *mask, char *y,
+                     Py_ssize_t x_row, Py_ssize_t m_row, Py_ssize_t y_row, void *buf_in,
+                     void *buf_out) {
+    Py_ssize_t n = job->length, xs = job->axs, ys = job->ays;
+    int log_out = job->log_out;
+    if (job->dtype == EVS_F64) {
+        double *in = (double *)buf_in, *out = (double *)buf_out;
+        lanes_in_double(x, xs, x_row, in, n);
+        if (mask != NULL) lanes_mask_double(mask, job->ams, m_row, in, n);
+        if (!lanes_double(in, out, n, job->ratio, job->log_ratio, log_out)) return 0;
+        lanes_out_double(out, y, ys, y_row, n);
+        return 1;
+    }
+    float *in = (float *)buf_in, *out = (float *)buf_out;
+    if (job->dtype == EVS_F32) lanes_in_float(x, xs, x_row, in, n);
+    else if (job->dtype == EVS_F16) lanes_in_evs_f16(x, xs, x_row, in, n);
+    else lanes_in_uint16_t(x, xs, x_row, in, n);
+    if (mask != NULL) lanes_mask_float(mask, job->ams, m_row, in, n);
+    if (!lanes_float(in, out, n, (float)job->ratio, (float)job->log_ratio, log_out)) return 0;
+    if (job->dtype == EVS_F32) lanes_out_float(out, y, ys, y_row, n);
+    else if (job->dtype == EVS_F16) lanes_out_evs_f16(out, y, ys, y_row, n);
+    else lanes_out_uint16_t(out, y, ys, y_row, n);
+    return 1;
+}
+
+/* Masked entries of a gathered tile set to -inf (a masked NaN is thus never used). */
+#define EVS_DEFINE_APPLY_MASK(T)                                                            \
+    static void apply_mask_##T(const unsigned char *mask, Py_ssize_t step,                  \
+                               Py_ssize_t row_step, Py_ssize_t count, T *restrict buf,      \
+                               Py_ssize_t length) {                                         \
+        for (Py_ssize_t i = 0; i < length; i++) /* in the mask's order along the axis */  \
+            for (Py_ssize_t t = 0; t < count; t++)                                          \
+                if (!mask[i * step + t * row_step]) buf[t * length + i] = -INFINITY;        \
+    }
+
+EVS_DEFINE_APPLY_MASK(float)
+EVS_DEFINE_APPLY_MASK(double)
+
+/* Rows per tile: up to 16 side by side when rows are not contiguous (their entries are
+ * `axs` apart), within 64k entries of scratch. */
+#define EVS_SHORT 32 /* rows up to this long are taken 16 at a time, side by side */
+
+static Py_ssize_t tile_rows(const job_t *job) {
+    if (job->axs == 1) return job->length <= EVS_SHORT ? EVS_LANES : 1;
+    Py_ssize_t rows = 65536 / (job->length > 0 ? job->length : 1);
+    return rows < 1 ? 1 : rows > 16 ? 16 : rows;
+}
+
+/* `count` rows (one tile) that are not plain contiguous native data: gathered into
+ * scratch of the accumulation type (mask applied, half precision widened),
+ * normalized, and written back (straight into y when y's rows are contiguous and
+ * of that type). Rows are `row_step` entries apart in x and y (`mask_row_step`
+ * bytes in the mask). */
+static void strided_tile(const job_t *job, const char *x, const unsigned char *mask, char *y,
+                         Py_ssize_t count, Py_ssize_t x_row, Py_ssize_t m_row, Py_ssize_t y_row,
+                         void *buf_in, void *buf_out) {
+    Py_ssize_t n = job->length;
+    int log_out = job->log_out;
+    if (job->dtype == EVS_F64) {
+        double *in = (double *)buf_in;
+        int direct = job->ays == 1;
+        gather_double(x, job->axs, x_row, count, in, n);
+        if (mask != NULL) apply_mask_double(mask, job->ams, m_row, count, in, n);
+        double *out = direct ? (double *)y : (double *)buf_out;
+        rows_double(in, out, count, n, direct ? y_row : n, n, job->ratio, job->log_ratio,
+                    log_out);
+        if (!direct) scatter_double(out, y, job->ays, y_row, count, n);
+    } else {
+        float *in = (float *)buf_in;
+        int direct = job->ays == 1 && job->dtype == EVS_F32;
+        gather_float(x, job->dtype, job->axs, x_row, count, in, n);
+        if (mask != NULL) apply_mask_float(mask, job->ams, m_row, count, in, n);
+        float *out = direct ? (float *)y : (float *)buf_out;
+        rows_float(in, out, count, n, direct ? y_row : n, n, (float)job->ratio,
+                   (float)job->log_ratio, log_out);
+        if (!direct) scatter_float(out, y, job->dtype, job->ays, y_row, count, n);
+    }
+}
+
+static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
     Py_ssize_t n = job->length;
     for (Py_ssize_t r = first; r < last; r++) {
-        if (job->g != NULL && job->is_double) {
+        if (job->dtype == EVS_F64) {
             vjp_row_double((const double *)job->x + r * n, (const double *)job->g + r * n,
                            (double *)job->y + r * n, n);
-        } else if (job->g != NULL) {
+        } else {
             vjp_row_float((const float *)job->x + r * n, (const float *)job->g + r * n,
                           (float *)job->y + r * n, n);
-        } else if (job->is_double) {
-            const double *x = (const double *)job->x + r * job->length;
-            double *y = (double *)job->y + r * job->length;
-            row_double(x, y, job->length, job->ratio, job->log_ratio, job->log_out);
+        }
+    }
+}
+
+/* Rows first..last-1: runs of rows along the fastest outer axis at a time. */
+static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in,
+                     void *buf_out) {
+    if (job->g != NULL) {
+        run_vjp_rows(job, first, last);
+        return;
+    }
+    int d, inner = job->outer - 1;
+    Py_ssize_t index[EVS_MAX_DIMS], rest = first;
+    for (d = inner; d >= 0; d--) {
+        index[d] = rest % job->extent[d];
+        rest /= job->extent[d];
+    }
+    size_t size = job->dtype == EVS_F64 ? 8 : job->dtype == EVS_F32 ? 4 : 2;
+    int direct = job->mask == NULL && job->axs == 1 && job->ays == 1 &&
+                 (job->dtype == EVS_F32 || job->dtype == EVS_F64);
+    Py_ssize_t r = first;
+    while (r < last) {
+        Py_ssize_t ox = 0, om = 0, oy = 0;
+        for (d = 0; d <= inner; d++) {
+            ox += index[d] * job->xs[d];
+            om += index[d] * job->ms[d];
+            oy += index[d] * job->ys[d];
+        }
+        Py_ssize_t run = job->extent[inner] - index[inner];
+        if (run > last - r) run = last - r;
+        const char *x = job->x + ox * (Py_ssize_t)size;
+        char *y = job->y + oy * (Py_ssize_t)size;
+        Py_ssize_t done = 0;
+        if (direct && job->length <= EVS_SHORT) {
+            /* Short rows: 16 at a time side by side, no per-row reductions. */
+            Py_ssize_t xr = job->xs[inner], yr = job->ys[inner];
+            for (; done + EVS_LANES <= run; done += EVS_LANES)
+                if (!lane_tile(job, x + done * xr * (Py_ssize_t)size, NULL,
+                               y + done * yr * (Py_ssize_t)size, xr, 0, yr, buf_in, buf_out))
+                    break;
+            x += done * xr * (Py_ssize_t)size;
+            y += done * yr * (Py_ssize_t)size;
+        }
+        if (done == run) {
+        } else if (direct && job->dtype == EVS_F64) {
+            rows_double((const double *)x, (double *)y, run - done, job->xs[inner], job->ys[inner],
+                        job->length, job->ratio, job->log_ratio, job->log_out);
+        } else if (direct) {
+            rows_float((const float *)x, (float *)y, run - done, job->xs[inner], job->ys[inner],
+                       job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
         } else {
-            const float *x = (const float *)job->x + r * job->length;
-            float *y = (float *)job->y + r * job->length;
-            row_float(x, y, job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
+            const unsigned char *m = job->mask == NULL ? NULL : job->mask + om;
+            Py_ssize_t tile = tile_rows(job);
+            int lanes = tile == EVS_LANES && job->xs[inner] == 1 && job->ys[inner] == 1;
+            for (Py_ssize_t i = 0; i < run; i += tile) {
+                Py_ssize_t count = run - i < tile ? run - i : tile;
+                if (lanes && count == EVS_LANES &&
+                    lane_tile(job, x + i * (Py_ssize_t)size,
+                              m == NULL ? NULL : m + i * job->ms[inner],
+                              y + i * (Py_ssize_t)size, 1, job->ms[inner], 1, buf_in, buf_out))
+                    continue;
+                strided_tile(job, x + i * job->xs[inner] * (Py_ssize_t)size,
+                             m == NULL ? NULL : m + i * job->ms[inner],
+                             y + i * job->ys[inner] * (Py_ssize_t)size, count, job->xs[inner],
+                             job->ms[inner], job->ys[inner], buf_in, buf_out);
+            }
+        }
+        r += run;
+        index[inner] += run;
+        for (d = inner; d > 0 && index[d] == job->extent[d]; d--) {
+            index[d] = 0;
+            index[d - 1]++;
         }
     }
 }
@@ -272,11 +663,22 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
 /* The body every thread runs: claim chunks of rows until none is left. */
 static void work(void *arg) {
     job_t *job = (job_t *)arg;
-    for (;;) {
-        Py_ssize_t first = __atomic_fetch_add(&job->next, job->chunk, __ATOMIC_RELAXED);
-        if (first >= job->rows) break;
-        run_rows(job, first, job->rows - first < job->chunk ? job->rows : first + job->chunk);
+    /* Two tiles of scratch in the accumulation type, for the rows that are gathered. */
+    size_t bytes = (size_t)(job->length > 0 ? job->length : 1) * (size_t)tile_rows(job) *
+                   sizeof(double);
+    void *buf_in = malloc(bytes), *buf_out = malloc(bytes);
+    if (buf_in == NULL || buf_out == NULL) {
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+    } else {
+        for (;;) {
+            Py_ssize_t first = __atomic_fetch_add(&job->next, job->chunk, __ATOMIC_RELAXED);
+            if (first >= job->rows) break;
+            Py_ssize_t last = job->rows - first < job->chunk ? job->rows : first + job->chunk;
+            run_rows(job, first, last, buf_in, buf_out);
+        }
     }
+    free(buf_in);
+    free(buf_out);
 }
 
 static void *work_pthread(void *arg) {
@@ -319,6 +721,8 @@ static void run_parallel(job_t *job, int threads, uintptr_t parallel) {
     }
 }
 
+static PyObject *finish(job_t *job, int threads, unsigned long long parallel);
+
 PyDoc_STRVAR(ev_softmax_rows_doc,
 "ev_softmax_rows(x, y, rows, length, itemsize, ratio, log_ratio, log, threads, parallel)\n"
 "--\n\n"
@@ -348,18 +752,123 @@ static PyObject *ev_softmax_rows(PyObject *self, PyObject *args) {
     job_t job = {
         .x = (const char *)(uintptr_t)x,
         .y = (char *)(uintptr_t)y,
-        .rows = rows,
-        .length = length,
         .ratio = ratio,
         .log_ratio = log_ratio,
         .log_out = log_out,
-        .is_double = itemsize == 8,
-        .next = 0,
+        .dtype = itemsize == 8 ? EVS_F64 : EVS_F32,
     };
-    Py_BEGIN_ALLOW_THREADS
-    run_parallel(&job, threads, (uintptr_t)parallel);
-    Py_END_ALLOW_THREADS
+    contiguous_rows(&job, rows, length);
+    return finish(&job, threads, parallel);
+}
+
+/* Runs a job without the GIL; None, or MemoryError when scratch rows were refused. */
+static PyObject *finish(job_t *job, int threads, unsigned long long parallel) {
+    if (job->rows > 0 && job->length > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        run_parallel(job, threads, (uintptr_t)parallel);
+        Py_END_ALLOW_THREADS
+    }
+    if (job->failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
+}
+
+/* Reads a tuple of `ndim` ints into out; -1 with an exception set if it is not one. */
+static int read_sizes(PyObject *seq, Py_ssize_t ndim, Py_ssize_t *out, const char *name) {
+    PyObject *fast = PySequence_Fast(seq, name);
+    if (fast == NULL) return -1;
+    int ok = PySequence_Fast_GET_SIZE(fast) == ndim;
+    for (Py_ssize_t i = 0; ok && i < ndim; i++) {
+        out[i] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(fast, i));
+        ok = !(out[i] == -1 && PyErr_Occurred());
+    }
+    Py_DECREF(fast);
+    if (!ok && !PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "%s must hold one int per dimension", name);
+    return ok ? 0 : -1;
+}
+
+PyDoc_STRVAR(ev_softmax_strided_doc,
+"ev_softmax_strided(x, mask, y, shape, x_strides, mask_strides, y_strides, axis, dtype,\n"
+"                   ratio, log_ratio, log, threads, parallel)\n"
+"--\n\n"
+"ev-softmax (or its log) along `axis` of the array at address x into address y.\n\n"
+"x and y share `shape` and the element type `dtype` (0: float32, 1: float64,\n"
+"2: float16, 3: bfloat16; half precision is computed in float32); their strides are\n"
+"in elements, any sign. mask is the address of a boolean array of that shape\n"
+"(strides in bytes; 0 for a broadcast axis) whose false entries count as -inf, or 0\n"
+"for none. Other arguments as for ev_softmax_rows.");
+
+static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long x, mask, y, parallel;
+    PyObject *shape_arg, *xs_arg, *ms_arg, *ys_arg;
+    int axis, dtype, log_out, threads;
+    double ratio, log_ratio;
+    if (!PyArg_ParseTuple(args, "KKKOOOOiiddpiK", &x, &mask, &y, &shape_arg, &xs_arg, &ms_arg,
+                          &ys_arg, &axis, &dtype, &ratio, &log_ratio, &log_out, &threads,
+                          &parallel))
+        return NULL;
+    Py_ssize_t ndim = PyObject_Length(shape_arg);
+    if (ndim < 0) return NULL;
+    if (ndim < 1 || ndim > EVS_MAX_DIMS || axis < 0 || axis >= ndim) {
+        PyErr_Format(PyExc_ValueError, "need 1 to %d dimensions and 0 <= axis < ndim",
+                     EVS_MAX_DIMS);
+        return NULL;
+    }
+    if (dtype < EVS_F32 || dtype > EVS_BF16 || (dtype == EVS_F16 && !EVS_HAVE_F16)) {
+        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3 (2 needs _Float16 support)");
+        return NULL;
+    }
+    Py_ssize_t shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
+    if (read_sizes(shape_arg, ndim, shape, "shape") || read_sizes(xs_arg, ndim, xs, "x_strides") ||
+        read_sizes(ms_arg, ndim, ms, "mask_strides") || read_sizes(ys_arg, ndim, ys, "y_strides"))
+        return NULL;
+    job_t job = {
+        .x = (const char *)(uintptr_t)x,
+        .y = (char *)(uintptr_t)y,
+        .mask = (const unsigned char *)(uintptr_t)mask,
+        .ratio = ratio,
+        .log_ratio = log_ratio,
+        .log_out = log_out,
+        .dtype = dtype,
+        .length = shape[axis],
+        .axs = xs[axis],
+        .ams = mask ? ms[axis] : 0,
+        .ays = ys[axis],
+        .rows = 1,
+    };
+    /* The other axes, size-1 ones dropped and neighbours that step like one merged. */
+    int outer = 0;
+    for (Py_ssize_t d = 0; d < ndim; d++) {
+        if (d == axis || shape[d] == 1) continue;
+        if (shape[d] < 0) {
+            PyErr_SetString(PyExc_ValueError, "shape must be >= 0");
+            return NULL;
+        }
+        Py_ssize_t m = mask ? ms[d] : 0;
+        int k = outer - 1;
+        if (outer > 0 && job.xs[k] == xs[d] * shape[d] && job.ys[k] == ys[d] * shape[d] &&
+            job.ms[k] == m * shape[d]) {
+            job.extent[k] *= shape[d];
+            job.xs[k] = xs[d];
+            job.ys[k] = ys[d];
+            job.ms[k] = m;
+        } else {
+            job.extent[outer] = shape[d];
+            job.xs[outer] = xs[d];
+            job.ys[outer] = ys[d];
+            job.ms[outer] = m;
+            outer++;
+        }
+        job.rows *= shape[d];
+    }
+    if (outer == 0) {
+        job.extent[0] = 1;
+        job.xs[0] = job.ys[0] = job.ms[0] = 0;
+        outer = 1;
+    }
+    job.outer = outer;
+    return finish(&job, threads, parallel);
 }
 
 /* ---- XLA FFI handler: the kernel as a typed custom call for JAX on the CPU ----------
@@ -487,9 +996,9 @@ static int ffi_rows(evs_ffi_call_frame *frame, int arrays, int nparams, job_t *j
     job->x = (const char *)in[0]->data;
     job->g = arrays > 1 ? (const char *)in[1]->data : NULL;
     job->y = (char *)y->data;
-    job->length = (Py_ssize_t)y->dims[y->rank - 1];
-    job->rows = job->length > 0 ? size / job->length : 0;
-    job->is_double = is_double;
+    Py_ssize_t length = (Py_ssize_t)y->dims[y->rank - 1];
+    contiguous_rows(job, length > 0 ? size / length : 0, length);
+    job->dtype = is_double ? EVS_F64 : EVS_F32;
     job->next = 0;
     return 1;
 }
@@ -504,7 +1013,7 @@ static void *xla_ffi_ev_softmax_rows(evs_ffi_call_frame *frame) {
     job.ratio = p[0];
     job.log_ratio = p[1];
     job.log_out = p[2] != 0.0;
-    run_parallel(&job, (int)p[3], 0);
+    if (job.rows > 0 && job.length > 0) run_parallel(&job, (int)p[3], 0);
     return NULL;
 }
 
@@ -514,7 +1023,7 @@ static void *xla_ffi_ev_softmax_vjp_rows(evs_ffi_call_frame *frame) {
     job_t job = {0};
     double p[1];
     if (ffi_metadata(frame) || !ffi_rows(frame, 2, 1, &job, p)) return NULL;
-    run_parallel(&job, (int)p[0], 0);
+    if (job.rows > 0 && job.length > 0) run_parallel(&job, (int)p[0], 0);
     return NULL;
 }
 
@@ -541,6 +1050,7 @@ static PyObject *xla_ffi_vjp_handler(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"ev_softmax_rows", ev_softmax_rows, METH_VARARGS, ev_softmax_rows_doc},
+    {"ev_softmax_strided", ev_softmax_strided, METH_VARARGS, ev_softmax_strided_doc},
     {"xla_ffi_handler", xla_ffi_handler, METH_NOARGS, xla_ffi_handler_doc},
     {"xla_ffi_vjp_handler", xla_ffi_vjp_handler, METH_NOARGS, xla_ffi_vjp_handler_doc},
     {NULL, NULL, 0, NULL},
@@ -551,4 +1061,12 @@ static struct PyModuleDef module = {
     "Fused CPU kernels for ev-softmax (see evsoftmax._ext).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__cpu_kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cpu_kernels(void) {
+    PyObject *m = PyModule_Create(&module);
+    /* Whether ev_softmax_strided takes float16 (the compiler has _Float16). */
+    if (m != NULL && PyModule_AddIntConstant(m, "FLOAT16", EVS_HAVE_F16) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

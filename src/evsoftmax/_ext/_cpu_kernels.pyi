@@ -11,4 +11,24 @@ def ev_softmax_rows(
     parallel: int,
     /,
 ) -> None: ...
+def ev_softmax_strided(
+    x: int,
+    mask: int,
+    y: int,
+    shape: tuple[int, ...],
+    x_strides: tuple[int, ...],
+    mask_strides: tuple[int, ...],
+    y_strides: tuple[int, ...],
+    axis: int,
+    dtype: int,
+    ratio: float,
+    log_ratio: float,
+    log: bool,
+    threads: int,
+    parallel: int,
+    /,
+) -> None: ...
+
+FLOAT16: int
+
 def xla_ffi_handler() -> object: ...

@@ -5,8 +5,9 @@ input this adapter uses, in order of preference:
 
 * the compiled kernel of :mod:`evsoftmax._ext` (one fused pass per row, on the
   calling thread, as NumPy's own functions run), which follows every rule of
-  the core, special rows included; a ``where`` mask is applied first as
-  ``-inf``;
+  the core, special rows included, and reads any axis, layout and ``where``
+  mask (an entry it masks counts as ``-inf``) in place: the output is the one
+  full-size buffer;
 * without it, for unmasked input, in-place arithmetic on one fresh buffer and
   one boolean mask. The check costs one reduction over the per-row means: a
   row holding -inf, NaN or +inf has a non-finite mean of its shifted scores,
@@ -61,32 +62,41 @@ def _fast(x: Array, where: Array | None) -> bool:
 def _kernel(
     x: np.ndarray, where: np.ndarray | None, axis: int, epsilon: float, log: bool
 ) -> np.ndarray:
-    """The compiled kernel along ``axis``; a mask is applied first, as ``-inf``.
+    """The compiled kernel along ``axis``, reading ``x`` and ``where`` through their strides.
 
-    Masked entries then behave exactly like ``-inf`` entries (the design's rule),
-    and a masked NaN is never read.
+    A masked entry behaves exactly like ``-inf`` (the design's rule) and a masked
+    NaN is never used; the mask is broadcast as zero strides, not copied. The
+    output has ``x``'s layout (:func:`numpy.empty_like`).
     """
+    out = np.empty_like(x)
+    mask_ptr, mask_strides = 0, (0,) * x.ndim
     if where is not None:
-        x = np.where(where, x, -np.inf)
-    moved = np.moveaxis(x, axis, -1)
-    rows = np.ascontiguousarray(moved).reshape(-1, x.shape[axis])
-    out = np.empty_like(rows)
-    _ext.ev_softmax_rows(
-        rows.ctypes.data,
+        mask = np.broadcast_to(where, x.shape)
+        mask_ptr, mask_strides = mask.ctypes.data, mask.strides
+    _ext.ev_softmax_strided(
+        x.ctypes.data,
+        mask_ptr,
         out.ctypes.data,
-        rows=rows.shape[0],
-        length=rows.shape[1],
-        itemsize=rows.itemsize,
+        shape=x.shape,
+        strides=tuple(s // x.itemsize for s in x.strides),
+        mask_strides=mask_strides,
+        out_strides=tuple(s // out.itemsize for s in out.strides),
+        axis=axis,
+        dtype=x.dtype.name,
         epsilon=epsilon,
         log=log,
         threads=1,
     )
-    return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))
+    return out
 
 
 def _use_kernel(x: Array, where: Array | None) -> bool:
+    """Whether the compiled kernel takes ``x``: a float32/float64 array with aligned strides."""
     plain = isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64) and x.size > 0
-    return plain and (where is None or isinstance(where, np.ndarray)) and _ext.available()
+    if not plain or not (where is None or isinstance(where, np.ndarray)):
+        return False
+    aligned = all(s % x.itemsize == 0 for s in x.strides) and 1 <= x.ndim <= 32
+    return aligned and (where is None or where.dtype == np.bool_) and _ext.available()
 
 
 def ev_softmax(x: Array, *, axis: int, epsilon: float, where: Array | None, xp: Namespace) -> Array:

@@ -53,10 +53,10 @@ def forward(
     """ev-softmax (or its log) without autograd, on the fastest path for ``x``."""
     if torch.compiler.is_compiling():
         if kernel_op.applies(x, where):
-            return kernel_op.cpu_rows_forward(x, dim, epsilon, log)
+            return kernel_op.cpu_rows_forward(x, dim, epsilon, log, where)
         return ops.composed_forward(x, dim, epsilon, where, log)
     if ops.fast_path_applies(x, where):
-        return ops.cpu_rows_forward(x, dim, epsilon, log)
+        return ops.cpu_rows_forward(x, dim, epsilon, log, where)
     triton_ops = _triton_for(x)
     if triton_ops is not None:
         return triton_ops.forward(x, dim, epsilon, where, log)  # type: ignore[no-any-return]

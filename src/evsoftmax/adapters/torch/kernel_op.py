@@ -3,7 +3,7 @@
 Inductor's own fusion of the composed form (``ops.composed_forward``) runs
 at 1.2-1.5x a compiled softmax on the CPU; the kernel of :mod:`evsoftmax._ext`
 runs at about an eager softmax, which is faster than Inductor's. Inside a
-compiled graph, unmasked CPU inputs therefore call the kernel through this op
+compiled graph, CPU inputs (masked or not) therefore call the kernel through this op
 (an opaque node: Dynamo traces no Python into it, Inductor leaves it alone).
 
 The op has a CPU kernel only (and a fake one for tracing): the C kernel reads
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from ... import _ext
 from . import ops
 
 __all__ = ["applies", "cpu_rows_forward"]
@@ -28,32 +27,44 @@ _NAMESPACE = __name__.rpartition(".adapters.")[0].replace(".", "_")
 
 
 @torch.library.custom_op(f"{_NAMESPACE}::cpu_rows_forward", mutates_args=(), device_types="cpu")
-def _cpu_rows_op(x: torch.Tensor, dim: int, epsilon: torch.Tensor, log: bool) -> torch.Tensor:
-    return ops.cpu_rows_forward(x, dim, float(epsilon), log)
+def _cpu_rows_op(
+    x: torch.Tensor, dim: int, epsilon: torch.Tensor, log: bool, where: torch.Tensor | None = None
+) -> torch.Tensor:
+    return ops.cpu_rows_forward(x, dim, float(epsilon), log, where)
 
 
 @_cpu_rows_op.register_fake
-def _(x: torch.Tensor, dim: int, epsilon: torch.Tensor, log: bool) -> torch.Tensor:
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(
+    x: torch.Tensor, dim: int, epsilon: torch.Tensor, log: bool, where: torch.Tensor | None = None
+) -> torch.Tensor:
+    # The kernel writes its output in x's layout (ops.cpu_rows_forward).
+    return torch.empty_like(x)
 
 
-def cpu_rows_forward(x: torch.Tensor, dim: int, epsilon: float, log: bool) -> torch.Tensor:
-    """ev-softmax (or its log) of an unmasked CPU tensor with the compiled kernel, as a graph op.
+def cpu_rows_forward(
+    x: torch.Tensor, dim: int, epsilon: float, log: bool, where: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ev-softmax (or its log) of a CPU tensor with the compiled kernel, as a graph op.
 
-    ``epsilon`` enters the op as a 0-d tensor: a float that Dynamo made symbolic
-    (one that changes between calls) then recompiles nothing. (It is added to a
-    tensor rather than passed to ``torch.scalar_tensor``, which Dynamo specializes.)
+    ``where`` (a mask that broadcasts to ``x``, or None) is read by the kernel in
+    place. ``epsilon`` enters the op as a 0-d tensor: a float that Dynamo made
+    symbolic (one that changes between calls) then recompiles nothing. (It is
+    added to a tensor rather than passed to ``torch.scalar_tensor``, which
+    Dynamo specializes.)
     """
     eps = torch.zeros((), dtype=torch.float64) + epsilon
-    return _cpu_rows_op(x, dim, eps, log)  # type: ignore[no-any-return]
+    return _cpu_rows_op(x, dim, eps, log, where)  # type: ignore[no-any-return]
 
 
 def applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
-    """Whether a compiled graph should call the kernel op for ``x``.
+    """Whether a compiled graph should call the kernel op for ``x`` (and its mask).
 
-    Unmasked CPU input, and no ``torch.func`` transform around the call (the op
-    has no autograd or vmap rule of its own; the composed form composes with them).
+    CPU input of a dtype the kernel reads, and no ``torch.func`` transform around
+    the call (the op has no autograd or vmap rule of its own; the composed form
+    composes with them).
     """
-    if where is not None or x.device.type != "cpu" or not _ext.available():
+    if x.device.type != "cpu" or not ops.kernel_applies(x):
+        return False
+    if where is not None and where.device.type != "cpu":
         return False
     return not torch._C._are_functorch_transforms_active()
