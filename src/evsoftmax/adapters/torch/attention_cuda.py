@@ -4,14 +4,15 @@ r"""The CUDA path of torch ev-attention: flash-style Triton kernels, forward and
 One program per block of ``BLOCK_M`` queries (forward, ``dq``) or ``BLOCK_N``
 keys (``dk``, ``dv``) of one (batch, head); the ``L x S`` matrix is never
 formed: memory beyond inputs and output is O(L) per (batch, head) (the row
-statistics) plus, under a causal mask without ``attn_mask``, the key prefix
-sums (input-sized).
+statistics) plus the key sums, ``(E,)``, or under a causal mask without
+``attn_mask`` the key prefix sums ``(S, E)`` in float32.
 
 Forward, per query row (DESIGN §4 "Attention"):
 
 * the threshold is the mean of the valid scores. Without a mask it comes from
   the key identity ``mean_j s_ij = scale * q_i · mean_j k_j`` (prefix means when
-  causal), computed before the kernel; with a mask the kernel sums the valid
+  causal): the kernel takes the key sums (prefix sums) and forms ``q·Σk``
+  itself, in float32, divided once by the count; with a mask it sums the valid
   scores in a first sweep over the keys (the mask decides which keys count);
 * one sweep with a running maximum and normaliser (online softmax) weights the
   keys ``>= threshold`` by 1 and the others by ``eps/(1+eps)`` (added as its log,
@@ -173,8 +174,29 @@ def _forward_sweep(
 
 
 @triton.jit
+def _key_mean_thresholds(
+    KSUM, z, q, offs_m, L, S, E, scale, CAUSAL: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):  # fmt: skip
+    """Valid score means without a mask: ``scale * q·Σk`` divided once by the key count.
+
+    ``KSUM`` holds the key sums ``(Z, E)``, or their prefix sums ``(Z, S, E)`` when
+    causal (query ``i`` sees keys ``0..min(i, S-1)``).
+    """
+    cols = tl.arange(0, BLOCK_E)
+    if CAUSAL:
+        rows = tl.minimum(offs_m, S - 1)
+        inside = (offs_m[:, None] < L) & (cols[None, :] < E)
+        where = KSUM + z * S * E + rows[:, None] * E + cols[None, :]
+        sums = tl.load(where, mask=inside, other=0.0)
+        return tl.sum(q.to(ACC) * sums, 1) * scale / (rows + 1).to(ACC)
+    sums = tl.load(KSUM + z * E + cols, mask=cols < E, other=0.0)
+    return tl.sum(q.to(ACC) * sums[None, :], 1) * scale / S
+
+
+@triton.jit
 def _forward_kernel(
-    Q, K, V, THR, MASK, MOFF, OUT, LSE, CUT, SIZE, L, S, E, EV, msl, mss,
+    Q, K, V, KSUM, MASK, MOFF, OUT, LSE, CUT, SIZE, L, S, E, EV, msl, mss,
     scale_hi, scale_lo, log_off_hi, log_off_lo,
     HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, CAUSAL: tl.constexpr, ACC: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -208,7 +230,7 @@ def _forward_kernel(
             count += tl.sum(valid.to(ACC), 1)
         thr = total / tl.maximum(count, 1.0)
     else:
-        thr = tl.load(THR + z * L + offs_m, mask=offs_m < L, other=0.0).to(ACC)
+        thr = _key_mean_thresholds(KSUM, z, q, offs_m, L, S, E, scale, CAUSAL, ACC, BLOCK_E)
     acc, norm, m, size = _forward_sweep(
         q, K, V, MASK, mask_base, msl, mss, offs_m, thr, n_end, L, S, E, EV, scale, log_off,
         HAS_MASK, MASK_BOOL, CAUSAL, ACC, IEEE, BLOCK_M, BLOCK_N, BLOCK_E, BLOCK_EV,
@@ -358,19 +380,10 @@ def _blocks(device: torch.device, head: int) -> tuple[int, int, int]:
     return GPU_BLOCKS[min(b for b in GPU_BLOCKS if b >= head)]
 
 
-def _thresholds(q: torch.Tensor, k: torch.Tensor, is_causal: bool, scale: float) -> torch.Tensor:
-    """Valid score means ``(Z, L)`` without a mask, from the key sums (prefix sums when causal).
-
-    ``q·Σk`` is divided once by the count; float32 for half precision.
-    """
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q, k = q.to(acc), k.to(acc)
-    length, keys = q.shape[-2], k.shape[-2]
-    if not is_causal:
-        return torch.matmul(q, k.sum(-2).unsqueeze(-1)).squeeze(-1) * scale / keys
-    rows = torch.arange(length, device=q.device).clamp(max=keys - 1)
-    count = (rows + 1).to(acc)
-    return (q * k.cumsum(-2).index_select(-2, rows)).sum(-1) * scale / count
+def _key_sums(k: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    """Key sums ``(Z, E)``, or prefix sums ``(Z, S, E)`` when causal, in float32 or float64."""
+    acc = torch.float64 if k.dtype == torch.float64 else torch.float32
+    return k.cumsum(-2, dtype=acc) if is_causal else k.sum(-2, dtype=acc)
 
 
 def _mask_args(mask: torch.Tensor | None, batch: tuple[int, ...], length: int, keys: int) -> Any:
@@ -420,15 +433,14 @@ class _EvAttentionCuda(torch.autograd.Function):
         meta = _meta(q, v, mask, is_causal)
         out = q.new_empty((z, length, values))
         stats = q.new_empty(
-            (3, z, length), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32
+            (2, z, length), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32
         )
-        lse, cut, thr = stats[0], stats[1], stats[2]
-        if mask is None:
-            thr.copy_(_thresholds(q, k, is_causal, scale))
+        lse, cut = stats[0], stats[1]
+        sums = None if mask is not None else _key_sums(k, is_causal)
         sizes = torch.empty((z, length), dtype=torch.int32, device=q.device)
         grid = (triton.cdiv(length, meta["BLOCK_M"]), z)
         _forward_kernel[grid](
-            q, k, v, thr, mask, offsets, out, lse, cut, sizes, length, keys, q.shape[2], values,
+            q, k, v, sums, mask, offsets, out, lse, cut, sizes, length, keys, q.shape[2], values,
             msl, mss, *_float32_pair(scale), *_float32_pair(log_off), **meta,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, lse, cut, mask, offsets)
