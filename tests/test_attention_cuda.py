@@ -225,3 +225,10 @@ else:
         np.testing.assert_array_equal(sizes.numpy(), expected_sizes)
         evt.ev_attention(q.double(), k.double(), v.double())  # float64 stays on the torch algorithm
         assert len(calls) == 1
+        # torch.func transforms, whose backward a Triton launch cannot serve, too.
+        grad_q = torch.func.grad(lambda x: evt.ev_attention(x, k, v, is_causal=True).sum())(q)
+        assert len(calls) == 1
+        leaf = q.double().requires_grad_()
+        dense = _dense(leaf, k.double(), v.double(), None, True, 1 / math.sqrt(8), 0.0)
+        (expected_grad,) = torch.autograd.grad(dense.sum(), leaf)
+        np.testing.assert_allclose(grad_q.numpy(), expected_grad.numpy(), rtol=1e-4, atol=1e-5)

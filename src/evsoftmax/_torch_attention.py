@@ -138,8 +138,14 @@ def _path(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> Any:
     """The CUDA kernels where they serve the tensors, else the blocked torch algorithm.
 
     Under ``torch.compile`` the blocked algorithm traces; the kernel launches do not.
+    Under ``torch.func`` transforms the backward receives wrapped tensors, which a
+    Triton launch cannot read, so those calls take the blocked algorithm too.
     """
-    if query.device.type in _KERNEL_DEVICES and not torch.compiler.is_compiling():
+    if (
+        query.device.type in _KERNEL_DEVICES
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+    ):
         kernels = _cuda_kernels()
         if kernels is not None and kernels.supports(query, key, value):
             return kernels.attention

@@ -427,7 +427,7 @@ class _EvAttentionCuda(torch.autograd.Function):
     """ev-attention of contiguous ``(Z, L, E)``, ``(Z, S, E)``, ``(Z, S, Ev)`` tensors."""
 
     @staticmethod
-    def forward(ctx: Any, q, k, v, mask, offsets, msl, mss, is_causal, scale, log_off):  # type: ignore[override]
+    def forward(q, k, v, mask, offsets, msl, mss, is_causal, scale, log_off):  # type: ignore[override]
         z, length, _ = q.shape
         keys, values = k.shape[1], v.shape[2]
         meta = _meta(q, v, mask, is_causal)
@@ -443,13 +443,19 @@ class _EvAttentionCuda(torch.autograd.Function):
             q, k, v, sums, mask, offsets, out, lse, cut, sizes, length, keys, q.shape[2], values,
             msl, mss, *_float32_pair(scale), *_float32_pair(log_off), **meta,
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, out, lse, cut, mask, offsets)
-        ctx.args = (msl, mss, scale, log_off, meta)
-        ctx.mark_non_differentiable(sizes)
-        return out, sizes
+        return out, sizes, lse, cut
 
     @staticmethod
-    def backward(ctx: Any, d_out: torch.Tensor, _d_sizes: Any) -> tuple[Any, ...]:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        # A separate setup_context lets torch.func transforms (grad, vjp) use the Function.
+        q, k, v, mask, offsets, msl, mss, is_causal, scale, log_off = inputs
+        out, sizes, lse, cut = output
+        ctx.save_for_backward(q, k, v, out, lse, cut, mask, offsets)
+        ctx.args = (msl, mss, scale, log_off, _meta(q, v, mask, is_causal))
+        ctx.mark_non_differentiable(sizes, lse, cut)
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor, *_unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         q, k, v, out, lse, cut, mask, offsets = ctx.saved_tensors
         msl, mss, scale, log_off, meta = ctx.args
         d_out = d_out.to(q.dtype).contiguous()
@@ -493,7 +499,7 @@ def attention(
     mask_t, offsets, msl, mss = _mask_args(mask, batch, length, keys)
     off = epsilon / (1.0 + epsilon)
     log_off = math.log(off) if off > 0.0 else -math.inf
-    out, sizes = _EvAttentionCuda.apply(
+    out, sizes, _lse, _cut = _EvAttentionCuda.apply(
         flat(query), flat(key), flat(value), mask_t, offsets, msl, mss, is_causal, scale, log_off
     )
     return out.reshape(*batch, length, value.shape[-1]), sizes.to(torch.int64).reshape(
