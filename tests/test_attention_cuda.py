@@ -13,16 +13,19 @@ CUDA device and are skipped, visibly, without one.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("triton", reason="triton is not installed (the CUDA path needs it)")
+triton = pytest.importorskip("triton", reason="triton is not installed (the CUDA path needs it)")
+tl = triton.language
 
 from . import attention_reference as ref  # noqa: E402
 from . import reference  # noqa: E402
@@ -86,6 +89,44 @@ if not INTERPRETED:
         assert done.returncode == 0, done.stdout + done.stderr
         assert " passed" in done.stdout, done.stdout
         assert "skipped" not in done.stdout, done.stdout
+
+    def test_kernels_compile_for_sm90():
+        """Triton compiles the three kernels for an H100/H200 (sm_90) without a GPU (ptxas only)."""
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        from evsoftmax.adapters.torch import attention_cuda as kernels
+
+        if importlib.util.find_spec("triton.backends.nvidia") is None:
+            pytest.skip("triton has no NVIDIA backend here")
+        consts = {"HAS_MASK": True, "MASK_BOOL": True, "CAUSAL": True, "IEEE": 0, "KSUM": None}
+        consts.update({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_E": 64, "BLOCK_EV": 64})
+        types = {"MASK": "*u8", "MOFF": "*i64", "SIZE": "*i32", "msl": "i64", "mss": "i64"}
+        for fn in (
+            kernels._forward_kernel,
+            kernels._backward_kv_kernel,
+            kernels._backward_q_kernel,
+        ):
+            names = fn.arg_names
+            signature, constexprs = {}, {(names.index("ACC"),): tl.float32}
+            for n in names:
+                if n in consts or n == "ACC":
+                    signature[n] = "constexpr"
+                    if n != "ACC":
+                        constexprs[(names.index(n),)] = consts[n]
+                elif n in types:
+                    signature[n] = types[n]
+                elif n in ("LSE", "CUT", "DELTA"):
+                    signature[n] = "*fp32"
+                elif n.isupper() and n not in ("L", "S", "E", "EV"):
+                    signature[n] = "*fp16"
+                else:
+                    signature[n] = "fp32" if n.endswith(("_hi", "_lo")) else "i32"
+            source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+            with warnings.catch_warnings():  # Triton 3.9's note on its FP-fusion default
+                warnings.filterwarnings("ignore", "TRITON_DEFAULT_FP_FUSION", UserWarning)
+                compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+            assert compiled.asm["cubin"], fn.__name__
 
     @pytest.mark.skipif(
         not CUDA, reason="needs a CUDA device (the real kernels; run by the GPU checks)"
