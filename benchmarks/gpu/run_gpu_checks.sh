@@ -12,12 +12,15 @@
 #                64x128000, float32 and bfloat16 (when the CLI has a dtype option)
 #   cupy-bench   benchmarks/gpu/cupy_bench.py: fused kernels vs a like-for-like fused
 #                softmax, cupyx softmax and the device-to-device copy bandwidth
-# Groups: tests (the three test steps), benchmarks (bench cupy-bench), all.
+#   attention-bench  benchmarks/gpu/attention_bench.py: torch ev_attention's CUDA kernels
+#                against the blocked torch path (correctness) and SDPA flash (time, memory)
+# Groups: tests (the three test steps), benchmarks (bench cupy-bench attention-bench), all.
 #
 # Everything lands in $OUT (default: ./gpu-out): summary.txt (also printed at the end),
-# logs.tar.gz (every step's full log), bench-<dtype>.json/.png and cupy-bench.json;
+# logs.tar.gz (every step's full log), bench-<dtype>.json/.png, cupy-bench.json and
+# attention-bench.json;
 # at most 8 files, so a device tool can bring them all back. Each step runs under its own
-# time limit (LIMIT_TESTS, LIMIT_BENCH, LIMIT_CUPY_BENCH, in seconds) and a failing
+# time limit (LIMIT_TESTS, LIMIT_BENCH, LIMIT_CUPY_BENCH, LIMIT_ATTENTION, in seconds) and a failing
 # or hanging step does not stop the next. Exit status 0 only if every step passed.
 #
 # Python packages: the GPU image has numpy, cupy, torch, triton, jax, pytest,
@@ -33,6 +36,7 @@ SUMMARY=$LOGS/summary.txt
 LIMIT_TESTS=${LIMIT_TESTS:-170}
 LIMIT_BENCH=${LIMIT_BENCH:-180}
 LIMIT_CUPY_BENCH=${LIMIT_CUPY_BENCH:-120}
+LIMIT_ATTENTION=${LIMIT_ATTENTION:-300}
 SHAPES=8192x8192,64x128000
 FAILED=()
 mkdir -p "$OUT"
@@ -129,15 +133,22 @@ step_cupy_bench() {
   tail -n 8 "$LOGS/cupy-bench.log" | sed 's/^/   | /' >>"$SUMMARY"
 }
 
+step_attention_bench() {
+  run_step attention-bench "$LIMIT_ATTENTION" "$PY" benchmarks/gpu/attention_bench.py \
+    --json "$OUT/attention-bench.json"
+  grep -E "^wrote|ratio_to_sdpa" "$LOGS/attention-bench.log" | tail -n 12 | cut -c1-400 \
+    | sed 's/^/   | /' >>"$SUMMARY"
+}
+
 steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] || steps=(all)
 expanded=()
 for s in "${steps[@]}"; do
   case $s in
-    all) expanded+=(env tests-cupy tests-torch tests-jax bench cupy-bench) ;;
+    all) expanded+=(env tests-cupy tests-torch tests-jax bench cupy-bench attention-bench) ;;
     tests) expanded+=(env tests-cupy tests-torch tests-jax) ;;
-    benchmarks) expanded+=(env bench cupy-bench) ;;
-    env | tests-cupy | tests-torch | tests-jax | bench | cupy-bench) expanded+=("$s") ;;
+    benchmarks) expanded+=(env bench cupy-bench attention-bench) ;;
+    env | tests-cupy | tests-torch | tests-jax | bench | cupy-bench | attention-bench) expanded+=("$s") ;;
     *)
       echo "unknown step '$s'; see the top of $0" >&2
       exit 2
@@ -157,6 +168,7 @@ for s in "${expanded[@]}"; do
     tests-jax) step_tests jax ;;
     bench) step_bench ;;
     cupy-bench) step_cupy_bench ;;
+    attention-bench) step_attention_bench ;;
   esac
 done
 

@@ -7,6 +7,8 @@ values, and the computation is the adapter's autograd Function.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from typing import Any
 
@@ -123,8 +125,41 @@ def ev_attention(
         out = out + 0.0 * (query.sum() + key.sum() + value.sum())  # keeps autograd connected
         sizes = torch.zeros(target[:-1], dtype=torch.int64, device=query.device)
         return (out, sizes) if return_support else out
-    out, sizes = attention(query, key, value, mask, is_causal, scale, epsilon)
+    out, sizes = _path(query, key, value)(query, key, value, mask, is_causal, scale, epsilon)
     return (out, sizes) if return_support else out
+
+
+# Devices whose tensors go to the Triton kernels (the tests add "cpu" to run the
+# routing through Triton's interpreter).
+_KERNEL_DEVICES = frozenset({"cuda"})
+
+
+def _path(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> Any:
+    """The CUDA kernels where they serve the tensors, else the blocked torch algorithm.
+
+    Under ``torch.compile`` the blocked algorithm traces; the kernel launches do not.
+    Under ``torch.func`` transforms the backward receives wrapped tensors, which a
+    Triton launch cannot read, so those calls take the blocked algorithm too.
+    """
+    if (
+        query.device.type in _KERNEL_DEVICES
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+    ):
+        kernels = _cuda_kernels()
+        if kernels is not None and kernels.supports(query, key, value):
+            return kernels.attention
+    return attention
+
+
+@functools.cache
+def _cuda_kernels() -> Any:
+    """The CUDA path's Triton kernels, or None when triton is not installed."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from .adapters.torch import attention_cuda
+
+    return attention_cuda
 
 
 def _as_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
