@@ -117,6 +117,12 @@ def _tests(session: nox.Session) -> None:
     session.install("-r", f"backends/{backend}.txt")
     _install_package(session, "[test]")
     env = {"EVSOFTMAX_TEST_BACKENDS": backend, "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1"}
+    # Most of the JAX session's time is XLA compiling small programs; LLVM's
+    # optimization passes are most of that, and the tests' programs are tiny, so
+    # they run unoptimized (IEEE semantics are the same: XLA's fast math is off
+    # either way). A subprocess that sets its own XLA_FLAGS (shard_map tests)
+    # replaces this; set XLA_FLAGS yourself to test the default optimization level.
+    env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "--xla_backend_optimization_level=0")
     # loadgroup: tests that share a costly setup (a subprocess battery, a docs page's
     # namespace) carry an xdist_group mark and run on one worker; the others balance.
     session.run(
