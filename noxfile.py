@@ -10,7 +10,8 @@ Speed (the whole matrix on 2 cores): environments are made with ``uv`` when it i
 installed (``pip install "nox[uv]"``; plain ``venv`` + pip otherwise), so the
 sessions share one download/unpack cache instead of each installing torch and
 JAX afresh; the package is built into a wheel once per run and that wheel is
-installed in every session; pytest runs on every core (pytest-xdist).
+installed in every session; pytest runs on every core (pytest-xdist, ``--dist
+loadgroup``: tests that share a costly setup stay on one worker).
 """
 
 from __future__ import annotations
@@ -116,7 +117,17 @@ def _tests(session: nox.Session) -> None:
     session.install("-r", f"backends/{backend}.txt")
     _install_package(session, "[test]")
     env = {"EVSOFTMAX_TEST_BACKENDS": backend, "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1"}
-    session.run("pytest", "-n", "auto", "--durations=10", *session.posargs, env=env)
+    # Most of the JAX session's time is XLA compiling small programs; LLVM's
+    # optimization passes are most of that, and the tests' programs are tiny, so
+    # they run unoptimized (IEEE semantics are the same: XLA's fast math is off
+    # either way). A subprocess that sets its own XLA_FLAGS (shard_map tests)
+    # replaces this; set XLA_FLAGS yourself to test the default optimization level.
+    env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    # loadgroup: tests that share a costly setup (a subprocess battery, a docs page's
+    # namespace) carry an xdist_group mark and run on one worker; the others balance.
+    session.run(
+        "pytest", "-n", "auto", "--dist", "loadgroup", "--durations=10", *session.posargs, env=env
+    )
 
 
 for _backend in BACKENDS:

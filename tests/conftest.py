@@ -8,11 +8,14 @@ Tests that take the ``xp`` fixture run once per selected backend (see
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from .backends import gpu_unavailable_reason, namespace, selected
+from .jax_helpers import jax_x64_enabled
 
 # The xp fixture is a stateless namespace, safe to share across hypothesis examples.
 _SHARED = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
@@ -52,3 +55,29 @@ def xp(request: pytest.FixtureRequest):
                 pytest.mark.xfail(reason=marker.kwargs.get("reason", ""), strict=True)
             )
     return namespace(name)
+
+
+@pytest.fixture(autouse=True)
+def _jax_x64_is_per_test() -> Iterator[None]:
+    """Whatever a test does to ``jax_enable_x64``, the next test on this worker starts as it did.
+
+    The flag is global: a test that switched it on (the jax ``xp`` fixture, the
+    path matrix, the ``jax_x64`` fixture) made float64 the default dtype of every
+    later test in the same xdist worker (docs examples written for default JAX
+    then saw float64 arrays).
+    """
+    jax = sys.modules.get("jax")
+    before = bool(jax.config.jax_enable_x64) if jax is not None else None
+    yield
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        # JAX imported during the test: back to its default (JAX_ENABLE_X64 or off).
+        default = os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
+        jax.config.update("jax_enable_x64", default if before is None else before)
+
+
+@pytest.fixture
+def jax_x64() -> Iterator[None]:
+    """float64 JAX for one test (``pytestmark = pytest.mark.usefixtures("jax_x64")``)."""
+    with jax_x64_enabled():
+        yield

@@ -6,10 +6,30 @@ Everything here is plain NumPy float64 written from the paper's formulas
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
 from .reference import ev_softmax as ref_ev_softmax
 from .reference import min_gap_to_mean
+
+
+@contextlib.contextmanager
+def jax_x64_enabled() -> Iterator[None]:
+    """``jax_enable_x64`` on inside the block, back to what it was after it.
+
+    For float64 JAX in a test module without switching the process-wide flag
+    for the tests that run after it (``tests/conftest.py``'s ``jax_x64`` fixture).
+    """
+    import jax
+
+    before = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
 
 
 def rows_away_from_ties(shape: tuple[int, ...], axis: int = -1, seed: int = 0) -> np.ndarray:

@@ -609,6 +609,7 @@ def _jax() -> Any:
 
 
 def _jax_inputs(req: pc.Request) -> tuple[Any, Any, Any]:
+    _jax()  # float64 inputs stay float64 (tests/conftest.py resets the flag after each test)
     import jax.numpy as jnp
 
     x = pc.apply_view(jnp.asarray(req.inp.base(req.dtype)), req.inp.view)

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 JAX, for these tests only
 
 import jax.numpy as jnp  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 import evsoftmax as evs  # noqa: E402
+
+from .jax_helpers import jax_x64_enabled  # noqa: E402
 
 MAPS = {
     "softmax": evs.softmax,
@@ -23,8 +25,9 @@ MAPS = {
     "bisect_1.25": partial(evs.entmax_bisect, alpha=1.25),
     "bisect_3": partial(evs.entmax_bisect, alpha=3.0),
 }
-X = jnp.asarray(np.random.default_rng(7).normal(size=(3, 5)))
-WHERE = jnp.asarray([[True, False, True, True, True], [False] * 5, [True] * 5])
+with jax_x64_enabled():  # float64 arrays, made at import
+    X = jnp.asarray(np.random.default_rng(7).normal(size=(3, 5)))
+    WHERE = jnp.asarray([[True, False, True, True, True], [False] * 5, [True] * 5])
 
 
 @pytest.mark.parametrize("name", MAPS)

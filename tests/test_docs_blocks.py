@@ -214,8 +214,15 @@ def _namespace_before(page: Path, index: int) -> dict[str, object]:
     return namespace
 
 
+# A page's blocks stay on one xdist worker (``--dist loadgroup``, as the nox sessions
+# run), so that no worker replays the blocks another one ran.
 _CASES = [
-    pytest.param(page, i, id=f"{page.relative_to(ROOT)}:{block.line}")
+    pytest.param(
+        page,
+        i,
+        id=f"{page.relative_to(ROOT)}:{block.line}",
+        marks=pytest.mark.xdist_group(f"docs:{page.name}"),
+    )
     for page in PAGES
     for i, block in enumerate(blocks(page))
 ]

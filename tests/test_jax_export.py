@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-jax.config.update("jax_enable_x64", True)  # as the test conftest does for the jax backend
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 JAX, for these tests only
 
 import jax.numpy as jnp  # noqa: E402
 from jax import export  # noqa: E402

@@ -29,6 +29,9 @@ from evsoftmax import _ext
 from . import reference as ref
 from .jax_helpers import closed_form_jvp, closed_form_log_jvp, rows_away_from_ties
 
+# The module fixture runs a subprocess: its tests share one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_jax_shard_map")
+
 EPSILON = 1e-3
 
 _SCRIPT = textwrap.dedent(

@@ -26,6 +26,9 @@ import evsoftmax
 from . import reference as ref
 from .jax_helpers import closed_form_jvp, rows_away_from_ties
 
+# The module fixture runs a subprocess: its tests share one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_jax_sharding")
+
 EPSILON = 1e-3
 
 _SCRIPT = textwrap.dedent(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 JAX, for these tests only
 
 import jax.numpy as jnp  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
@@ -16,10 +16,12 @@ from jax.test_util import check_grads  # noqa: E402
 import evsoftmax as evs  # noqa: E402
 
 from . import reference  # noqa: E402
+from .jax_helpers import jax_x64_enabled  # noqa: E402
 
 RNG = np.random.default_rng(5)
-LOGITS = jnp.asarray(RNG.normal(scale=2.0, size=(4, 6)))
-TARGET = jnp.asarray([0, 5, 2, 2])
+with jax_x64_enabled():  # float64 arrays, made at import
+    LOGITS = jnp.asarray(RNG.normal(scale=2.0, size=(4, 6)))
+    TARGET = jnp.asarray([0, 5, 2, 2])
 LOSSES = {
     "nll": evs.ev_softmax_nll_loss,
     "sparsemax": evs.sparsemax_loss,

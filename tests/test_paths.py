@@ -6,7 +6,8 @@ compares each result with the float64 reference (exact rational mean for the
 support). A path runs in the session of its backend (``EVSOFTMAX_TEST_BACKENDS``);
 a path whose package is missing, or a dtype/case it cannot take, is a visible
 skip with its reason. ``python -m tests.paths --summary`` prints the matrix
-(paths x case groups).
+(paths x case groups). The nox sessions run pytest with ``--dist loadgroup``: the
+cells of a subprocess path stay on one worker, so its battery runs once.
 
 Cost: the traced, compiled and exported paths run each cell as one program
 (one trace/compile/export per cell) over ε in {0, 3, 1e300} (derivatives {0, 3});
@@ -24,8 +25,16 @@ from . import path_cases as pc
 from .backends import ALL_BACKENDS
 from .paths import PATHS, check, selected_paths
 
+
+def _cell(path, group: str, dtype: str):
+    # A path that runs its battery in a subprocess runs it once per process: keep
+    # its cells on one xdist worker (``--dist loadgroup``, as the nox sessions run).
+    marks = [] if path.subprocess_env is None else [pytest.mark.xdist_group(path.name)]
+    return pytest.param(path, group, dtype, id=f"{path.name}-{group}-{dtype}", marks=marks)
+
+
 _CELLS = [
-    pytest.param(path, group, dtype, id=f"{path.name}-{group}-{dtype}")
+    _cell(path, group, dtype)
     for path in selected_paths()
     for group in pc.GROUPS
     for dtype in pc.DTYPES
