@@ -123,7 +123,7 @@ def ev_attention(
         out = out + 0.0 * (query.sum() + key.sum() + value.sum())  # keeps autograd connected
         sizes = torch.zeros(target[:-1], dtype=torch.int64, device=query.device)
         return (out, sizes) if return_support else out
-    out, sizes = attention(query, key, value, mask, is_causal, scale, epsilon)
+    out, sizes = attention(query, key, value, mask, is_causal, scale, epsilon, return_support)
     return (out, sizes) if return_support else out
 
 
