@@ -384,3 +384,39 @@ def test_bench_runs_end_to_end(name, tmp_path, capsys):
     checks = doc["checks"]
     assert len(checks) == 2 * len(shapes)
     assert all(c["error"] is None and c["max_abs_diff"] < 1e-5 for c in checks)
+
+
+def test_attention_suite_runs_end_to_end(tmp_path, capsys):
+    """``--suite attention --quick``: every method and mode timed, peak memory, checks, JSON."""
+    _needs_extras()
+    if "torch" not in selected():
+        pytest.skip("the attention suite is torch's: runs in the torch session")
+    json_path = tmp_path / "attention.json"
+    status = cli.main(
+        ["bench", "--suite", "attention", "--quick", "--repeats", "2", "--warmup", "1",
+         "--max-time", "0", "--no-progress", "--json", str(json_path)]
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "time ÷ scaled_dot_product_attention (quick: smoke-test sizes)" in out
+    doc = json.loads(json_path.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert doc["command"].endswith("--suite attention --quick")
+    part = doc["attention"]
+    cases = {"2x128x128x16 full", "2x128x128x16 causal"}
+    keys = {(c, m, mode) for c in cases for m in ("sdpa", "ev_attention", "dense")
+            for mode in (FORWARD, FORWARD_BACKWARD)}  # fmt: skip
+    assert {(r["case"], r["method"], r["mode"]) for r in part["results"]} == keys
+    for r in part["results"]:
+        assert r["error"] is None, r
+        assert len(r["samples_s"]) == 2 and r["median_s"] > 0
+        baseline = next(
+            b for b in part["results"]
+            if (b["case"], b["method"], b["mode"]) == (r["case"], "sdpa", r["mode"])
+        )  # fmt: skip
+        assert r["ratio"] == pytest.approx(r["median_s"] / baseline["median_s"])
+    if sys.platform.startswith("linux"):
+        assert {(m["case"], m["method"], m["mode"]) for m in part["memory"]} == keys
+        assert all(m["peak_mib"] >= 0 for m in part["memory"])
+    # float32 ev_attention and the dense composition agree but for threshold ties (~1/S).
+    assert {c["case"] for c in part["checks"]} == cases
+    assert all(c["max_abs_diff"] < 1e-2 for c in part["checks"])

@@ -82,6 +82,13 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``evsoftmax bench``."""
     parser.add_argument(
+        "--suite",
+        choices=("softmax", "attention"),
+        default="softmax",
+        help="softmax: normalizers on every backend (default); attention: torch ev_attention "
+        "vs scaled_dot_product_attention and the dense composition (--shapes and sweeps ignored)",
+    )
+    parser.add_argument(
         "--backends",
         type=_checked(_backends),
         help=f"comma-separated, or 'all' (default: {','.join(DEFAULT_BACKENDS)} when installed)",
@@ -171,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
     from ._bench._suite import config_dict, run_suite
 
     config = config_from_args(args)
+    if args.suite == "attention":
+        return _run_attention(args, config)
     with progress_bar(enabled=not args.no_progress) as progress:
         doc = run_suite(config, progress, header(config_dict(config)))
     doc["machine"] = machine()
@@ -181,6 +190,33 @@ def run(args: argparse.Namespace) -> int:
         from ._bench._plot import write_plot
 
         write_plot(doc, args.plot)
+    return 0
+
+
+def _run_attention(args: argparse.Namespace, config: BenchConfig) -> int:
+    """The attention suite (torch only): time, peak memory, table and JSON."""
+    if importlib.util.find_spec("torch") is None:
+        print("evsoftmax bench --suite attention needs torch", file=sys.stderr)
+        return 2
+    from ._bench._attention import CASES, QUICK_CASES, run_attention
+    from ._bench._document import header, machine, write_json
+    from ._bench._report import print_attention, progress_bar
+    from ._bench._suite import config_dict
+
+    cases = QUICK_CASES if config.quick else CASES
+    device = "cuda" if args.device == "gpu" else "cpu"
+    doc = header({**config_dict(config), "suite": "attention"})
+    doc["command"] += " --suite attention" + (" --quick" if config.quick else "")
+    with progress_bar(enabled=not args.no_progress) as progress:
+        progress.begin(len(cases) * (config.plan.repeats + 1))
+        doc["attention"] = run_attention(
+            cases, config.plan, device, on_round=lambda: progress.step("attention")
+        )
+    doc["elapsed_s"] = doc["attention"]["elapsed_s"]
+    doc["machine"] = machine()
+    print_attention(doc)
+    if args.json:
+        write_json(doc, args.json)
     return 0
 
 

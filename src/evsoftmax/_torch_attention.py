@@ -125,7 +125,8 @@ def ev_attention(
         out = out + 0.0 * (query.sum() + key.sum() + value.sum())  # keeps autograd connected
         sizes = torch.zeros(target[:-1], dtype=torch.int64, device=query.device)
         return (out, sizes) if return_support else out
-    out, sizes = _path(query, key, value)(query, key, value, mask, is_causal, scale, epsilon)
+    run = _path(query, key, value, need_sizes=return_support)
+    out, sizes = run(query, key, value, mask, is_causal, scale, epsilon)
     return (out, sizes) if return_support else out
 
 
@@ -134,8 +135,11 @@ def ev_attention(
 _KERNEL_DEVICES = frozenset({"cuda"})
 
 
-def _path(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> Any:
+def _path(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, need_sizes: bool) -> Any:
     """The CUDA kernels where they serve the tensors, else the blocked torch algorithm.
+
+    The blocked algorithm counts the support only when ``need_sizes`` (the
+    kernels always do: their sizes come with the row statistics).
 
     Under ``torch.compile`` the blocked algorithm traces; the kernel launches do not.
     Under ``torch.func`` transforms the backward receives wrapped tensors, which a
@@ -149,7 +153,7 @@ def _path(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> Any:
         kernels = _cuda_kernels()
         if kernels is not None and kernels.supports(query, key, value):
             return kernels.attention
-    return attention
+    return functools.partial(attention, need_sizes=need_sizes)
 
 
 @functools.cache

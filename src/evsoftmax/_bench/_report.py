@@ -11,7 +11,7 @@ from ._methods import BASELINE, COPY
 from ._shapes import format_shape
 from ._suite import FORWARD, FORWARD_BACKWARD
 
-__all__ = ["CHECK_TOLERANCE", "RichProgress", "print_tables", "progress_bar"]
+__all__ = ["CHECK_TOLERANCE", "RichProgress", "print_attention", "print_tables", "progress_bar"]
 
 # float32 probabilities from two correct formulas agree to a few ulps of 1.
 CHECK_TOLERANCE = 1e-5
@@ -91,24 +91,32 @@ def _percent(row: dict[str, Any] | None) -> str:
     return f"{100 * row['copy_fraction']:.0f}%"
 
 
-def _table(doc: dict[str, Any], backend: str, mode: str) -> Any:
+def _new_table(title: str, caption: str) -> Any:
+    """A left-titled, captioned table in the suite's style."""
     from rich import box
     from rich.table import Table
 
+    return Table(
+        title=title,
+        caption=caption,
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+
+
+def _table(doc: dict[str, Any], backend: str, mode: str) -> Any:
     rows = [r for r in doc["results"] if r["backend"] == backend and r["mode"] == mode]
     if not rows:
         return None
     info = doc["backends"][backend]
     keys = [k for k in info["methods"] if k not in (BASELINE, COPY)]
     keys = [k for k in keys if any(r["method"] == k for r in rows)]
-    table = Table(
-        title=f"{backend} ({info['device']}), {mode}: time ÷ {info['native_softmax']}",
-        caption="ev = evsoftmax.ev_softmax; ref = the paper's composition (softmax × 1{x ≥ mean}, "  # noqa: RUF001
+    table = _new_table(
+        f"{backend} ({info['device']}), {mode}: time ÷ {info['native_softmax']}",
+        "ev = evsoftmax.ev_softmax; ref = the paper's composition (softmax × 1{x ≥ mean}, "  # noqa: RUF001
         "renormalised); ε = " + f"{doc['config']['epsilon']:g}; BW = bytes moved ÷ time, "
         "as % of a same-size copy's",
-        title_justify="left",
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
     )
     table.add_column("shape", justify="right")
     table.add_column("softmax\nms", justify="right")
@@ -157,4 +165,63 @@ def print_tables(doc: dict[str, Any], console: Any = None) -> None:
                 style="red",
                 markup=False,
             )
+    console.print(f"{doc['elapsed_s']:.0f} s in all", style="dim")
+
+
+def _mib(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
+def print_attention(doc: dict[str, Any], console: Any = None) -> None:
+    """Print the attention suite's table: time ÷ SDPA and peak MiB per case and mode."""
+    from rich.console import Console
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=_PIPE_WIDTH)
+    part = doc["attention"]
+    methods = list(dict.fromkeys(r["method"] for r in part["results"]))
+    others = [m for m in methods if m != "sdpa"]
+    peaks = {
+        (m["case"], m["method"], m["mode"]): m["peak_mib"] for m in part["memory"] if "case" in m
+    }
+    table = _new_table(
+        f"torch ({part['device']}, {part['threads']} threads), float32: time ÷ "
+        "scaled_dot_product_attention"
+        + (" (quick: smoke-test sizes)" if doc["config"]["quick"] else ""),
+        "case = batch·heads x L x S x E; dense = ev_softmax(q kᵀ·scale, where=mask) @ v; "
+        "peak = resident MiB beyond the inputs (fresh process)",
+    )
+    table.add_column("case", justify="right")
+    table.add_column("mode", justify="left")
+    table.add_column("sdpa\nms", justify="right")
+    for name in others:
+        table.add_column(name, justify="right")
+    for name in methods:
+        table.add_column(f"peak\n{name}", justify="right")
+    index = {(r["case"], r["method"], r["mode"]): r for r in part["results"]}
+    for case, mode in dict.fromkeys((r["case"], r["mode"]) for r in part["results"]):
+        table.add_row(
+            case,
+            mode,
+            _ms(index.get((case, "sdpa", mode))),
+            *(_ratio(index.get((case, name, mode))) for name in others),
+            *(_mib(peaks.get((case, name, mode))) for name in methods),
+        )
+    console.print(table)
+    for row in part["results"]:
+        if row["error"] is not None:
+            console.print(
+                f"{row['case']} {row['method']} {row['mode']}: {row['error']}",
+                style="red",
+                markup=False,
+            )
+    for entry in part["memory"]:
+        if "error" in entry:
+            console.print(entry["error"], style="red", markup=False)
+    for check in part["checks"]:
+        console.print(
+            f"{check['case']}: max |ev_attention - dense| {check['max_abs_diff']:.3g}", style="dim"
+        )
     console.print(f"{doc['elapsed_s']:.0f} s in all", style="dim")

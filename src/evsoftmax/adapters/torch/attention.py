@@ -11,6 +11,16 @@ the support indicator: ``dS = P * (dP - rowsum(dO * O))`` with
 eps-probabilities), ``dq = scale·dS k``, ``dk = scale·dS^T q``, ``dv = P^T dO``.
 No gradient flows through the threshold nor into the mask. Fully masked
 queries have ``P = 0``, so zero output and zero gradient.
+
+On the CPU in eager mode (float32/float64, compiled kernel built, support
+sizes not asked for) each block's probabilities come from the fused row
+kernel of :mod:`evsoftmax._ext` instead of five torch ops: it takes the
+threshold as the mean of the block's valid scores, the same number as the key
+identity up to rounding, and the backward recomputes ``P`` with it, so both
+passes see one support. Blocks are large (about ``8 x _BLOCK_ELEMENTS``
+scores, still a constant, so memory stays O(L + S)): each block costs a few
+parallel regions, and on a loaded machine every region waits for its slowest
+thread, so fewer, larger ones are what keeps two threads faster than one.
 """
 
 from __future__ import annotations
@@ -20,9 +30,56 @@ from typing import Any
 
 import torch
 
-from ..._attention import block_rows as _block_rows
+from ... import _attention, _ext
+from .ops import _openmp_parallel
 
 __all__ = ["attention", "ev_attention"]
+
+
+# Scores per block relative to the array-API path's ``_BLOCK_ELEMENTS`` (which
+# tests shrink to force many blocks): 4 Mi scores, 16 MiB of float32.
+_BLOCK_SCALE = 8
+
+
+def _block_rows(length: int, keys: int, batch: int) -> int:
+    """Queries per block: about ``_BLOCK_SCALE * _BLOCK_ELEMENTS`` scores at once."""
+    scores = _attention._BLOCK_ELEMENTS * _BLOCK_SCALE
+    return max(1, min(length, scores // max(1, keys * batch)))
+
+
+def _kernel_applies(q: torch.Tensor, need_sizes: bool) -> bool:
+    """Whether the fused row kernel computes the blocks (see the module docstring).
+
+    Not inside ``torch.compile`` or ``torch.func`` (the kernel reads raw
+    pointers), and not when support sizes are asked for (they come from the cut).
+    """
+    return (
+        not need_sizes
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and _ext.available()
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+def _kernel_probabilities(scores: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """ev-softmax of each (contiguous) row of ``scores`` over its finite entries, by the kernel."""
+    scores = scores.contiguous()
+    out = torch.empty_like(scores)
+    cols = scores.shape[-1]
+    _ext.ev_softmax_rows(
+        scores.data_ptr(),
+        out.data_ptr(),
+        rows=scores.numel() // cols,
+        length=cols,
+        itemsize=scores.element_size(),
+        epsilon=epsilon,
+        log=False,
+        threads=torch.get_num_threads(),
+        parallel=_openmp_parallel(),
+    )
+    return out
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -131,6 +188,26 @@ def _log_off(off: float) -> float:
     return math.log(off) if off > 0.0 else -math.inf
 
 
+def _kernel_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    epsilon: float,
+) -> torch.Tensor:
+    """The output, each block's probabilities from the fused row kernel."""
+    length, keys = q.shape[-2], k.shape[-2]
+    step = _block_rows(length, keys, math.prod(q.shape[:-2]))
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    for i0 in range(0, length, step):
+        i1 = min(length, i0 + step)
+        scores, _valid, _mb = _block(q, k, mask, is_causal, i0, i1)
+        probs = _kernel_probabilities(scores, epsilon)
+        out[..., i0:i1, :] = torch.matmul(probs, v[..., : scores.shape[-1], :])
+    return out
+
+
 def _forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -185,23 +262,30 @@ class _EvAttention(torch.autograd.Function):
         v: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
-        off: float,
+        epsilon: float,
         need_sizes: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        return _forward(q, k, v, mask, is_causal, off, need_sizes)
+        if _kernel_applies(q, need_sizes):
+            out = _kernel_forward(q, k, v, mask, is_causal, epsilon)
+            # No cut: the backward recomputes the support with the kernel.
+            return out, out.new_zeros((0,), dtype=torch.int64), out.new_zeros((0,)), None
+        return _forward(q, k, v, mask, is_causal, epsilon / (1.0 + epsilon), need_sizes)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
-        q, k, v, mask, is_causal, off, _need_sizes = inputs
+        q, k, v, mask, is_causal, epsilon, _need_sizes = inputs
         out, sizes, cut, empty = output
         ctx.save_for_backward(q, k, v, mask, out, cut, empty)
-        ctx.is_causal, ctx.off = is_causal, off
+        ctx.is_causal, ctx.epsilon = is_causal, epsilon
         ctx.mark_non_differentiable(*(t for t in (sizes, cut, empty) if t is not None))
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor, *_unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         q, k, v, mask, out, cut, empty = ctx.saved_tensors
-        is_causal, log_off = ctx.is_causal, _log_off(ctx.off)
+        is_causal, epsilon = ctx.is_causal, ctx.epsilon
+        log_off = _log_off(epsilon / (1.0 + epsilon))
+        # The forward left no cut when the kernel gave its probabilities.
+        kernel = cut.dim() == 1
         d_out = d_out.to(q.dtype)
         length, keys = q.shape[-2], k.shape[-2]
         step = _block_rows(length, keys, math.prod(q.shape[:-2]))
@@ -212,8 +296,11 @@ class _EvAttention(torch.autograd.Function):
             i1 = min(length, i0 + step)
             scores, _valid, _mb = _block(q, k, mask, is_causal, i0, i1)
             cols = scores.shape[-1]
-            empty_b = None if empty is None else empty[..., i0:i1, :]
-            probs, _below = _probabilities(scores, cut[..., i0:i1, :], empty_b, log_off)
+            if kernel:
+                probs = _kernel_probabilities(scores, epsilon)
+            else:
+                empty_b = None if empty is None else empty[..., i0:i1, :]
+                probs, _below = _probabilities(scores, cut[..., i0:i1, :], empty_b, log_off)
             do_b = d_out[..., i0:i1, :]
             dv[..., :cols, :] += torch.matmul(probs.transpose(-1, -2), do_b)
             d_scores = torch.matmul(do_b, v[..., :cols, :].transpose(-1, -2))
@@ -249,10 +336,9 @@ def attention(
             mask = mask.unsqueeze(0)
         if mask.dtype != torch.bool:
             mask = mask.to(acc)
-    off = epsilon / (1.0 + epsilon)
     q = q * scale
     out, sizes, _cut, _empty = _EvAttention.apply(  # type: ignore[no-untyped-call]
-        q, k, v, mask, is_causal, off, need_sizes
+        q, k, v, mask, is_causal, epsilon, need_sizes
     )
     return out.to(dtype), sizes
 

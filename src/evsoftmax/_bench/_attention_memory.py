@@ -1,0 +1,54 @@
+"""Peak resident memory of the attention methods, run as ``python -m`` in a fresh process.
+
+Argument: JSON ``{"cases": [AttentionCase fields...], "seed": int}``. Prints a
+JSON list: per (case, method, mode) the peak resident set beyond what the
+process held just before the call (inputs made, freed memory handed back to
+the OS with ``malloc_trim``), in MiB. The peak is reset before each call by
+writing 5 to ``/proc/self/clear_refs`` (Linux), and read from ``VmHWM``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_kib(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from {_STATUS}")
+
+
+def _peak_mib(call: Any) -> float:
+    """Peak resident MiB that ``call()`` adds to the process."""
+    ctypes.CDLL(None).malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    call()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def main(argv: list[str]) -> None:
+    from ._attention import AttentionCase, _inputs, _no_sync, attention_methods, mode_calls
+
+    request = json.loads(argv[0])
+    out = []
+    for fields in request["cases"]:
+        case = AttentionCase(**fields)
+        inputs = _inputs(case, "cpu", request["seed"])
+        for name, fn in attention_methods(case).items():
+            fn(*inputs[:3])  # warm-up: lazily allocated state is not the method's peak
+            for mode, call in mode_calls(fn, inputs, _no_sync).items():
+                peak = _peak_mib(call)
+                out.append({"case": case.label, "method": name, "mode": mode, "peak_mib": peak})
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
