@@ -70,6 +70,22 @@ def test_gradcheck(kind, epsilon, elements, monkeypatch):
     np.testing.assert_allclose(out.detach().numpy(), want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_func_grad_and_vmap_match_the_reference(dtype):
+    """torch.func transforms take the torch-op blocks (the row kernel reads raw pointers)."""
+    q, k, v = _qkv((2, 5, 4), (2, 7, 4), 3, seed=4, dtype=dtype)
+    mask, _ = _masks()["bool"]
+    c = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    grad_v = torch.func.grad(lambda v: (evt.ev_attention(q, k, v, mask) * c).sum())(v)
+    # o = P v, so d/dv sum(c * o) = P^T c, with P the float64 reference weights.
+    probs = ref.probabilities(q.numpy(), k.numpy(), mask.numpy())
+    expected = np.swapaxes(probs, -1, -2) @ c.double().numpy()
+    np.testing.assert_allclose(grad_v.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    batched = torch.func.vmap(lambda q: evt.ev_attention(q, k[0], v[0], mask))(q)
+    expected_out, _ = ref.ev_attention(q.numpy(), k[0].numpy(), v[0].numpy(), mask.numpy())
+    np.testing.assert_allclose(batched.double().numpy(), expected_out, rtol=1e-5, atol=1e-6)
+
+
 def test_fully_masked_queries_have_zero_gradient():
     q, k, v = (a.requires_grad_() for a in _qkv((4, 3), (6, 3), 2))
     mask = torch.ones(4, 6, dtype=torch.bool)

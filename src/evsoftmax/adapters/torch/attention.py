@@ -255,6 +255,9 @@ class _EvAttention(torch.autograd.Function):
     Takes the already scaled queries, so ``dq = dS k`` and ``dk = dSᵀ q``.
     """
 
+    # torch.func.vmap runs forward and backward under vmap (the torch-op blocks).
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(  # type: ignore[override]
         q: torch.Tensor,
@@ -264,8 +267,9 @@ class _EvAttention(torch.autograd.Function):
         is_causal: bool,
         epsilon: float,
         need_sizes: bool,
+        kernel: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        if _kernel_applies(q, need_sizes):
+        if kernel:
             out = _kernel_forward(q, k, v, mask, is_causal, epsilon)
             # No cut: the backward recomputes the support with the kernel.
             return out, out.new_zeros((0,), dtype=torch.int64), out.new_zeros((0,)), None
@@ -273,7 +277,7 @@ class _EvAttention(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
-        q, k, v, mask, is_causal, epsilon, _need_sizes = inputs
+        q, k, v, mask, is_causal, epsilon, _need_sizes, _kernel = inputs
         out, sizes, cut, empty = output
         ctx.save_for_backward(q, k, v, mask, out, cut, empty)
         ctx.is_causal, ctx.epsilon = is_causal, epsilon
@@ -307,7 +311,7 @@ class _EvAttention(torch.autograd.Function):
             d_scores = d_scores.sub_(inner[..., i0:i1, :]).mul_(probs)
             dq[..., i0:i1, :] = torch.matmul(d_scores, k[..., :cols, :])
             dk[..., :cols, :] += torch.matmul(d_scores.transpose(-1, -2), q[..., i0:i1, :])
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def attention(
@@ -337,8 +341,11 @@ def attention(
         if mask.dtype != torch.bool:
             mask = mask.to(acc)
     q = q * scale
+    # Decided here, outside the Function: under torch.func its forward sees plain
+    # tensors but its backward wrapped ones, which the kernel cannot read.
+    kernel = _kernel_applies(q, need_sizes)
     out, sizes, _cut, _empty = _EvAttention.apply(  # type: ignore[no-untyped-call]
-        q, k, v, mask, is_causal, epsilon, need_sizes
+        q, k, v, mask, is_causal, epsilon, need_sizes, kernel
     )
     return out.to(dtype), sizes
 
