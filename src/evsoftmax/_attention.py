@@ -124,9 +124,18 @@ def _default_int(xp: Namespace, dev: Any) -> Any:
     return xp.int64 if info is None else info().default_dtypes(device=dev)["integral"]
 
 
-def block_rows(length: int, keys: int, batch: int) -> int:
-    """Queries per block so that a block forms about ``_BLOCK_ELEMENTS`` scores."""
-    return max(1, min(length, _BLOCK_ELEMENTS // max(1, keys * batch)))
+def block_rows(length: int, keys: int, batch: int, scale: int = 1) -> int:
+    """Queries per block so that a block forms about ``scale * _BLOCK_ELEMENTS`` scores.
+
+    The row-kernel paths (NumPy, torch CPU) take ``scale = KERNEL_BLOCK_SCALE``:
+    with two buffers per block instead of about eight, bigger blocks fit the
+    same memory, and fewer blocks mean fewer per-block overheads.
+    """
+    return max(1, min(length, scale * _BLOCK_ELEMENTS // max(1, keys * batch)))
+
+
+KERNEL_BLOCK_SCALE = 8
+"""Block size of the row-kernel paths, in units of ``_BLOCK_ELEMENTS`` (4 Mi scores)."""
 
 
 def _causal(i0: int, i1: int, keys: int, xp: Namespace, dev: Any) -> Array:

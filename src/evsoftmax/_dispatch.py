@@ -42,7 +42,7 @@ _BACKENDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
 # Framework name -> adapter modules, relative to this package (keeps it vendorable),
 # searched in order.
 ADAPTER_MODULES: dict[str, tuple[str, ...]] = {
-    "numpy": (".adapters.numpy", ".adapters.numpy_baselines"),
+    "numpy": (".adapters.numpy", ".adapters.numpy_baselines", ".adapters.numpy_attention"),
     "cupy": (".adapters.cupy.adapter",),
     "torch": (".adapters.torch.adapter", ".adapters.torch.baselines", ".adapters.torch.attention"),
     "jax": (

@@ -36,15 +36,13 @@ from .ops import _openmp_parallel
 __all__ = ["attention", "ev_attention"]
 
 
-# Scores per block relative to the array-API path's ``_BLOCK_ELEMENTS`` (which
-# tests shrink to force many blocks): 4 Mi scores, 16 MiB of float32.
-_BLOCK_SCALE = 8
-
-
 def _block_rows(length: int, keys: int, batch: int) -> int:
-    """Queries per block: about ``_BLOCK_SCALE * _BLOCK_ELEMENTS`` scores at once."""
-    scores = _attention._BLOCK_ELEMENTS * _BLOCK_SCALE
-    return max(1, min(length, scores // max(1, keys * batch)))
+    """Queries per block: ``KERNEL_BLOCK_SCALE * _BLOCK_ELEMENTS`` scores (4 Mi) at once.
+
+    In units of the array-API path's ``_BLOCK_ELEMENTS``, which tests shrink to
+    force many blocks.
+    """
+    return _attention.block_rows(length, keys, batch, _attention.KERNEL_BLOCK_SCALE)
 
 
 def _kernel_applies(q: torch.Tensor, need_sizes: bool) -> bool:
