@@ -78,8 +78,8 @@ def attention_methods(case: AttentionCase) -> dict[str, Callable[..., Any]]:
     """``f(q, k, v)`` of every method, SDPA first."""
     import torch
 
-    import evsoftmax
-    import evsoftmax.torch as evt
+    from .. import ev_softmax
+    from ..torch import ev_attention
 
     scale = 1.0 / math.sqrt(case.features)
 
@@ -89,13 +89,13 @@ def attention_methods(case: AttentionCase) -> dict[str, Callable[..., Any]]:
         if case.causal:
             ones = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
             where = torch.tril(ones)
-        return torch.matmul(evsoftmax.ev_softmax(scores, axis=-1, where=where), v)
+        return torch.matmul(ev_softmax(scores, axis=-1, where=where), v)
 
     def sdpa(q: Any, k: Any, v: Any) -> Any:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=case.causal)
 
     def ev(q: Any, k: Any, v: Any) -> Any:
-        return evt.ev_attention(q, k, v, is_causal=case.causal)
+        return ev_attention(q, k, v, is_causal=case.causal)
 
     return {BASELINE: sdpa, "ev_attention": ev, "dense": dense}
 
