@@ -99,6 +99,89 @@ def run_and_report(
     return summary
 
 
+@dataclass(frozen=True)
+class _Report:
+    """How one experiment is run and shown: its runner, summary, table, orderings, figure."""
+
+    run: Callable[..., Any]
+    summarize: Callable[[Any], dict[str, Any]]
+    table: Callable[[dict[str, Any]], Any]
+    # (summary key, joiner, what the ordering is by) for each ordering line printed.
+    orderings: tuple[tuple[str, str, str], ...]
+    footer: Callable[[dict[str, Any], Any], str]
+    figure: str
+    draw: Callable[[dict[str, Any], Any, Path], None]
+    labels: dict[str, str] | None = None
+
+
+def _run_report(
+    spec: _Report,
+    options: Any,
+    json_path: Path | None,
+    plots: Path | None,
+    progress: bool,
+    console: Console | None,
+) -> dict[str, Any]:
+    """Run an experiment, print its table, orderings and claims, write what was asked."""
+    console = Console() if console is None else console
+    total = options.steps * options.seeds * len(options.normalizers)
+    if progress:
+        with report.progress_bar(console, total, spec.labels or LABELS) as (start, step):
+            results = spec.run(options, start, step)
+    else:
+        results = spec.run(options)
+    summary = spec.summarize(results)
+    console.print(spec.table(summary))
+    for key, joiner, title in spec.orderings:
+        order = joiner.join(LABELS[name] for name in summary[key])
+        console.print(f"ordering by {title}: {order}")
+    _print_claims(summary, console)
+    console.print(spec.footer(summary, results))
+    _write(summary, json_path, console)
+    if plots is not None:
+        spec.draw(summary, results, plots / spec.figure)
+        console.print(f"figure: {plots / spec.figure}")
+    return summary
+
+
+_SSVAE = _Report(
+    ssvae.run_ssvae,
+    ssvae.summarize,
+    ssvae.table,
+    (("ordering", " > ", "test accuracy (best first)"),),
+    lambda summary, results: f"total {results.seconds:.0f} s",
+    "ssvae_accuracy.png",
+    lambda summary, results, path: ssvae.accuracy_figure(summary, path),
+)
+_VQVAE = _Report(
+    vqvae.run_vqvae,
+    vqvae.summarize,
+    vqvae.table,
+    (("ordering", " > ", "Acc-1 of the samples (best first)"),),
+    lambda summary, results: (
+        f"VQ-VAE test BCE {summary['vqvae_test_bce']['mean']:.1f} nats/image, codes used "
+        f"{summary['codes_used']}; total {results.seconds:.0f} s"
+    ),
+    "vqvae_samples.png",
+    lambda summary, results, path: vqvae.samples_figure(results, path),
+    {**LABELS, "VQ-VAE": "VQ-VAE"},
+)
+_SEQ2SEQ = _Report(
+    seq2seq.run_seq2seq,
+    seq2seq.summarize,
+    seq2seq.table,
+    (
+        ("ordering", " > ", "exact match (best first)"),
+        ("ordering_by_attended_keys", " < ", "attended keys per query (fewest first)"),
+    ),
+    lambda summary, results: (
+        f"total {results.total_seconds:.0f} s wall, {results.cpu_seconds:.0f} s CPU"
+    ),
+    "seq2seq.png",
+    lambda summary, results, path: seq2seq.support_figure(summary, path),
+)
+
+
 def run_ssvae_and_report(
     options: ssvae.SSVAEOptions,
     json_path: Path | None = None,
@@ -108,24 +191,7 @@ def run_ssvae_and_report(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the SSVAE experiment, print the table and write what was asked; return the summary."""
-    console = Console() if console is None else console
-    total = options.steps * options.seeds * len(options.normalizers)
-    if progress:
-        with report.progress_bar(console, total) as (start, step):
-            results = ssvae.run_ssvae(options, start, step)
-    else:
-        results = ssvae.run_ssvae(options)
-    summary = ssvae.summarize(results)
-    console.print(ssvae.table(summary))
-    order = " > ".join(LABELS[name] for name in summary["ordering"])
-    console.print(f"ordering by test accuracy (best first): {order}")
-    _print_claims(summary, console)
-    console.print(f"total {results.seconds:.0f} s")
-    _write(summary, json_path, console)
-    if plots is not None:
-        ssvae.accuracy_figure(summary, plots / "ssvae_accuracy.png")
-        console.print(f"figure: {plots / 'ssvae_accuracy.png'}")
-    return summary
+    return _run_report(_SSVAE, options, json_path, plots, progress, console)
 
 
 def run_vqvae_and_report(
@@ -137,27 +203,7 @@ def run_vqvae_and_report(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the VQ-VAE experiment, print the table and write what was asked; return the summary."""
-    console = Console() if console is None else console
-    total = options.steps * options.seeds * len(options.normalizers)
-    if progress:
-        with report.progress_bar(console, total, {**LABELS, "VQ-VAE": "VQ-VAE"}) as (start, step):
-            results = vqvae.run_vqvae(options, start, step)
-    else:
-        results = vqvae.run_vqvae(options)
-    summary = vqvae.summarize(results)
-    console.print(vqvae.table(summary))
-    order = " > ".join(LABELS[name] for name in summary["ordering"])
-    console.print(f"ordering by Acc-1 of the samples (best first): {order}")
-    _print_claims(summary, console)
-    console.print(
-        f"VQ-VAE test BCE {summary['vqvae_test_bce']['mean']:.1f} nats/image, codes used "
-        f"{summary['codes_used']}; total {results.seconds:.0f} s"
-    )
-    _write(summary, json_path, console)
-    if plots is not None:
-        vqvae.samples_figure(results, plots / "vqvae_samples.png")
-        console.print(f"figure: {plots / 'vqvae_samples.png'}")
-    return summary
+    return _run_report(_VQVAE, options, json_path, plots, progress, console)
 
 
 def run_seq2seq_and_report(
@@ -169,26 +215,7 @@ def run_seq2seq_and_report(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the seq2seq experiment, print the table and write what was asked; return the summary."""
-    console = Console() if console is None else console
-    total = options.steps * options.seeds * len(options.normalizers)
-    if progress:
-        with report.progress_bar(console, total) as (start, step):
-            results = seq2seq.run_seq2seq(options, start, step)
-    else:
-        results = seq2seq.run_seq2seq(options)
-    summary = seq2seq.summarize(results)
-    console.print(seq2seq.table(summary))
-    order = " > ".join(LABELS[name] for name in summary["ordering"])
-    console.print(f"ordering by exact match (best first): {order}")
-    order = " < ".join(LABELS[name] for name in summary["ordering_by_attended_keys"])
-    console.print(f"ordering by attended keys per query (fewest first): {order}")
-    _print_claims(summary, console)
-    console.print(f"total {results.total_seconds:.0f} s wall, {results.cpu_seconds:.0f} s CPU")
-    _write(summary, json_path, console)
-    if plots is not None:
-        seq2seq.support_figure(summary, plots / "seq2seq.png")
-        console.print(f"figure: {plots / 'seq2seq.png'}")
-    return summary
+    return _run_report(_SEQ2SEQ, options, json_path, plots, progress, console)
 
 
 EXPERIMENTS = {
