@@ -27,11 +27,16 @@ def _extensions() -> list[Extension]:
     kernels = Extension(
         "evsoftmax._ext._cpu_kernels",
         sources=["src/evsoftmax/_ext/_cpu_kernels.c"],
+        depends=["src/evsoftmax/_ext/_xla_ffi.h"],
         extra_compile_args=args,
         extra_link_args=link,
         optional=True,
     )
-    headers = ["src/evsoftmax/_ext/_common.h", "src/evsoftmax/_ext/_baseline_rows.h"]
+    headers = [
+        "src/evsoftmax/_ext/_common.h",
+        "src/evsoftmax/_ext/_baseline_rows.h",
+        "src/evsoftmax/_ext/_xla_ffi.h",
+    ]
     baselines = Extension(
         "evsoftmax._ext._baseline_kernels",
         sources=["src/evsoftmax/_ext/_baseline_kernels.c"],

@@ -873,95 +873,9 @@ static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
 
 /* ---- XLA FFI handler: the kernel as a typed custom call for JAX on the CPU ----------
  *
- * XLA calls FFI handlers through a versioned C ABI (xla/ffi/api/c_api.h, shipped
- * with jaxlib, which this build cannot see). The declarations below describe the
- * parts of that ABI the handler reads, in the layout of API version 0.1: every
- * struct starts with its size and an extension chain. XLA first calls a handler
- * with a metadata extension to ask which API version it implements. */
-typedef struct evs_ffi_extension {
-    size_t struct_size;
-    int type; /* 1: metadata request */
-    struct evs_ffi_extension *next;
-} evs_ffi_extension;
-
-typedef struct {
-    size_t struct_size;
-    evs_ffi_extension *extension;
-    int dtype; /* 11: F32, 12: F64 */
-    void *data;
-    int64_t rank;
-    int64_t *dims;
-} evs_ffi_buffer;
-
-typedef struct { /* the arguments, or the results */
-    size_t struct_size;
-    evs_ffi_extension *extension;
-    int64_t size;
-    int *types; /* 1: buffer */
-    void **items;
-} evs_ffi_list;
-
-typedef struct {
-    size_t struct_size;
-    evs_ffi_extension *extension;
-    int64_t size;
-    int *types;
-    void **names;
-    void **values;
-} evs_ffi_attributes;
-
-typedef struct {
-    size_t struct_size;
-    evs_ffi_extension *extension;
-    const void *api;
-    void *context;
-    int stage; /* 3: execute */
-    evs_ffi_list args;
-    evs_ffi_list rets;
-    evs_ffi_attributes attrs;
-    void *future;
-} evs_ffi_call_frame;
-
-typedef struct {
-    size_t struct_size;
-    evs_ffi_extension *extension;
-    int major_version;
-    int minor_version;
-} evs_ffi_api_version;
-
-typedef struct {
-    size_t struct_size;
-    evs_ffi_api_version api_version;
-    uint32_t traits;
-} evs_ffi_metadata;
-
-typedef struct {
-    evs_ffi_extension base;
-    evs_ffi_metadata *metadata;
-} evs_ffi_metadata_extension;
-
-#define EVS_FFI_METADATA 1
-#define EVS_FFI_EXECUTE 3
-#define EVS_FFI_F32 11
-#define EVS_FFI_F64 12
-
-static int ffi_buffer(const evs_ffi_list *list, int64_t index, evs_ffi_buffer **buffer) {
-    if (index >= list->size || list->types[index] != 1) return 0;
-    *buffer = (evs_ffi_buffer *)list->items[index];
-    return 1;
-}
-
-/* Answers XLA's metadata request (which API version the handler implements);
- * returns 1 if the call was one. */
-static int ffi_metadata(evs_ffi_call_frame *frame) {
-    evs_ffi_extension *extension = frame->extension;
-    if (extension == NULL || extension->type != EVS_FFI_METADATA) return 0;
-    evs_ffi_metadata *metadata = ((evs_ffi_metadata_extension *)extension)->metadata;
-    metadata->api_version.major_version = 0;
-    metadata->api_version.minor_version = 1;
-    metadata->traits = 0;
-    return 1;
-}
+ * XLA calls FFI handlers through a versioned C ABI; _xla_ffi.h declares the
+ * parts of it the handlers read. */
+#include "_xla_ffi.h"
 
 /* Reads an execute call of `arrays` row operands and a final operand of
  * `nparams` parameters, all of one dtype (F32 or F64, row-major, rows along the
