@@ -9,7 +9,6 @@ kernel ran (a spy on ``_ext.baseline_rows`` / ``_ext.baseline_vjp_rows``).
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import numpy as np
@@ -19,44 +18,17 @@ import evsoftmax as evs
 from evsoftmax import _ext
 
 from . import reference_baselines as ref
+from .baseline_cases import (
+    CASES,
+    MAPS,
+    TOLERANCE,
+    assert_matches,
+    closed_form_vjp,
+    expected_of,
+    expected_row,
+    rng_rows,
+)
 from .cpu_kernels import require_baseline_kernels
-
-# name -> (public function with its parameters, alpha)
-MAPS = {
-    "sparsemax": (evs.sparsemax, 2.0),
-    "entmax15": (evs.entmax15, 1.5),
-    **{
-        f"bisect_{a}": (functools.partial(evs.entmax_bisect, alpha=a), a)
-        for a in (1.25, 1.5, 2.0, 3.0)
-    },
-}
-INF = math.inf
-
-
-def _rng_rows(seed: int, shape: tuple[int, int], scale: float) -> np.ndarray:
-    return scale * np.random.default_rng(seed).standard_normal(shape)
-
-
-CASES = {
-    "random": _rng_rows(0, (6, 9), 1.0),
-    "wide": _rng_rows(1, (3, 300), 3.0),
-    "flat": _rng_rows(2, (3, 50), 0.05),  # large supports
-    "ties": np.array([[1.0, 1.0, 1.0, 0.0], [2.0, 2.0, -1.0, -1.0], [0.5, 0.5, 0.5, 0.5]]),
-    "minus_inf": np.array(
-        [[-INF, 0.3, 1.2, -INF], [-INF, -INF, -INF, 2.0], [-INF] * 4, [-INF, 2.0, 2.0, -INF]]
-    ),
-    "one_entry": np.array([[0.7], [-INF], [-3.0]]),
-    "two_entries": np.array([[0.0, 0.9], [0.3, 0.3], [5.0, -5.0]]),
-    "special": np.array([[0.1, math.nan, 0.2], [INF, 0.0, 1.0], [0.4, 1.0, -0.8]]),
-}
-
-
-@functools.cache
-def _expected(case: str, name: str, dtype: str) -> np.ndarray:
-    """The float64 reference of the case's scores as ``dtype`` holds them."""
-    alpha = MAPS[name][1]
-    x = CASES[case].astype(dtype).astype(np.float64)
-    return ref.sparsemax(x) if alpha == 2.0 else ref.entmax(x, alpha)
 
 
 class _Spy:
@@ -85,13 +57,6 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> _Spy:
     return _Spy(monkeypatch)
 
 
-TOLERANCE = {"float64": 1e-10, "float32": 2e-6}
-
-
-def _assert_matches(out: np.ndarray, expected: np.ndarray, dtype: str) -> None:
-    np.testing.assert_allclose(out, expected, atol=TOLERANCE[dtype], rtol=0, equal_nan=True)
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", MAPS)
@@ -101,23 +66,18 @@ def test_numpy_kernel_matches_reference(name, case, dtype, spy):
     out = fn(x)
     assert spy.forward == 1
     assert out.dtype == x.dtype
-    _assert_matches(out, _expected(case, name, dtype), dtype)
+    assert_matches(out, expected_of(case, name, dtype), dtype)
 
 
 @pytest.mark.parametrize("name", MAPS)
 def test_numpy_kernel_other_axis_and_mask(name, spy):
     fn = MAPS[name][0]
-    x = _rng_rows(3, (5, 4), 1.0)
+    x = rng_rows(3, (5, 4), 1.0)
     where = np.random.default_rng(4).random((5, 4)) > 0.3
     out = fn(x, axis=0, where=where)
     assert spy.forward == 1
-    expected = ref.by_rows(lambda v: _expected_row(name, v), x, axis=0, where=where)
-    _assert_matches(out, expected, "float64")
-
-
-def _expected_row(name: str, v: np.ndarray) -> np.ndarray:
-    alpha = MAPS[name][1]
-    return ref.sparsemax_vals(v) if alpha == 2.0 else ref.entmax_vals(v, alpha)
+    expected = ref.by_rows(lambda v: expected_row(name, v), x, axis=0, where=where)
+    assert_matches(out, expected, "float64")
 
 
 # -- torch ------------------------------------------------------------------------------------
@@ -127,16 +87,6 @@ def _torch():
     return pytest.importorskip("torch")
 
 
-def _closed_form_vjp(p: np.ndarray, g: np.ndarray, alpha: float) -> np.ndarray:
-    """Row-wise s g - s <s, g> / sum(s) with s = p^(2 - alpha) on the support (float64)."""
-    out = np.zeros_like(p)
-    for i, (pr, gr) in enumerate(zip(p, g, strict=True)):
-        s = np.where(pr > 0, np.where(pr > 0, pr, 1.0) ** (2.0 - alpha), 0.0)
-        total = s.sum()
-        out[i] = s * gr - (s * (s @ gr / total) if total > 0 else 0.0)
-    return out
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", MAPS)
@@ -144,15 +94,15 @@ def test_torch_kernel_forward_and_backward(name, case, dtype, spy):
     torch = _torch()
     fn, alpha = MAPS[name]
     x = torch.tensor(CASES[case], dtype=getattr(torch, dtype), requires_grad=True)
-    g = torch.from_numpy(_rng_rows(5, x.shape, 1.0)).to(x.dtype)
+    g = torch.from_numpy(rng_rows(5, x.shape, 1.0)).to(x.dtype)
     out = fn(x)
     out.backward(g)
     assert (spy.forward, spy.vjp) == (1, 1)
-    expected = _expected(case, name, dtype)
-    _assert_matches(out.detach().numpy(), expected, dtype)
+    expected = expected_of(case, name, dtype)
+    assert_matches(out.detach().numpy(), expected, dtype)
     finite = np.isfinite(expected).all(axis=-1)  # NaN rows: no gradient to compare
     grad = x.grad.numpy()[finite]
-    expected_grad = _closed_form_vjp(expected[finite], g.double().numpy()[finite], alpha)
+    expected_grad = closed_form_vjp(expected[finite], g.double().numpy()[finite], alpha)
     np.testing.assert_allclose(grad, expected_grad, atol=20 * TOLERANCE[dtype], rtol=0)
 
 
@@ -160,7 +110,7 @@ def test_torch_kernel_forward_and_backward(name, case, dtype, spy):
 def test_torch_kernel_gradcheck(name, spy):
     torch = _torch()
     fn = MAPS[name][0]
-    x = torch.tensor(_rng_rows(6, (4, 7), 1.0), requires_grad=True)
+    x = torch.tensor(rng_rows(6, (4, 7), 1.0), requires_grad=True)
     where = torch.ones(4, 7, dtype=torch.bool)
     where[1, :3] = False
 
@@ -179,9 +129,9 @@ def test_torch_kernel_matches_entmax_package(name, spy):
     theirs = {"sparsemax": entmax.sparsemax, "entmax15": entmax.entmax15}.get(
         name, functools.partial(entmax.entmax_bisect, alpha=alpha)
     )
-    x = torch.tensor(_rng_rows(7, (5, 40), 2.0), dtype=torch.float32, requires_grad=True)
+    x = torch.tensor(rng_rows(7, (5, 40), 2.0), dtype=torch.float32, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
-    g = torch.from_numpy(_rng_rows(8, (5, 40), 1.0)).float()
+    g = torch.from_numpy(rng_rows(8, (5, 40), 1.0)).float()
     out, out_ref = fn(x), theirs(x_ref, dim=-1)
     torch.testing.assert_close(out, out_ref, atol=2e-6, rtol=0)
     (grad,) = torch.autograd.grad(out, x, g)
@@ -195,13 +145,13 @@ def test_torch_kernel_layouts_and_half(name, spy):
     """Axis 0 of a non-contiguous tensor, and float16 (computed in float32)."""
     torch = _torch()
     fn = MAPS[name][0]
-    base = torch.from_numpy(_rng_rows(9, (6, 10), 1.0))
+    base = torch.from_numpy(rng_rows(9, (6, 10), 1.0))
     x = base.t()[::2]  # (5, 6), non-contiguous
     out = fn(x, axis=0)
-    _assert_matches(out.numpy(), ref.by_rows(lambda v: _expected_row(name, v), x, 0), "float64")
+    assert_matches(out.numpy(), ref.by_rows(lambda v: expected_row(name, v), x, 0), "float64")
     half = fn(base.half())
     assert half.dtype == torch.float16
-    expected = ref.by_rows(lambda v: _expected_row(name, v), base.half().double())
+    expected = ref.by_rows(lambda v: expected_row(name, v), base.half().double())
     np.testing.assert_allclose(half.double().numpy(), expected, atol=2e-3, rtol=0)
     assert spy.forward == 2
 
@@ -209,7 +159,7 @@ def test_torch_kernel_layouts_and_half(name, spy):
 def test_torch_double_backward_uses_the_formula(spy):
     """create_graph needs a differentiable backward: the kernel VJP is not used there."""
     torch = _torch()
-    x = torch.tensor(_rng_rows(10, (3, 6), 1.0), requires_grad=True)
+    x = torch.tensor(rng_rows(10, (3, 6), 1.0), requires_grad=True)
     (grad,) = torch.autograd.grad(evs.entmax15(x).square().sum(), x, create_graph=True)
     assert (spy.forward, spy.vjp) == (1, 0)
     assert grad.requires_grad
@@ -246,8 +196,8 @@ def test_torch_kernel_on_threads_matches_sort_based_ops(name, spy, monkeypatch):
     """
     torch = _torch()
     fn = MAPS[name][0]
-    x = torch.from_numpy(_rng_rows(11, (16, 4096), 2.0)).requires_grad_()
-    g = torch.from_numpy(_rng_rows(12, (16, 4096), 1.0))
+    x = torch.from_numpy(rng_rows(11, (16, 4096), 2.0)).requires_grad_()
+    g = torch.from_numpy(rng_rows(12, (16, 4096), 1.0))
     out = fn(x)
     (grad,) = torch.autograd.grad(out, x, g)
     assert (spy.forward, spy.vjp) == (1, 1)
@@ -262,12 +212,12 @@ def test_torch_kernel_on_threads_matches_sort_based_ops(name, spy, monkeypatch):
 def test_torch_jit_trace_records_the_ops_not_the_kernel(spy):
     """A trace cannot see the kernel's writes: it records the torch ops, valid for new inputs."""
     torch = _torch()
-    x = torch.tensor(_rng_rows(13, (3, 5), 1.0))
+    x = torch.tensor(rng_rows(13, (3, 5), 1.0))
     with warnings.catch_warnings():
         # Deprecated, and it warns about the Python-level shape checks it records as constants.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(evs.sparsemax, (x,), check_trace=False)
     assert spy.forward == 0
-    other = torch.tensor(_rng_rows(14, (3, 5), 1.0))
-    _assert_matches(traced(other).numpy(), ref.sparsemax(other.numpy()), "float64")
+    other = torch.tensor(rng_rows(14, (3, 5), 1.0))
+    assert_matches(traced(other).numpy(), ref.sparsemax(other.numpy()), "float64")

@@ -27,44 +27,68 @@ def test_info_reports_versions_and_every_fast_path(capsys):
     assert report["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
     assert report["backends"]["numpy"]["installed"]
     assert set(report["integrations"]) == {"flax", "equinox", "transformers"}
-    assert set(report["fast_paths"]) == {"cpu_kernel", "jax_ffi", "triton", "cupy_kernels"}
+    assert set(report["fast_paths"]) == {
+        "cpu_kernel",
+        "jax_ffi",
+        "baseline_kernels",
+        "jax_ffi_baselines",
+        "triton",
+        "cupy_kernels",
+    }
     for name, path in report["fast_paths"].items():
         # An inactive path always says why, and what to do about it.
         assert path["active"] or (path["why_not"] and path["remedy"]), name
 
 
-def test_info_kernel_present_names_its_isa(capsys, monkeypatch):
+# Each compiled kernel module: its report, the _ext global that holds it, its JAX FFI report.
+KERNELS = {
+    "cpu_kernel": ("_KERNELS", "_cpu_kernels", "jax_ffi"),
+    "baseline_kernels": ("_BASELINES", "_baseline_kernels", "jax_ffi_baselines"),
+}
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_info_kernel_present_names_its_isa(name, capsys, monkeypatch):
     monkeypatch.delenv("EVSOFTMAX_NO_CPU_KERNELS", raising=False)
-    require_cpu_kernels()
-    kernel = _report(capsys)["fast_paths"]["cpu_kernel"]
+    require_cpu_kernels(KERNELS[name][1])
+    paths = _report(capsys)["fast_paths"]
+    kernel = paths[name]
     assert kernel["available"] and kernel["active"]
     assert kernel["detail"].startswith(_ISAS) or "no per-ISA clones" in kernel["detail"]
+    if paths[KERNELS[name][2]]["why_not"] != "jax is not installed":
+        assert paths[KERNELS[name][2]]["detail"] == "XLA custom calls on CPU (registered)"
 
 
-def test_info_kernel_disabled_by_environment(capsys, monkeypatch):
-    require_cpu_kernels()
+@pytest.mark.parametrize("name", KERNELS)
+def test_info_kernel_disabled_by_environment(name, capsys, monkeypatch):
+    require_cpu_kernels(KERNELS[name][1])
     monkeypatch.setenv("EVSOFTMAX_NO_CPU_KERNELS", "1")
     paths = _report(capsys)["fast_paths"]
-    kernel = paths["cpu_kernel"]
+    kernel = paths[name]
     assert kernel["available"] and not kernel["active"]
     assert "EVSOFTMAX_NO_CPU_KERNELS" in kernel["why_not"]
     assert "unset EVSOFTMAX_NO_CPU_KERNELS" in kernel["remedy"]
     # The JAX FFI handlers are the same kernel: off for the same reason.
-    if paths["jax_ffi"]["why_not"] != "jax is not installed":
-        assert not paths["jax_ffi"]["active"]
-        assert "EVSOFTMAX_NO_CPU_KERNELS" in paths["jax_ffi"]["why_not"]
+    jax_ffi = paths[KERNELS[name][2]]
+    if jax_ffi["why_not"] != "jax is not installed":
+        assert not jax_ffi["active"]
+        assert "EVSOFTMAX_NO_CPU_KERNELS" in jax_ffi["why_not"]
 
 
-def test_info_kernel_missing_names_the_remedy(capsys, monkeypatch):
+@pytest.mark.parametrize("name", KERNELS)
+def test_info_kernel_missing_names_the_remedy(name, capsys, monkeypatch):
     # A build without a C compiler: the extension module is absent.
-    monkeypatch.setattr(_ext, "_KERNELS", None)
+    attribute, module, jax_ffi = KERNELS[name]
+    monkeypatch.setattr(_ext, attribute, None)
     monkeypatch.delenv("EVSOFTMAX_NO_CPU_KERNELS", raising=False)
     paths = _report(capsys)["fast_paths"]
-    kernel = paths["cpu_kernel"]
+    kernel = paths[name]
     assert not kernel["available"] and not kernel["active"]
-    assert "not built" in kernel["why_not"]
+    assert f"evsoftmax._ext.{module} is not built" in kernel["why_not"]
     assert "C compiler" in kernel["remedy"] and "reinstall" in kernel["remedy"]
-    assert not paths["jax_ffi"]["active"]
+    assert not paths[jax_ffi]["active"]
+    other = next(n for n in KERNELS if n != name)  # the other module is reported as it is
+    assert paths[other]["available"] == (getattr(_ext, KERNELS[other][0]) is not None)
 
 
 @pytest.mark.parametrize(
@@ -88,5 +112,6 @@ def test_info_text_from_the_module_entry_point():
         [sys.executable, "-m", "evsoftmax", "info"], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr
-    for title in ("backends:", "fast paths:", "CPU kernel", "JAX FFI", "Triton", "CuPy kernels"):
+    titles = ("backends:", "fast paths:", "CPU kernel", "JAX FFI", "baseline kernels", "Triton")
+    for title in (*titles, "JAX FFI baselines", "CuPy kernels"):
         assert title in done.stdout

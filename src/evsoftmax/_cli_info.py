@@ -1,5 +1,9 @@
 """``evsoftmax info``: versions, the backends found, and which fast paths are active.
 
+The fast paths: the ev-softmax CPU kernel and its JAX FFI handlers, the
+baselines' kernels (sparsemax, 1.5-entmax, alpha-entmax by bisection) and
+theirs, Triton and the CuPy kernels.
+
 Each fast path is reported as active or not, and when it is not, why and what to
 do about it (the remedy). ``--json`` prints the same report as one JSON object,
 for bug reports. Frameworks are imported only inside :func:`collect`, and only
@@ -163,10 +167,10 @@ def _kernel_isa(kernels: Any) -> str:
     return "baseline x86-64 (default clone; the CPU has neither AVX-512 nor AVX2)"
 
 
-def _cpu_kernel() -> dict[str, Any]:
-    kernels = _ext._KERNELS
+def _compiled(kernels: Any, module: str) -> dict[str, Any]:
+    """A compiled kernel module (``kernels``, None when not built): built, active, its ISA."""
     if kernels is None:
-        why = "the C extension evsoftmax._ext._cpu_kernels is not built (no C compiler at install)"
+        why = f"the C extension evsoftmax._ext.{module} is not built (no C compiler at install)"
         return _path(
             False, False, why_not=why, remedy=_REBUILD if os.name == "posix" else _NO_POSIX
         )
@@ -177,25 +181,30 @@ def _cpu_kernel() -> dict[str, Any]:
     return _path(True, True, isa)
 
 
-def _jax_ffi(cpu_kernel: dict[str, Any]) -> dict[str, Any]:
+def _cpu_kernel() -> dict[str, Any]:
+    return _compiled(_ext._KERNELS, "_cpu_kernels")
+
+
+def _baseline_kernels() -> dict[str, Any]:
+    """The kernels of sparsemax, 1.5-entmax and alpha-entmax (NumPy, torch and JAX)."""
+    return _compiled(_ext._BASELINES, "_baseline_kernels")
+
+
+def _jax_ffi(kernel: dict[str, Any], adapter: str = "kernels") -> dict[str, Any]:
+    """The XLA FFI handlers of a compiled kernel (``kernel``: its report), registered by
+    importing ``evsoftmax.adapters.jax.<adapter>``."""
     if importlib.util.find_spec("jax") is None:
         return _path(
             False, False, why_not="jax is not installed", remedy=_FROM_CLONE.format(extra="jax")
         )
-    if not cpu_kernel["available"]:
-        return _path(
-            False,
-            False,
-            why_not="needs the CPU kernel, which is not built",
-            remedy=cpu_kernel["remedy"],
-        )
-    if not cpu_kernel["active"]:
-        return _path(
-            True, False, "XLA custom calls on CPU", cpu_kernel["why_not"], cpu_kernel["remedy"]
-        )
-    from .adapters.jax import kernels  # registers the handlers (with the kernel switched on)
-
-    if not kernels._REGISTERED:
+    if not kernel["available"]:
+        why = "needs the CPU kernel, which is not built"
+        return _path(False, False, why_not=why, remedy=kernel["remedy"])
+    if not kernel["active"]:
+        return _path(True, False, "XLA custom calls on CPU", kernel["why_not"], kernel["remedy"])
+    # Registers the handlers (with the kernels switched on).
+    module = importlib.import_module(f"{__package__}.adapters.jax.{adapter}")
+    if not module._REGISTERED:
         why = "this jax/XLA refused the FFI handlers (jax.ffi.register_ffi_target failed)"
         return _path(False, False, why_not=why, remedy='pip install --upgrade "jax>=0.4.30"')
     return _path(True, True, "XLA custom calls on CPU (registered)")
@@ -242,13 +251,16 @@ def collect() -> dict[str, Any]:
     --------
     >>> from evsoftmax._cli_info import collect
     >>> report = collect()
-    >>> sorted(report["fast_paths"])
-    ['cpu_kernel', 'cupy_kernels', 'jax_ffi', 'triton']
+    >>> sorted(report["fast_paths"])  # doctest: +NORMALIZE_WHITESPACE
+    ['baseline_kernels', 'cpu_kernel', 'cupy_kernels', 'jax_ffi', 'jax_ffi_baselines',
+     'triton']
     """
-    cpu_kernel = _cpu_kernel()
+    cpu_kernel, baselines = _cpu_kernel(), _baseline_kernels()
     fast_paths: dict[str, Callable[[], dict[str, Any]]] = {
         "cpu_kernel": lambda: cpu_kernel,
         "jax_ffi": lambda: _jax_ffi(cpu_kernel),
+        "baseline_kernels": lambda: baselines,
+        "jax_ffi_baselines": lambda: _jax_ffi(baselines, "baseline_kernels"),
         "triton": _triton,
         "cupy_kernels": _cupy,
     }
@@ -268,6 +280,8 @@ def collect() -> dict[str, Any]:
 _TITLES = {
     "cpu_kernel": "CPU kernel",
     "jax_ffi": "JAX FFI",
+    "baseline_kernels": "baseline kernels",
+    "jax_ffi_baselines": "JAX FFI baselines",
     "triton": "Triton",
     "cupy_kernels": "CuPy kernels",
 }

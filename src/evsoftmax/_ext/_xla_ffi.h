@@ -8,6 +8,7 @@
 #ifndef EVSOFTMAX_XLA_FFI_H
 #define EVSOFTMAX_XLA_FFI_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -94,6 +95,48 @@ static inline int ffi_metadata(evs_ffi_call_frame *frame) {
     metadata->api_version.minor_version = 1;
     metadata->traits = 0;
     return 1;
+}
+
+/* Reads an execute call of `arrays` operands (into in[0..arrays)) of one shape (rank
+ * >= 1) and dtype (F32 or F64), then an operand of `nparams` parameters in that dtype
+ * (into params, as double), and one result of that shape and dtype (into *result).
+ * Returns whether the call has that form; *result is NULL if there is no result
+ * (or the call is not an execute call). */
+static inline int ffi_rows_call(evs_ffi_call_frame *frame, int arrays, int nparams,
+                                evs_ffi_buffer **in, evs_ffi_buffer **result, double *params) {
+    evs_ffi_buffer *y, *p;
+    *result = NULL;
+    if (frame->stage != EVS_FFI_EXECUTE || !ffi_buffer(&frame->rets, 0, &y)) return 0;
+    *result = y;
+    int ok = (y->dtype == EVS_FFI_F32 || y->dtype == EVS_FFI_F64) && y->rank >= 1 &&
+             ffi_buffer(&frame->args, arrays, &p) && p->dtype == y->dtype && p->rank == 1 &&
+             p->dims[0] == nparams;
+    for (int a = 0; ok && a < arrays; a++) {
+        ok = ffi_buffer(&frame->args, a, &in[a]) && in[a]->dtype == y->dtype &&
+             in[a]->rank == y->rank;
+        for (int64_t d = 0; ok && d < y->rank; d++) ok = in[a]->dims[d] == y->dims[d];
+    }
+    for (int i = 0; ok && i < nparams; i++)
+        params[i] = y->dtype == EVS_FFI_F64 ? ((const double *)p->data)[i]
+                                            : (double)((const float *)p->data)[i];
+    return ok;
+}
+
+/* The number of entries of a buffer. */
+static inline int64_t ffi_size(const evs_ffi_buffer *buffer) {
+    int64_t size = 1;
+    for (int64_t d = 0; d < buffer->rank; d++) size *= buffer->dims[d];
+    return size;
+}
+
+/* Fills an F32 or F64 buffer with NaN: the result of a call a handler cannot serve
+ * (never made by evsoftmax), so that it cannot pass for one. */
+static inline void ffi_fill_nan(evs_ffi_buffer *buffer) {
+    int64_t size = ffi_size(buffer);
+    for (int64_t i = 0; i < size; i++) {
+        if (buffer->dtype == EVS_FFI_F64) ((double *)buffer->data)[i] = (double)NAN;
+        if (buffer->dtype == EVS_FFI_F32) ((float *)buffer->data)[i] = NAN;
+    }
 }
 
 #endif /* EVSOFTMAX_XLA_FFI_H */
