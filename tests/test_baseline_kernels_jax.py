@@ -41,15 +41,15 @@ FORWARD, VJP = "baseline_rows", "baseline_vjp_rows"
 
 @pytest.fixture
 def kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kernels on, for rows of every length (the adapter sends short ones to XLA)."""
+    """The kernels on, wherever they serve (the adapter keeps the XLA form where it is faster)."""
     require_baseline_kernels()
     monkeypatch.delenv("EVSOFTMAX_NO_CPU_KERNELS", raising=False)
-    monkeypatch.setattr(baselines, "_KERNEL_MIN_LENGTH", 1)
+    monkeypatch.setattr(baselines, "_kernel_wins", lambda *args, **kwargs: True)
 
 
 def _jit(fn):
     """``jax.jit`` of a fresh wrapper: JAX caches lowerings by function, and the kernels'
-    switches (``_KERNEL_MIN_LENGTH``, ``EVSOFTMAX_NO_CPU_KERNELS``) are read when lowering."""
+    switches (``_kernel_wins``, ``EVSOFTMAX_NO_CPU_KERNELS``) are read when lowering."""
     return jax.jit(lambda *args: fn(*args))
 
 
@@ -158,3 +158,18 @@ def test_kernel_half_precision_computes_in_float32(dtype, kernel):
     assert out.dtype == x.dtype
     expected = ref.entmax(np.asarray(x.astype(jnp.float64)), 1.5)
     np.testing.assert_allclose(np.asarray(out.astype(jnp.float64)), expected, atol=1e-2, rtol=0)
+
+
+def test_default_choice_follows_the_measurements():
+    """Without the fixture: the kernel only where it beat the XLA form (docs/jax.md)."""
+    require_baseline_kernels()
+    short, long = jnp.asarray(rng_rows(9, (2, 8), 1.0)), jnp.asarray(rng_rows(9, (2, 128), 1.0))
+
+    def value_and_grad(fn):
+        return lambda x: jax.vjp(fn, x)[1](x)[0]
+
+    assert _targets(value_and_grad(MAPS["entmax15"][0]), short) == (True, False)
+    assert _targets(value_and_grad(MAPS["entmax15"][0]), long) == (True, True)
+    assert _targets(value_and_grad(MAPS["bisect_1.5"][0]), short) == (False, False)
+    assert _targets(value_and_grad(MAPS["bisect_1.5"][0]), long) == (True, True)
+    assert _targets(value_and_grad(MAPS["bisect_1.25"][0]), long) == (True, False)

@@ -54,9 +54,9 @@ typedef struct {
 static void run_rows(const void *ctx, Py_ssize_t first, Py_ssize_t last, void *scratch) {
     const call_t *c = (const call_t *)ctx;
     Py_ssize_t n = c->length;
-    /* Two lists of candidates (values, then indices): the bisection swaps them. */
+    /* The list of candidates: their values, then their indices. */
     double *val = (double *)scratch;
-    Py_ssize_t *idx = (Py_ssize_t *)(val + 2 * n);
+    Py_ssize_t *idx = (Py_ssize_t *)(val + n);
     for (Py_ssize_t r = first; r < last; r++) {
         if (c->is_double)
             EVS_ROW(double, f64);
@@ -68,8 +68,7 @@ static void run_rows(const void *ctx, Py_ssize_t first, Py_ssize_t last, void *s
 /* Runs `c` over `rows` rows on up to `threads` threads (see evs_run_parallel); returns
  * 0 when no thread got scratch. */
 static int run_job(call_t *c, Py_ssize_t rows, int threads, uintptr_t parallel) {
-    size_t scratch =
-        c->op == OP_VJP ? 0 : 2 * (size_t)c->length * (sizeof(double) + sizeof(Py_ssize_t));
+    size_t scratch = c->op == OP_VJP ? 0 : (size_t)c->length * (sizeof(double) + sizeof(Py_ssize_t));
     evs_job job = {.fn = run_rows, .ctx = c, .rows = rows, .length = c->length,
                    .scratch_bytes = scratch};
     return evs_run_parallel(&job, threads, parallel);

@@ -153,13 +153,60 @@ static inline double N(power)(double d, double power, int kind) {
     }
 }
 
+/* sum_j [val[j] - t]_+^power over the k candidates: branch-free loops, vectorized for
+ * the closed-form powers (kind as for N(power)). */
+EVS_CLONES static double N(mass)(const double *restrict val, Py_ssize_t k, double t,
+                                 double power, int kind) {
+    double mass = 0.0;
+    switch (kind) {
+        case 0:
+#pragma omp simd reduction(+ : mass)
+            for (Py_ssize_t j = 0; j < k; j++) {
+                double d = val[j] - t;
+                mass += d > 0.0 ? d : 0.0;
+            }
+            break;
+        case 1:
+#pragma omp simd reduction(+ : mass)
+            for (Py_ssize_t j = 0; j < k; j++) {
+                double d = val[j] - t;
+                mass += d > 0.0 ? d * d : 0.0;
+            }
+            break;
+        case 2:
+#pragma omp simd reduction(+ : mass)
+            for (Py_ssize_t j = 0; j < k; j++) {
+                double d = val[j] - t;
+                mass += sqrt(d > 0.0 ? d : 0.0);
+            }
+            break;
+        default:
+            for (Py_ssize_t j = 0; j < k; j++) {
+                double d = val[j] - t;
+                mass += d > 0.0 ? pow(d, power) : 0.0;
+            }
+    }
+    return mass;
+}
+
+/* Keeps the candidates above t (in order); returns their number. */
+static Py_ssize_t N(above)(double *restrict val, Py_ssize_t *restrict idx, Py_ssize_t k, double t) {
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        double v = val[j];
+        val[kept] = v;
+        idx[kept] = idx[j];
+        kept += v > t;
+    }
+    return kept;
+}
+
 /* alpha-entmax of one row by bisection, as evsoftmax._entmax.entmax_bisect: z = (x - m)
  * (alpha - 1) (clipped at -2, which no candidate reaches), tau in [-1, -(1/count)^(alpha
  * - 1)], n_iter halvings keeping mass(tau_lo) >= 1, then p = [z - tau_lo]_+^(1/(alpha -
- * 1)) renormalized. Entries at or below tau_lo add nothing to any later mass and leave
- * the candidates: each step computes the mass at the midpoint over the candidates while
- * copying those above it to the second list, which becomes the list when the midpoint
- * is kept. */
+ * 1)) renormalized. Each step is one branch-free pass over the candidates (a chain of
+ * dependent steps: the passes, not memory, bound the time); entries at or below tau_lo
+ * add nothing to any later mass, and every 8 steps they leave the candidates. */
 static void N(bisect_row)(const T *restrict x, T *restrict y, Py_ssize_t n, double *val,
                           Py_ssize_t *idx, double alpha, int n_iter) {
     T m;
@@ -167,35 +214,19 @@ static void N(bisect_row)(const T *restrict x, T *restrict y, Py_ssize_t n, doub
     if (N(special)(x, y, n, &m, &count)) return;
     double power = 1.0 / (alpha - 1.0);
     int kind = alpha == 2.0 ? 0 : alpha == 1.5 ? 1 : alpha == 3.0 ? 2 : 3;
-    double *val2 = val + n;
-    Py_ssize_t *idx2 = idx + n;
     Py_ssize_t k = N(candidates)(x, n, m, (T)(alpha - 1.0), val, idx);
     double tau = -1.0, width = 1.0 - pow(1.0 / count, alpha - 1.0);
     for (int it = 0; it < n_iter; it++) {
         width /= 2.0;
-        double mid = tau + width, mass = 0.0;
-        Py_ssize_t kept = 0;
-        for (Py_ssize_t j = 0; j < k; j++) {
-            double d = val[j] - mid;
-            int in = d > 0.0;
-            val2[kept] = val[j];
-            idx2[kept] = idx[j];
-            kept += in;
-            mass += in ? N(power)(d, power, kind) : 0.0;
-        }
-        if (mass >= 1.0) {
-            double *tv = val;
-            Py_ssize_t *ti = idx;
-            val = val2, idx = idx2, val2 = tv, idx2 = ti;
-            k = kept;
-            tau = mid;
-        }
+        double mid = tau + width;
+        tau = N(mass)(val, k, mid, power, kind) >= 1.0 ? mid : tau;
+        if ((it & 7) == 7) k = N(above)(val, idx, k, tau);
     }
+    k = N(above)(val, idx, k, tau);
     double total = 0.0;
-    for (Py_ssize_t j = 0; j < k; j++)
-        total += val[j] > tau ? N(power)(val[j] - tau, power, kind) : 0.0;
+    for (Py_ssize_t j = 0; j < k; j++) total += N(power)(val[j] - tau, power, kind);
     double inv = 1.0 / total; /* >= 1: the maximum (z = 0) stays above tau < 0 */
-    EVS_SCATTER(y, n, k, val, idx, v > tau ? N(power)(v - tau, power, kind) * inv : 0.0);
+    EVS_SCATTER(y, n, k, val, idx, N(power)(v - tau, power, kind) * inv);
 }
 
 /* The VJP (and JVP) of alpha-entmax from its output p, as evsoftmax._entmax.entmax_jvp:

@@ -110,14 +110,23 @@ def _xla_forward(x: jax.Array, *, method: str, alpha: float, axis: int, n_iter: 
     )
 
 
-# Rows at least this long take the kernel where it serves (shorter ones, the XLA
-# form): measured with jit on the CPU, see docs/jax.md "Performance".
-_KERNEL_MIN_LENGTH = 16
+def _kernel_wins(method: str, alpha: float, length: int, tangent: bool) -> bool:
+    """Whether the kernel beats the XLA form on rows of ``length`` (measured, docs/jax.md).
+
+    The forward: always for sparsemax and 1.5-entmax (the XLA form sorts); for the
+    bisection on rows of 128 entries or more (on shorter ones XLA's passes over all
+    rows at once beat the kernel's 50 dependent steps per row). The VJP: for
+    sparsemax's and 1.5-entmax's ``s`` (1, ``sqrt(p)``) on rows of 16 or more; a
+    general power is a scalar ``pow`` per entry in C, slower than XLA's.
+    """
+    if tangent:
+        return alpha in (2.0, 1.5) and length >= 16
+    return length >= 128 or method != "bisect"
 
 
 def _kernel_forward(x: jax.Array, *, method: str, alpha: float, axis: int, n_iter: int) -> Any:
-    """The compiled kernel on rows long enough, else the XLA form."""
-    if x.shape[axis] >= _KERNEL_MIN_LENGTH:
+    """The compiled kernel where it wins (:func:`_kernel_wins`), else the XLA form."""
+    if _kernel_wins(method, alpha, x.shape[axis], tangent=False):
         op = "entmax_bisect" if method == "bisect" else method
         return _baseline_kernels.forward(x, op, alpha, axis, n_iter)
     return _xla_forward(x, method=method, alpha=alpha, axis=axis, n_iter=n_iter)
@@ -128,8 +137,9 @@ def _xla_tangent(probs: jax.Array, tangent: jax.Array, *, alpha: float, axis: in
 
 
 def _kernel_tangent(probs: jax.Array, tangent: jax.Array, *, alpha: float, axis: int) -> Any:
-    """The compiled VJP on rows long enough (same rule as the forward), else the expression."""
-    if probs.shape[axis] >= _KERNEL_MIN_LENGTH and probs.dtype == tangent.dtype:
+    """The compiled VJP where it wins (:func:`_kernel_wins`), else the expression."""
+    wins = _kernel_wins("", alpha, probs.shape[axis], tangent=True)
+    if wins and probs.dtype == tangent.dtype:
         return _baseline_kernels.vjp(probs, tangent, alpha, axis)
     return _xla_tangent(probs, tangent, alpha=alpha, axis=axis)
 
