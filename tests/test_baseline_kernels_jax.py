@@ -10,6 +10,7 @@ and ``EVSOFTMAX_NO_CPU_KERNELS=1`` get the XLA form instead.
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
-from evsoftmax.adapters.jax import baselines  # noqa: E402
+from evsoftmax.adapters.jax import baseline_kernels, baselines  # noqa: E402
 
 from . import reference_baselines as ref  # noqa: E402
 from .baseline_cases import (  # noqa: E402
@@ -173,3 +174,21 @@ def test_default_choice_follows_the_measurements():
     assert _targets(value_and_grad(MAPS["bisect_1.5"][0]), short) == (False, False)
     assert _targets(value_and_grad(MAPS["bisect_1.5"][0]), long) == (True, True)
     assert _targets(value_and_grad(MAPS["bisect_1.25"][0]), long) == (True, False)
+
+
+def _context(devices: int, for_export: bool) -> SimpleNamespace:
+    """The parts of an ``mlir.LoweringRuleContext`` that the kernels' rule reads."""
+    module = SimpleNamespace(
+        lowering_parameters=SimpleNamespace(for_export=for_export),
+        axis_context=SimpleNamespace(num_devices=devices),
+    )
+    return SimpleNamespace(module_context=module)
+
+
+def test_serves_only_local_lowerings_that_are_not_exports(kernel, monkeypatch):
+    """As ev-softmax's kernel: one device yes; partitioned over several, or exported, no."""
+    assert baseline_kernels.serves(_context(1, for_export=False))
+    assert not baseline_kernels.serves(_context(4, for_export=False))  # XLA keeps it sharded
+    assert not baseline_kernels.serves(_context(1, for_export=True))
+    monkeypatch.setenv("EVSOFTMAX_NO_CPU_KERNELS", "1")
+    assert not baseline_kernels.serves(_context(1, for_export=False))
