@@ -187,3 +187,44 @@ def test_changing_epsilon_neither_breaks_the_graph_nor_fails():
         compiled(x, -0.5)
     with pytest.raises(ValueError, match="epsilon"):
         torch.compile(lambda v, e: evt.ev_softmax(v, -1, e))(x, -0.5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_compiled_log_form_saves_no_boolean_tensor_for_backward(masked):
+    # Inductor writes boolean tensors ~10x slower than eager torch: the validity test
+    # of the log form's backward must stay in the backward graph (read from the saved
+    # input as the backward kernel runs), not be computed in the forward and saved.
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+
+    saved_dtypes = []
+
+    def forward_compiler(gm, example_inputs):
+        (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+        # (An input passed through, such as the mask, is saved without being written.)
+        computed = [a for a in output.args[0] if a is not None and a.op != "placeholder"]
+        saved_dtypes.extend(a.meta["val"].dtype for a in computed)
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(
+        fw_compiler=forward_compiler,
+        bw_compiler=lambda gm, _: make_boxed_func(gm.forward),
+        partition_fn=min_cut_rematerialization_partition,  # Inductor's partitioner
+    )
+    where = torch.tensor([True] * 8 + [False]) if masked else None
+    x = torch.randn(5, 9)
+    x[0, 1] = -np.inf
+    x.requires_grad_(True)
+    g = torch.randn(5, 9)
+    f = torch.compile(lambda v: evt.log_ev_softmax(v, epsilon=0.5, where=where), backend=backend)
+    out = f(x)
+    (grad,) = torch.autograd.grad(out, x, g.masked_fill(out == -np.inf, 0.0))
+    assert saved_dtypes and torch.bool not in saved_dtypes, saved_dtypes
+    # The closed form from the float64 reference: g - p * sum(g) on valid entries, else 0.
+    xd, gd = x.detach().double().numpy(), g.double().numpy()
+    valid = np.isfinite(xd) & (True if where is None else where.numpy())
+    p = np.exp(ref.log_ev_softmax(xd, eps=0.5, where=None if where is None else where.numpy()))
+    gv = np.where(valid, gd, 0.0)
+    expected = np.where(valid, gv - p * gv.sum(-1, keepdims=True), 0.0)
+    np.testing.assert_allclose(grad.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert _graph_breaks() == 0
