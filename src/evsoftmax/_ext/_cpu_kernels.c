@@ -554,11 +554,13 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
 
 /* Defines vjp_<NAME>(p, g, out, length, count, step, row_step, out_step, out_row_step):
  * out = p * (g - <p, g>), the closed-form VJP (and JVP) of ev-softmax from its output
- * p, on `count` (at most EVS_LANES) rows of SRC entries: p and g share their layout
- * (entries `step` apart, row starts `row_step` apart), out has its own. Computed in T
- * (float for half precision); <p, g> summed as the mean is, in blocks added in double.
- * Rows with adjacent starts (row_step 1, as along a non-last axis) are taken side by
- * side, so that each pass reads whole cache lines; contiguous rows one at a time. */
+ * p, on `count` rows of SRC entries: p and g share their layout (entries `step` apart,
+ * row starts `row_step` apart), out has its own. Computed in T (float for half
+ * precision); <p, g> summed as the mean is, in blocks added in double. Contiguous rows
+ * (step 1) are taken one after another, any number in one call (short rows cost no
+ * call each); other rows at most EVS_LANES at a time, side by side, so that rows with
+ * adjacent starts (row_step 1, as along a non-last axis) are read whole cache lines
+ * at a time. */
 #define EVS_DEFINE_VJP(NAME, T, SRC, LOAD, STORE)                                           \
     EVS_CLONES static void vjp_##NAME(const char *pp, const char *gp, char *op,              \
                                       Py_ssize_t length, Py_ssize_t count, Py_ssize_t step,   \
@@ -566,20 +568,23 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
                                       Py_ssize_t out_row_step) {                              \
         const SRC *restrict p = (const SRC *)pp, *restrict g = (const SRC *)gp;             \
         SRC *restrict o = (SRC *)op;                                                        \
-        if (count == 1 && step == 1 && out_step == 1) {                                     \
-            double inner = 0.0;                                                             \
-            for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                \
-                Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;  \
-                T block_inner = 0;                                                          \
-                EVS_SIMD_INNER                                                              \
-                for (Py_ssize_t i = start; i < stop; i++)                                   \
-                    block_inner += LOAD(p[i]) * LOAD(g[i]);                                 \
-                inner += block_inner;                                                       \
+        if (step == 1 && out_step == 1) {                                                   \
+            for (Py_ssize_t r = 0; r < count; r++, p += row_step, g += row_step,             \
+                            o += out_row_step) {                                            \
+                double inner = 0.0;                                                         \
+                for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {            \
+                    Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK; \
+                    T block_inner = 0;                                                      \
+                    EVS_SIMD_INNER                                                          \
+                    for (Py_ssize_t i = start; i < stop; i++)                               \
+                        block_inner += LOAD(p[i]) * LOAD(g[i]);                             \
+                    inner += block_inner;                                                   \
+                }                                                                           \
+                T s = (T)inner;                                                             \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t i = 0; i < length; i++)                                     \
+                    o[i] = STORE(LOAD(p[i]) * (LOAD(g[i]) - s));                            \
             }                                                                               \
-            T s = (T)inner;                                                                 \
-            EVS_SIMD                                                                        \
-            for (Py_ssize_t i = 0; i < length; i++)                                         \
-                o[i] = STORE(LOAD(p[i]) * (LOAD(g[i]) - s));                                \
             return;                                                                         \
         }                                                                                   \
         double inner[EVS_LANES] = {0};                                                      \
@@ -619,7 +624,7 @@ static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
         rest /= job->extent[d];
     }
     Py_ssize_t size = job->dtype == EVS_F64 ? 8 : job->dtype == EVS_F32 ? 4 : 2;
-    Py_ssize_t tile = job->axs == 1 && job->ays == 1 ? 1 : EVS_LANES;
+    int contiguous = job->axs == 1 && job->ays == 1;
     Py_ssize_t xr = job->xs[inner], yr = job->ys[inner], r = first;
     while (r < last) {
         Py_ssize_t ox = 0, oy = 0;
@@ -629,6 +634,7 @@ static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
         }
         Py_ssize_t run = job->extent[inner] - index[inner];
         if (run > last - r) run = last - r;
+        Py_ssize_t tile = contiguous ? run : EVS_LANES;
         for (Py_ssize_t i = 0; i < run; i += tile) {
             Py_ssize_t count = run - i < tile ? run - i : tile;
             const char *p = job->x + (ox + i * xr) * size, *g = job->g + (ox + i * xr) * size;

@@ -27,8 +27,8 @@ lowerings, both transcribing DESIGN §4's numerical recipe:
 * **the compiled CPU kernel** (:mod:`.kernels`, an XLA FFI custom call) on the
   CPU when it is built, the lowering is local to one device (plain ``jit`` on
   one device, or the body of a ``shard_map``) and not for ``jax.export``
-  (:func:`.kernels.serves`), and rows are long enough for it to win
-  (:data:`_KERNEL_MIN_LENGTH`).
+  (:func:`.kernels.serves`), and it wins on the dtype and row length
+  (:func:`.kernels.takes`).
 
 Which one runs is decided when the computation is lowered, so one trace serves
 every platform, ``shard_map`` and ``jax.export`` see ordinary JAX values, and
@@ -168,15 +168,9 @@ def _xla_rows(x: Array, *where: Array, axis: int, epsilon: float, log: bool) -> 
     return _xla_form(xa, axis=axis, epsilon=epsilon, log=log).astype(x.dtype)
 
 
-# Rows shorter than this take the XLA form even where the kernel serves: the
-# kernel's per-row work does not amortize on such rows (measured in the JAX
-# adapter benchmark, see docs/jax.md "Performance").
-_KERNEL_MIN_LENGTH = 16
-
-
 def _kernel_form(x: Array, *where: Array, axis: int, epsilon: float, log: bool) -> Array:
-    """The compiled kernel on its dtypes and rows long enough, else the XLA form."""
-    if x.dtype in _jax_kernels.dtypes() and x.shape[axis] >= _KERNEL_MIN_LENGTH:
+    """The compiled kernel where it wins (:func:`.kernels.takes`), else the XLA form."""
+    if _jax_kernels.takes(x.dtype, x.shape[axis]):
         return _jax_kernels.forward(x, where[0] if where else None, axis, epsilon, log)
     return _xla_rows(x, *where, axis=axis, epsilon=epsilon, log=log)
 
@@ -214,12 +208,15 @@ def _cpu_lowering(ctx: Any, *args: Any, **params: Any) -> Any:
     return mlir.lower_fun(fun, multiple_results=False)(ctx, *args, **params)
 
 
-def _eager_rows(x: Array, where: Array | None, axis: int, epsilon: float, log: bool) -> Array:
-    return _rows(x, where, axis, epsilon, log)
+_jitted = jax.jit(_rows, static_argnums=(2, 3, 4))
 
 
-_eager = jax.jit(_eager_rows, static_argnums=(2, 3, 4))
-_FORWARD.def_impl(lambda x, *w, **p: _eager(x, w[0] if w else None, p["axis"], p["epsilon"], p["log"]))  # type: ignore[no-untyped-call]
+def _eager(x: Array, *where: Array, axis: int, epsilon: float, log: bool) -> Array:
+    """Outside a trace, the primitive runs as a jitted call of itself (then lowered)."""
+    return _jitted(x, where[0] if where else None, axis, epsilon, log)  # type: ignore[no-any-return]
+
+
+_FORWARD.def_impl(_eager)  # type: ignore[no-untyped-call]
 _FORWARD.def_abstract_eval(_abstract)  # type: ignore[no-untyped-call]
 batching.primitive_batchers[_FORWARD] = _batch
 mlir.register_lowering(_FORWARD, mlir.lower_fun(_xla_rows, multiple_results=False))

@@ -51,18 +51,9 @@ def _expression(probs: Array, tangent: Array, *, axis: int) -> Array:
     return (p * (t - jnp.sum(p * t, axis=axis, keepdims=True))).astype(tangent.dtype)
 
 
-# Rows shorter than this take the expression even where the kernel serves (see
-# the adapter's _KERNEL_MIN_LENGTH).
-_KERNEL_MIN_LENGTH = 16
-
-
 def _kernel(probs: Array, tangent: Array, *, axis: int) -> Array:
-    """The kernel on its dtypes (both operands alike) and rows long enough, else the expression."""
-    if (
-        probs.dtype == tangent.dtype
-        and probs.dtype in _jax_kernels.dtypes()
-        and probs.shape[axis] >= _KERNEL_MIN_LENGTH
-    ):
+    """The kernel where it wins (:func:`.kernels.takes`; operands alike), else the expression."""
+    if probs.dtype == tangent.dtype and _jax_kernels.takes(probs.dtype, probs.shape[axis]):
         return _jax_kernels.vjp(probs, tangent, axis)
     return _expression(probs, tangent, axis=axis)
 
