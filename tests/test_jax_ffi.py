@@ -27,8 +27,8 @@ from . import reference as ref  # noqa: E402
 from .closed_forms import ev_softmax_vjp, no_ties  # noqa: E402
 from .jax_helpers import use_jax_path  # noqa: E402
 
-SHAPE, AXIS = (3, 20, 5), 1  # rows along a middle axis: entries 5 apart
-MASK_SHAPE = (1, 20, 5)  # broadcast over the first axis
+SHAPE, AXIS = (3, 20, 17), 1  # rows along a middle axis: a full tile of 16 and one more
+MASK_SHAPE = (1, 20, 17)  # broadcast over the first axis
 
 
 @pytest.fixture(autouse=True)
@@ -62,9 +62,9 @@ def test_masked_middle_axis_takes_the_kernel_both_ways(dtype):
     calls = re.findall(r"custom_call @(\S+)\((.*)", text)
     assert [name.rpartition(".")[2] for name, _ in calls] == ["ev_softmax", "ev_softmax_vjp"]
     element = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}[dtype]
-    assert "tensor<1x20x5xi1>" in calls[0][1]  # the mask as given, broadcast by the kernel
-    assert "tensor<3x20x5xi1>" not in text
-    assert f"tensor<3x20x5x{element}>" in calls[0][1]  # half precision passed as it is
+    assert "tensor<1x20x17xi1>" in calls[0][1]  # the mask as given, broadcast by the kernel
+    assert "tensor<3x20x17xi1>" not in text
+    assert f"tensor<3x20x17x{element}>" in calls[0][1]  # half precision passed as it is
     assert "transpose" not in text
 
     p, g = program(x, where, c)

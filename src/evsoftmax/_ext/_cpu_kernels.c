@@ -552,6 +552,30 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
     }
 }
 
+/* The VJP of N rows (N <= EVS_LANES) side by side: entry i of row t at
+ * p[i * step + t * RS], g likewise, out at o[i * out_step + t * ORS]. */
+#define EVS_VJP_SIDE_BY_SIDE(T, LOAD, STORE, N, RS, ORS)                                    \
+    do {                                                                                    \
+        double inner[EVS_LANES] = {0};                                                      \
+        T s[EVS_LANES], bi[EVS_LANES];                                                      \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            for (Py_ssize_t t = 0; t < (N); t++) bi[t] = 0;                                 \
+            for (Py_ssize_t i = start; i < stop; i++)                                       \
+                for (Py_ssize_t t = 0; t < (N); t++) {                                      \
+                    Py_ssize_t k = i * step + t * (RS);                                     \
+                    bi[t] += LOAD(p[k]) * LOAD(g[k]);                                       \
+                }                                                                           \
+            for (Py_ssize_t t = 0; t < (N); t++) inner[t] += bi[t];                         \
+        }                                                                                   \
+        for (Py_ssize_t t = 0; t < (N); t++) s[t] = (T)inner[t];                            \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (Py_ssize_t t = 0; t < (N); t++) {                                          \
+                Py_ssize_t k = i * step + t * (RS);                                         \
+                o[i * out_step + t * (ORS)] = STORE(LOAD(p[k]) * (LOAD(g[k]) - s[t]));      \
+            }                                                                               \
+    } while (0)
+
 /* Defines vjp_<NAME>(p, g, out, length, count, step, row_step, out_step, out_row_step):
  * out = p * (g - <p, g>), the closed-form VJP (and JVP) of ev-softmax from its output
  * p, on `count` rows of SRC entries: p and g share their layout (entries `step` apart,
@@ -587,24 +611,11 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
             }                                                                               \
             return;                                                                         \
         }                                                                                   \
-        double inner[EVS_LANES] = {0};                                                      \
-        T s[EVS_LANES], bi[EVS_LANES];                                                      \
-        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
-            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
-            for (Py_ssize_t t = 0; t < count; t++) bi[t] = 0;                               \
-            for (Py_ssize_t i = start; i < stop; i++)                                       \
-                for (Py_ssize_t t = 0; t < count; t++) {                                    \
-                    Py_ssize_t k = i * step + t * row_step;                                 \
-                    bi[t] += LOAD(p[k]) * LOAD(g[k]);                                       \
-                }                                                                           \
-            for (Py_ssize_t t = 0; t < count; t++) inner[t] += bi[t];                       \
-        }                                                                                   \
-        for (Py_ssize_t t = 0; t < count; t++) s[t] = (T)inner[t];                          \
-        for (Py_ssize_t i = 0; i < length; i++)                                             \
-            for (Py_ssize_t t = 0; t < count; t++) {                                        \
-                Py_ssize_t k = i * step + t * row_step;                                     \
-                o[i * out_step + t * out_row_step] = STORE(LOAD(p[k]) * (LOAD(g[k]) - s[t])); \
-            }                                                                               \
+        /* Adjacent full tiles with a constant width: the loops over t vectorize. */      \
+        if (count == EVS_LANES && row_step == 1 && out_row_step == 1)                       \
+            EVS_VJP_SIDE_BY_SIDE(T, LOAD, STORE, EVS_LANES, 1, 1);                          \
+        else                                                                                \
+            EVS_VJP_SIDE_BY_SIDE(T, LOAD, STORE, count, row_step, out_row_step);            \
     }
 
 #define EVS_SIMD_INNER _Pragma("omp simd reduction(+ : block_inner)")

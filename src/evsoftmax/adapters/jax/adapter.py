@@ -272,9 +272,12 @@ def _log_ev_softmax_jvp(
     x_dot = tangents[0]
     log_probs = _log_ev_softmax(x, where, axis, epsilon)
     acc = _accumulation_dtype(x.dtype)
-    # p_eps through its own custom_jvp keeps every higher derivative closed-form;
-    # under jit XLA shares the row statistics of the two calls.
-    p = _ev_softmax(x, where, axis, epsilon).astype(acc)
+    # p_eps = exp(log p_eps), differentiated through the log's own custom_jvp: every
+    # higher derivative stays closed-form, and no second kernel pass is made (the
+    # kernel's custom calls share nothing). A half-precision log loses too much for
+    # that (its rounding grows with |log p|): there p_eps is its own call.
+    half = acc != x.dtype
+    p = _ev_softmax(x, where, axis, epsilon).astype(acc) if half else jnp.exp(log_probs)
     valid = x != -jnp.inf
     if where is not None:
         valid = valid & where
