@@ -1,8 +1,8 @@
 /*
  * Fused CPU kernels for ev-softmax over rows: contiguous float32/float64 rows
- * (ev_softmax_rows, the XLA FFI handlers), and any strided array of float32,
- * float64, float16 or bfloat16 along any axis with an optional broadcast boolean
- * mask (ev_softmax_strided). Strided rows that are not plain contiguous native
+ * (ev_softmax_rows), and any strided array of float32, float64, float16 or
+ * bfloat16 along any axis with an optional broadcast boolean mask
+ * (ev_softmax_strided, and the XLA FFI handlers with their VJP at the bottom). Strided rows that are not plain contiguous native
  * data are gathered into per-thread scratch (mask applied as -inf, half precision
  * widened to float32) and written back converted; rows along a middle axis whose
  * starts are adjacent, and rows of up to 32 entries, run 16 side by side,
