@@ -114,15 +114,15 @@ def reference_probs(x: np.ndarray, axis: int = -1, eps: float = 0.0, where=None)
 def use_jax_path(path: str, monkeypatch) -> None:
     """Make the JAX adapter take ``path`` ("kernel" or "array-ops") for the rest of a test.
 
-    On "kernel", rows of every length take the compiled kernel (the adapter
-    otherwise sends rows shorter than ``_KERNEL_MIN_LENGTH`` to the XLA form,
-    and the tests' rows are short). The path is chosen when a computation is
-    lowered, so the caller drops JAX's caches around the test.
+    On "kernel", rows of every length and dtype take the compiled kernel (the
+    adapter otherwise sends short half-precision rows, ``kernels._MIN_LENGTH``,
+    to the XLA form, and the tests' rows are short). The path is chosen when a
+    computation is lowered, so the caller drops JAX's caches around the test.
     """
-    from evsoftmax.adapters.jax import adapter
+    from evsoftmax.adapters.jax import kernels
 
     from .cpu_kernels import use_path
 
     use_path(path, monkeypatch)
     if path == "kernel":
-        monkeypatch.setattr(adapter, "_KERNEL_MIN_LENGTH", 1, raising=False)
+        monkeypatch.setattr(kernels, "_MIN_LENGTH", {}, raising=False)

@@ -62,20 +62,21 @@ Runner = Callable[[list[pc.Request]], list[Result]]
 def _every_row_length(path: Path) -> Iterator[None]:
     """On the JAX kernel path, send rows of every length to the kernel.
 
-    The adapter routes rows shorter than ``_KERNEL_MIN_LENGTH`` to the XLA form
-    (faster there); the battery's short rows would otherwise test that form twice.
+    The adapter routes short half-precision rows (``kernels._MIN_LENGTH``) to the
+    XLA form (faster there); the battery's short rows would otherwise test that
+    form twice.
     """
     if path.backend != "jax" or path.kernel is not True:
         yield
         return
-    from evsoftmax.adapters.jax import adapter
+    from evsoftmax.adapters.jax import kernels
 
-    saved = adapter._KERNEL_MIN_LENGTH
-    adapter._KERNEL_MIN_LENGTH = 1
+    saved = kernels._MIN_LENGTH
+    kernels._MIN_LENGTH = {}
     try:
         yield
     finally:
-        adapter._KERNEL_MIN_LENGTH = saved
+        kernels._MIN_LENGTH = saved
 
 
 @dataclasses.dataclass(frozen=True)

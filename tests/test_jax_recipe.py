@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 JAX, for these tests 
 import jax.numpy as jnp  # noqa: E402
 
 import evsoftmax as evs  # noqa: E402
-from evsoftmax.adapters.jax import adapter as _adapter  # noqa: E402
+from evsoftmax.adapters.jax import kernels as _kernels  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .cpu_kernels import PATHS  # noqa: E402
@@ -149,14 +149,15 @@ def test_long_rows_take_the_same_recipe():
 
 
 def _lowers_to_kernel(fun, x) -> bool:
-    return "ev_softmax_rows" in jax.jit(fun).lower(x).as_text()
+    return "custom_call @" in jax.jit(fun).lower(x).as_text()
 
 
-def test_short_rows_take_the_xla_form(each_path, monkeypatch):
-    # Rows shorter than _KERNEL_MIN_LENGTH are faster in the XLA form (measured).
-    x = jnp.ones((4, 8), jnp.float32)
-    assert _lowers_to_kernel(evs.ev_softmax, x) == (each_path == "kernel")
-    monkeypatch.setattr(_adapter, "_KERNEL_MIN_LENGTH", 16)
+def test_short_half_rows_take_the_xla_form(each_path, monkeypatch):
+    # Half-precision rows shorter than kernels._MIN_LENGTH are faster in the XLA
+    # form (measured); float32 rows take the kernel at every length.
+    monkeypatch.setattr(_kernels, "_MIN_LENGTH", {"bfloat16": 16})
     jax.clear_caches()
-    assert not _lowers_to_kernel(evs.ev_softmax, x)
-    assert _lowers_to_kernel(evs.ev_softmax, jnp.ones((4, 16))) == (each_path == "kernel")
+    on_kernel = each_path == "kernel"
+    assert _lowers_to_kernel(evs.ev_softmax, jnp.ones((4, 2), jnp.float32)) == on_kernel
+    assert not _lowers_to_kernel(evs.ev_softmax, jnp.ones((4, 8), jnp.bfloat16))
+    assert _lowers_to_kernel(evs.ev_softmax, jnp.ones((4, 16), jnp.bfloat16)) == on_kernel

@@ -89,4 +89,4 @@ def test_derivatives_in_both_arguments():
 def test_lowering_calls_the_kernel_only_on_its_path(each_path):
     p = jnp.zeros((2, 8))
     text = jax.jit(ev_softmax_vjp, static_argnums=2).lower(p, p, 1).as_text()
-    assert ("ev_softmax_vjp_rows" in text) == (each_path == "kernel")
+    assert ("custom_call @" in text) == (each_path == "kernel")

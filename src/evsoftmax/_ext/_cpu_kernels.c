@@ -1,8 +1,8 @@
 /*
  * Fused CPU kernels for ev-softmax over rows: contiguous float32/float64 rows
- * (ev_softmax_rows, the XLA FFI handlers), and any strided array of float32,
- * float64, float16 or bfloat16 along any axis with an optional broadcast boolean
- * mask (ev_softmax_strided). Strided rows that are not plain contiguous native
+ * (ev_softmax_rows), and any strided array of float32, float64, float16 or
+ * bfloat16 along any axis with an optional broadcast boolean mask
+ * (ev_softmax_strided, and the XLA FFI handlers with their VJP at the bottom). Strided rows that are not plain contiguous native
  * data are gathered into per-thread scratch (mask applied as -inf, half precision
  * widened to float32) and written back converted; rows along a middle axis whose
  * starts are adjacent, and rows of up to 32 entries, run 16 side by side,
@@ -235,29 +235,6 @@ EVS_DEFINE_ROW(double, exp_nonpositive_f64)
 
 EVS_DEFINE_ROWS(float)
 EVS_DEFINE_ROWS(double)
-
-#define EVS_SIMD_INNER _Pragma("omp simd reduction(+ : block_inner)")
-
-/* Defines vjp_row_<T>(p, g, out, length): out = p * (g - <p, g>), the closed-form
- * VJP (and JVP) of ev-softmax, from its output p; <p, g> summed as the mean is. */
-#define EVS_DEFINE_VJP(T)                                                                   \
-    EVS_CLONES static void vjp_row_##T(const T *restrict p, const T *restrict g,            \
-                                      T *restrict out, Py_ssize_t length) {                 \
-        double inner = 0.0;                                                                 \
-        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
-            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
-            T block_inner = 0;                                                              \
-            EVS_SIMD_INNER                                                                  \
-            for (Py_ssize_t i = start; i < stop; i++) block_inner += p[i] * g[i];          \
-            inner += block_inner;                                                           \
-        }                                                                                   \
-        T s = (T)inner;                                                                     \
-        EVS_SIMD                                                                            \
-        for (Py_ssize_t i = 0; i < length; i++) out[i] = p[i] * (g[i] - s);                \
-    }
-
-EVS_DEFINE_VJP(float)
-EVS_DEFINE_VJP(double)
 
 /* Element types of the strided entry point (half precision is computed in float). */
 #define EVS_F32 0
@@ -575,15 +552,115 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
     }
 }
 
+/* The VJP of N rows (N <= EVS_LANES) side by side: entry i of row t at
+ * p[i * step + t * RS], g likewise, out at o[i * out_step + t * ORS]. */
+#define EVS_VJP_SIDE_BY_SIDE(T, LOAD, STORE, N, RS, ORS)                                    \
+    do {                                                                                    \
+        double inner[EVS_LANES] = {0};                                                      \
+        T s[EVS_LANES], bi[EVS_LANES];                                                      \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            for (Py_ssize_t t = 0; t < (N); t++) bi[t] = 0;                                 \
+            for (Py_ssize_t i = start; i < stop; i++)                                       \
+                for (Py_ssize_t t = 0; t < (N); t++) {                                      \
+                    Py_ssize_t k = i * step + t * (RS);                                     \
+                    bi[t] += LOAD(p[k]) * LOAD(g[k]);                                       \
+                }                                                                           \
+            for (Py_ssize_t t = 0; t < (N); t++) inner[t] += bi[t];                         \
+        }                                                                                   \
+        for (Py_ssize_t t = 0; t < (N); t++) s[t] = (T)inner[t];                            \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (Py_ssize_t t = 0; t < (N); t++) {                                          \
+                Py_ssize_t k = i * step + t * (RS);                                         \
+                o[i * out_step + t * (ORS)] = STORE(LOAD(p[k]) * (LOAD(g[k]) - s[t]));      \
+            }                                                                               \
+    } while (0)
+
+/* Defines vjp_<NAME>(p, g, out, length, count, step, row_step, out_step, out_row_step):
+ * out = p * (g - <p, g>), the closed-form VJP (and JVP) of ev-softmax from its output
+ * p, on `count` rows of SRC entries: p and g share their layout (entries `step` apart,
+ * row starts `row_step` apart), out has its own. Computed in T (float for half
+ * precision); <p, g> summed as the mean is, in blocks added in double. Contiguous rows
+ * (step 1) are taken one after another, any number in one call (short rows cost no
+ * call each); other rows at most EVS_LANES at a time, side by side, so that rows with
+ * adjacent starts (row_step 1, as along a non-last axis) are read whole cache lines
+ * at a time. */
+#define EVS_DEFINE_VJP(NAME, T, SRC, LOAD, STORE)                                           \
+    EVS_CLONES static void vjp_##NAME(const char *pp, const char *gp, char *op,              \
+                                      Py_ssize_t length, Py_ssize_t count, Py_ssize_t step,   \
+                                      Py_ssize_t row_step, Py_ssize_t out_step,               \
+                                      Py_ssize_t out_row_step) {                              \
+        const SRC *restrict p = (const SRC *)pp, *restrict g = (const SRC *)gp;             \
+        SRC *restrict o = (SRC *)op;                                                        \
+        if (step == 1 && out_step == 1) {                                                   \
+            for (Py_ssize_t r = 0; r < count; r++, p += row_step, g += row_step,             \
+                            o += out_row_step) {                                            \
+                double inner = 0.0;                                                         \
+                for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {            \
+                    Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK; \
+                    T block_inner = 0;                                                      \
+                    EVS_SIMD_INNER                                                          \
+                    for (Py_ssize_t i = start; i < stop; i++)                               \
+                        block_inner += LOAD(p[i]) * LOAD(g[i]);                             \
+                    inner += block_inner;                                                   \
+                }                                                                           \
+                T s = (T)inner;                                                             \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t i = 0; i < length; i++)                                     \
+                    o[i] = STORE(LOAD(p[i]) * (LOAD(g[i]) - s));                            \
+            }                                                                               \
+            return;                                                                         \
+        }                                                                                   \
+        /* Adjacent full tiles with a constant width: the loops over t vectorize. */      \
+        if (count == EVS_LANES && row_step == 1 && out_row_step == 1)                       \
+            EVS_VJP_SIDE_BY_SIDE(T, LOAD, STORE, EVS_LANES, 1, 1);                          \
+        else                                                                                \
+            EVS_VJP_SIDE_BY_SIDE(T, LOAD, STORE, count, row_step, out_row_step);            \
+    }
+
+#define EVS_SIMD_INNER _Pragma("omp simd reduction(+ : block_inner)")
+
+EVS_DEFINE_VJP(float, float, float, EVS_AS_FLOAT, EVS_AS_FLOAT)
+EVS_DEFINE_VJP(double, double, double, EVS_AS_DOUBLE, EVS_AS_DOUBLE)
+EVS_DEFINE_VJP(f16, float, evs_f16, EVS_AS_FLOAT, EVS_AS_F16)
+EVS_DEFINE_VJP(bf16, float, uint16_t, bf16_to_float, float_to_bf16)
+
+/* The VJP job's rows first..last-1 (p at x, g at g: both through x's strides; the
+ * result through y's), in tiles of up to EVS_LANES rows when rows are not contiguous. */
 static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
-    Py_ssize_t n = job->length;
-    for (Py_ssize_t r = first; r < last; r++) {
-        if (job->dtype == EVS_F64) {
-            vjp_row_double((const double *)job->x + r * n, (const double *)job->g + r * n,
-                           (double *)job->y + r * n, n);
-        } else {
-            vjp_row_float((const float *)job->x + r * n, (const float *)job->g + r * n,
-                          (float *)job->y + r * n, n);
+    int d, inner = job->outer - 1;
+    Py_ssize_t index[EVS_MAX_DIMS], rest = first;
+    for (d = inner; d >= 0; d--) {
+        index[d] = rest % job->extent[d];
+        rest /= job->extent[d];
+    }
+    Py_ssize_t size = job->dtype == EVS_F64 ? 8 : job->dtype == EVS_F32 ? 4 : 2;
+    int contiguous = job->axs == 1 && job->ays == 1;
+    Py_ssize_t xr = job->xs[inner], yr = job->ys[inner], r = first;
+    while (r < last) {
+        Py_ssize_t ox = 0, oy = 0;
+        for (d = 0; d <= inner; d++) {
+            ox += index[d] * job->xs[d];
+            oy += index[d] * job->ys[d];
+        }
+        Py_ssize_t run = job->extent[inner] - index[inner];
+        if (run > last - r) run = last - r;
+        Py_ssize_t tile = contiguous ? run : EVS_LANES;
+        for (Py_ssize_t i = 0; i < run; i += tile) {
+            Py_ssize_t count = run - i < tile ? run - i : tile;
+            const char *p = job->x + (ox + i * xr) * size, *g = job->g + (ox + i * xr) * size;
+            char *o = job->y + (oy + i * yr) * size;
+            Py_ssize_t n = job->length, s = job->axs, os = job->ays;
+            if (job->dtype == EVS_F64) vjp_double(p, g, o, n, count, s, xr, os, yr);
+            else if (job->dtype == EVS_F32) vjp_float(p, g, o, n, count, s, xr, os, yr);
+            else if (job->dtype == EVS_F16) vjp_f16(p, g, o, n, count, s, xr, os, yr);
+            else vjp_bf16(p, g, o, n, count, s, xr, os, yr);
+        }
+        r += run;
+        index[inner] += run;
+        for (d = inner; d > 0 && index[d] == job->extent[d]; d--) {
+            index[d] = 0;
+            index[d - 1]++;
         }
     }
 }
@@ -787,6 +864,49 @@ static int read_sizes(PyObject *seq, Py_ssize_t ndim, Py_ssize_t *out, const cha
     return ok ? 0 : -1;
 }
 
+/* Fills the rows of `job` (whose x, y, mask and dtype are set) along `axis` of an
+ * array of `shape`: x and y strides in elements, the mask's in bytes (read only when
+ * job->mask is set). Returns -1 for a negative size. */
+static int strided_job(job_t *job, int ndim, const Py_ssize_t *shape, const Py_ssize_t *xs,
+                       const Py_ssize_t *ms, const Py_ssize_t *ys, int axis) {
+    job->length = shape[axis];
+    job->axs = xs[axis];
+    job->ams = job->mask ? ms[axis] : 0;
+    job->ays = ys[axis];
+    job->rows = 1;
+    /* The other axes, size-1 ones dropped and neighbours that step like one merged. */
+    int outer = 0;
+    for (int d = 0; d < ndim; d++) {
+        if (d == axis || shape[d] == 1) continue;
+        if (shape[d] < 0) {
+            return -1;
+        }
+        Py_ssize_t m = job->mask ? ms[d] : 0;
+        int k = outer - 1;
+        if (outer > 0 && job->xs[k] == xs[d] * shape[d] && job->ys[k] == ys[d] * shape[d] &&
+            job->ms[k] == m * shape[d]) {
+            job->extent[k] *= shape[d];
+            job->xs[k] = xs[d];
+            job->ys[k] = ys[d];
+            job->ms[k] = m;
+        } else {
+            job->extent[outer] = shape[d];
+            job->xs[outer] = xs[d];
+            job->ys[outer] = ys[d];
+            job->ms[outer] = m;
+            outer++;
+        }
+        job->rows *= shape[d];
+    }
+    if (outer == 0) {
+        job->extent[0] = 1;
+        job->xs[0] = job->ys[0] = job->ms[0] = 0;
+        outer = 1;
+    }
+    job->outer = outer;
+    return 0;
+}
+
 PyDoc_STRVAR(ev_softmax_strided_doc,
 "ev_softmax_strided(x, mask, y, shape, x_strides, mask_strides, y_strides, axis, dtype,\n"
 "                   ratio, log_ratio, log, threads, parallel)\n"
@@ -831,43 +951,11 @@ static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
         .log_ratio = log_ratio,
         .log_out = log_out,
         .dtype = dtype,
-        .length = shape[axis],
-        .axs = xs[axis],
-        .ams = mask ? ms[axis] : 0,
-        .ays = ys[axis],
-        .rows = 1,
     };
-    /* The other axes, size-1 ones dropped and neighbours that step like one merged. */
-    int outer = 0;
-    for (Py_ssize_t d = 0; d < ndim; d++) {
-        if (d == axis || shape[d] == 1) continue;
-        if (shape[d] < 0) {
-            PyErr_SetString(PyExc_ValueError, "shape must be >= 0");
-            return NULL;
-        }
-        Py_ssize_t m = mask ? ms[d] : 0;
-        int k = outer - 1;
-        if (outer > 0 && job.xs[k] == xs[d] * shape[d] && job.ys[k] == ys[d] * shape[d] &&
-            job.ms[k] == m * shape[d]) {
-            job.extent[k] *= shape[d];
-            job.xs[k] = xs[d];
-            job.ys[k] = ys[d];
-            job.ms[k] = m;
-        } else {
-            job.extent[outer] = shape[d];
-            job.xs[outer] = xs[d];
-            job.ys[outer] = ys[d];
-            job.ms[outer] = m;
-            outer++;
-        }
-        job.rows *= shape[d];
+    if (strided_job(&job, (int)ndim, shape, xs, ms, ys, axis) < 0) {
+        PyErr_SetString(PyExc_ValueError, "shape must be >= 0");
+        return NULL;
     }
-    if (outer == 0) {
-        job.extent[0] = 1;
-        job.xs[0] = job.ys[0] = job.ms[0] = 0;
-        outer = 1;
-    }
-    job.outer = outer;
     return finish(&job, threads, parallel);
 }
 
@@ -877,67 +965,119 @@ static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
  * parts of it the handlers read. */
 #include "_xla_ffi.h"
 
-/* Reads an execute call of `arrays` row operands and a final operand of
- * `nparams` parameters, all of one dtype (F32 or F64, row-major, rows along the
- * last axis), with one result of the rows' shape. Fills `job` (x, the second
- * operand as g when there are two, y, rows, length, dtype) and `params`, and
- * returns 1; for a call it cannot serve (never made by evsoftmax) it writes NaN
- * into the result, so that it cannot pass for one, and returns 0. */
-static int ffi_rows(evs_ffi_call_frame *frame, int arrays, int nparams, job_t *job,
-                    double *params) {
-    evs_ffi_buffer *in[3], *y, *p;
-    if (frame->stage != EVS_FFI_EXECUTE || !ffi_buffer(&frame->rets, 0, &y)) return 0;
+/* The kernel's element type of an FFI dtype, or -1 for one it does not take. */
+static int ffi_kernel_dtype(int dtype) {
+    switch (dtype) {
+        case EVS_FFI_F32: return EVS_F32;
+        case EVS_FFI_F64: return EVS_F64;
+        case EVS_FFI_F16: return EVS_HAVE_F16 ? EVS_F16 : -1;
+        case EVS_FFI_BF16: return EVS_BF16;
+        default: return -1;
+    }
+}
+
+/* Row-major strides (in elements) of a buffer's dims; 0 along size-1 dims, so that a
+ * mask with size-1 dims broadcasts over x without being materialized. */
+static void ffi_strides(const evs_ffi_buffer *b, Py_ssize_t *strides) {
+    Py_ssize_t step = 1;
+    for (int64_t d = b->rank - 1; d >= 0; d--) {
+        strides[d] = b->dims[d] == 1 ? 0 : step;
+        step *= (Py_ssize_t)b->dims[d];
+    }
+}
+
+/* NaN in every entry of a result this handler cannot compute (never asked of it by
+ * evsoftmax), so that it cannot pass for one. */
+static void ffi_fill_nan(evs_ffi_buffer *y) {
     Py_ssize_t size = 1;
     for (int64_t d = 0; d < y->rank; d++) size *= (Py_ssize_t)y->dims[d];
-    int ok = (y->dtype == EVS_FFI_F32 || y->dtype == EVS_FFI_F64) && y->rank >= 1 &&
-             ffi_buffer(&frame->args, arrays, &p) && p->dtype == y->dtype && p->rank == 1 &&
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (y->dtype == EVS_FFI_F64) ((double *)y->data)[i] = NAN;
+        if (y->dtype == EVS_FFI_F32) ((float *)y->data)[i] = NAN;
+        if (y->dtype == EVS_FFI_F16) ((uint16_t *)y->data)[i] = 0x7e00u;
+        if (y->dtype == EVS_FFI_BF16) ((uint16_t *)y->data)[i] = 0x7fc0u;
+    }
+}
+
+/* Reads an execute call whose operands are `arrays` arrays of the result's dtype and
+ * dims (x, then g for the VJP), optionally a PRED mask of the same rank whose dims
+ * each match or are 1 (when there is one more operand), and last a vector of
+ * `nparams` F32 or F64 parameters, of which the last is the normalized axis and the
+ * one before it the thread count. Fills `job` (x, g, mask, y, dtype and the strided
+ * rows along the axis, through strided_job) and `params`, and returns the thread
+ * count, or 0 for a call it cannot serve (the result then holds NaN). */
+static int ffi_job(evs_ffi_call_frame *frame, int arrays, int nparams, job_t *job,
+                   double *params) {
+    evs_ffi_buffer *in[2], *mask = NULL, *y, *p;
+    if (frame->stage != EVS_FFI_EXECUTE || !ffi_buffer(&frame->rets, 0, &y)) return 0;
+    int64_t last = frame->args.size - 1;
+    int dtype = ffi_kernel_dtype(y->dtype);
+    int ok = dtype >= 0 && y->rank >= 1 && y->rank <= EVS_MAX_DIMS &&
+             (last == arrays || last == arrays + 1) && ffi_buffer(&frame->args, last, &p) &&
+             (p->dtype == EVS_FFI_F32 || p->dtype == EVS_FFI_F64) && p->rank == 1 &&
              p->dims[0] == nparams;
     for (int a = 0; ok && a < arrays; a++) {
         ok = ffi_buffer(&frame->args, a, &in[a]) && in[a]->dtype == y->dtype &&
              in[a]->rank == y->rank;
         for (int64_t d = 0; ok && d < y->rank; d++) ok = in[a]->dims[d] == y->dims[d];
     }
-    if (!ok) {
-        for (Py_ssize_t i = 0; i < size; i++) {
-            if (y->dtype == EVS_FFI_F64) ((double *)y->data)[i] = NAN;
-            if (y->dtype == EVS_FFI_F32) ((float *)y->data)[i] = NAN;
-        }
+    if (ok && last == arrays + 1) {
+        ok = ffi_buffer(&frame->args, arrays, &mask) && mask->dtype == EVS_FFI_PRED &&
+             mask->rank == y->rank;
+        for (int64_t d = 0; ok && d < y->rank; d++)
+            ok = mask->dims[d] == y->dims[d] || mask->dims[d] == 1;
+    }
+    for (int i = 0; ok && i < nparams; i++)
+        params[i] = p->dtype == EVS_FFI_F64 ? ((const double *)p->data)[i]
+                                            : (double)((const float *)p->data)[i];
+    int axis = ok ? (int)params[nparams - 1] : -1;
+    if (!ok || axis < 0 || axis >= y->rank) {
+        ffi_fill_nan(y);
         return 0;
     }
-    int is_double = y->dtype == EVS_FFI_F64;
-    for (int i = 0; i < nparams; i++)
-        params[i] = is_double ? ((const double *)p->data)[i] : (double)((const float *)p->data)[i];
+    Py_ssize_t shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
+    for (int64_t d = 0; d < y->rank; d++) shape[d] = (Py_ssize_t)y->dims[d];
+    ffi_strides(y, xs);
+    memcpy(ys, xs, sizeof ys);
+    if (mask != NULL) ffi_strides(mask, ms);
+    else memset(ms, 0, sizeof ms);
     job->x = (const char *)in[0]->data;
     job->g = arrays > 1 ? (const char *)in[1]->data : NULL;
     job->y = (char *)y->data;
-    Py_ssize_t length = (Py_ssize_t)y->dims[y->rank - 1];
-    contiguous_rows(job, length > 0 ? size / length : 0, length);
-    job->dtype = is_double ? EVS_F64 : EVS_F32;
-    job->next = 0;
-    return 1;
+    job->mask = mask == NULL ? NULL : (const unsigned char *)mask->data;
+    job->dtype = dtype;
+    strided_job(job, (int)y->rank, shape, xs, ms, ys, axis);
+    int threads = (int)params[nparams - 2];
+    return threads > 0 ? threads : 1;
 }
 
-/* ev-softmax. Operands: the rows and four parameters: ratio, log_ratio, log (0
- * or 1), threads. Result: the output rows. Returns NULL: success, in the ABI's
- * terms (a call it cannot serve gets NaN, see ffi_rows). */
-static void *xla_ffi_ev_softmax_rows(evs_ffi_call_frame *frame) {
+/* ev-softmax along any axis. Operands: x (F32, F64, F16 or BF16, half precision
+ * computed in float32), optionally a PRED mask (false: excluded, as -inf; size-1 dims
+ * broadcast) and five parameters: ratio, log_ratio, log (0 or 1), threads, axis.
+ * Result: y, of x's dtype and dims. Returns NULL: success, in the ABI's terms (a call
+ * it cannot serve gets NaN, see ffi_job). */
+static void *xla_ffi_ev_softmax(evs_ffi_call_frame *frame) {
     job_t job = {0};
-    double p[4];
-    if (ffi_metadata(frame) || !ffi_rows(frame, 1, 4, &job, p)) return NULL;
+    double p[5];
+    if (ffi_metadata(frame)) return NULL;
+    int threads = ffi_job(frame, 1, 5, &job, p);
+    if (threads == 0) return NULL;
     job.ratio = p[0];
     job.log_ratio = p[1];
     job.log_out = p[2] != 0.0;
-    if (job.rows > 0 && job.length > 0) run_parallel(&job, (int)p[3], 0);
+    if (job.rows > 0 && job.length > 0) run_parallel(&job, threads, 0);
     return NULL;
 }
 
-/* The VJP p * (g - <p, g>). Operands: the output rows p, the cotangent rows g,
- * and one parameter: threads. Result: the gradient rows. */
-static void *xla_ffi_ev_softmax_vjp_rows(evs_ffi_call_frame *frame) {
+/* The VJP p * (g - <p, g>) along any axis (masked entries have p = 0: no mask).
+ * Operands: the output p, the cotangent g (both of the result's dtype and dims) and
+ * two parameters: threads, axis. Result: the gradient. */
+static void *xla_ffi_ev_softmax_vjp(evs_ffi_call_frame *frame) {
     job_t job = {0};
-    double p[1];
-    if (ffi_metadata(frame) || !ffi_rows(frame, 2, 1, &job, p)) return NULL;
-    if (job.rows > 0 && job.length > 0) run_parallel(&job, (int)p[0], 0);
+    double p[2];
+    if (ffi_metadata(frame)) return NULL;
+    int threads = ffi_job(frame, 2, 2, &job, p);
+    if (threads > 0 && job.rows > 0 && job.length > 0) run_parallel(&job, threads, 0);
     return NULL;
 }
 
@@ -949,7 +1089,7 @@ PyDoc_STRVAR(xla_ffi_handler_doc,
 static PyObject *xla_ffi_handler(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    return PyCapsule_New((void *)xla_ffi_ev_softmax_rows, NULL, NULL);
+    return PyCapsule_New((void *)xla_ffi_ev_softmax, NULL, NULL);
 }
 
 PyDoc_STRVAR(xla_ffi_vjp_handler_doc,
@@ -959,7 +1099,7 @@ PyDoc_STRVAR(xla_ffi_vjp_handler_doc,
 static PyObject *xla_ffi_vjp_handler(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    return PyCapsule_New((void *)xla_ffi_ev_softmax_vjp_rows, NULL, NULL);
+    return PyCapsule_New((void *)xla_ffi_ev_softmax_vjp, NULL, NULL);
 }
 
 static PyMethodDef methods[] = {

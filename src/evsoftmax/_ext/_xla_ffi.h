@@ -21,7 +21,7 @@ typedef struct evs_ffi_extension {
 typedef struct {
     size_t struct_size;
     evs_ffi_extension *extension;
-    int dtype; /* 11: F32, 12: F64 */
+    int dtype; /* EVS_FFI_PRED, _F16, _BF16, _F32, _F64 */
     void *data;
     int64_t rank;
     int64_t *dims;
@@ -76,8 +76,12 @@ typedef struct {
 
 #define EVS_FFI_METADATA 1
 #define EVS_FFI_EXECUTE 3
+/* Element types (XLA_FFI_DataType: the PrimitiveType numbers of xla_data.proto). */
+#define EVS_FFI_PRED 1
+#define EVS_FFI_F16 10
 #define EVS_FFI_F32 11
 #define EVS_FFI_F64 12
+#define EVS_FFI_BF16 16
 
 static inline int ffi_buffer(const evs_ffi_list *list, int64_t index, evs_ffi_buffer **buffer) {
     if (index >= list->size || list->types[index] != 1) return 0;

@@ -27,15 +27,18 @@ lowerings, both transcribing DESIGN §4's numerical recipe:
 * **the compiled CPU kernel** (:mod:`.kernels`, an XLA FFI custom call) on the
   CPU when it is built, the lowering is local to one device (plain ``jit`` on
   one device, or the body of a ``shard_map``) and not for ``jax.export``
-  (:func:`.kernels.serves`), and rows are long enough for it to win
-  (:data:`_KERNEL_MIN_LENGTH`).
+  (:func:`.kernels.serves`), and it wins on the dtype and row length
+  (:func:`.kernels.takes`).
 
 Which one runs is decided when the computation is lowered, so one trace serves
 every platform, ``shard_map`` and ``jax.export`` see ordinary JAX values, and
 a ``vmap`` just folds the batch into the array (rows are independent).
-A ``where`` mask is applied once, up front, as ``-inf``: masked entries then
-behave exactly like ``-inf`` entries (DESIGN §4) and a masked NaN cannot
-poison its row.
+The primitive takes ``x`` in its own dtype (half precision is computed in
+float32 by both lowerings) and the ``where`` mask in its own broadcastable
+shape: the XLA form applies it as ``-inf`` and the kernel reads it beside the
+scores, so masked entries behave exactly like ``-inf`` entries (DESIGN §4),
+a masked NaN cannot poison its row, and no full-size masked copy is built
+for the kernel.
 """
 
 from __future__ import annotations
@@ -157,57 +160,82 @@ def _xla_form(x: Array, *, axis: int, epsilon: float, log: bool) -> Array:
     return shifted + jnp.where(gate < 0.0, log_ratio, 0.0) - jnp.log(total)
 
 
-# Rows shorter than this take the XLA form even where the kernel serves: the
-# kernel's per-row work does not amortize on such rows (measured in the JAX
-# adapter benchmark, see docs/jax.md "Performance").
-_KERNEL_MIN_LENGTH = 16
+def _xla_rows(x: Array, *where: Array, axis: int, epsilon: float, log: bool) -> Array:
+    """The XLA form on ``x`` in its accumulation dtype (``where`` applied as ``-inf``)."""
+    xa = x.astype(_accumulation_dtype(x.dtype))
+    if where:
+        xa = jnp.where(where[0], xa, -jnp.inf)
+    return _xla_form(xa, axis=axis, epsilon=epsilon, log=log).astype(x.dtype)
 
 
-def _kernel_form(x: Array, *, axis: int, epsilon: float, log: bool) -> Array:
-    """The compiled kernel on float32/float64 rows long enough, else the XLA form."""
-    if x.dtype in (jnp.float32, jnp.float64) and x.shape[axis] >= _KERNEL_MIN_LENGTH:
-        return _jax_kernels.forward(x, axis, epsilon, log)
-    return _xla_form(x, axis=axis, epsilon=epsilon, log=log)
+def _kernel_form(x: Array, *where: Array, axis: int, epsilon: float, log: bool) -> Array:
+    """The compiled kernel where it wins (:func:`.kernels.takes`), else the XLA form."""
+    if _jax_kernels.takes(x.dtype, x.shape[axis]):
+        return _jax_kernels.forward(x, where[0] if where else None, axis, epsilon, log)
+    return _xla_rows(x, *where, axis=axis, epsilon=epsilon, log=log)
 
 
 _FORWARD = Primitive(f"{__name__.rpartition('.adapters.')[0]}_ev_softmax_rows")
 
 
-def _rows(x: Array, axis: int, epsilon: float, log: bool) -> Array:
-    """ev-softmax (or its log) of ``x`` (accumulation dtype, ``-inf`` = excluded)."""
-    return _FORWARD.bind(x, axis=axis, epsilon=epsilon, log=log)  # type: ignore[no-untyped-call,no-any-return]
+def _rows(x: Array, where: Array | None, axis: int, epsilon: float, log: bool) -> Array:
+    """ev-softmax (or its log) of ``x`` in its own dtype, ``where`` (x's rank) false = excluded."""
+    args = (x,) if where is None else (x, where)
+    return _FORWARD.bind(*args, axis=axis, epsilon=epsilon, log=log)  # type: ignore[no-untyped-call,no-any-return]
 
 
-def _abstract(x: Any, **params: Any) -> Any:
+def _abstract(x: Any, *where: Any, **params: Any) -> Any:
     return x.update(weak_type=False)  # same shape, dtype, sharding and varying axes
 
 
 def _batch(args: tuple[Any, ...], dims: tuple[Any, ...], *, axis: int, **params: Any) -> Any:
-    """Rows are independent: the batch moves to the front and ``axis`` shifts by one."""
-    (x,), (dim,) = args, dims
-    return _rows(jnp.moveaxis(x, dim, 0), axis + 1, **params), 0
+    """Rows are independent: the batch moves to the front and ``axis`` shifts by one.
+
+    An unbatched mask gets a size-1 front dimension, which the kernel and the XLA
+    form both broadcast.
+    """
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+    x = batching.bdim_at_front(args[0], dims[0], size)  # type: ignore[no-untyped-call]
+    where = None
+    if len(args) > 1:
+        where = jnp.moveaxis(args[1], dims[1], 0) if dims[1] is not None else args[1][None]
+    return _rows(x, where, axis + 1, **params), 0
 
 
-def _cpu_lowering(ctx: Any, x: Any, **params: Any) -> Any:
+def _cpu_lowering(ctx: Any, *args: Any, **params: Any) -> Any:
     """The kernel where it serves this lowering (:func:`.kernels.serves`), else the XLA form."""
-    fun = _kernel_form if _jax_kernels.serves(ctx) else _xla_form
-    return mlir.lower_fun(fun, multiple_results=False)(ctx, x, **params)
+    fun = _kernel_form if _jax_kernels.serves(ctx) else _xla_rows
+    return mlir.lower_fun(fun, multiple_results=False)(ctx, *args, **params)
 
 
-_eager = jax.jit(_rows, static_argnums=(1, 2, 3))
-_FORWARD.def_impl(lambda x, **p: _eager(x, p["axis"], p["epsilon"], p["log"]))  # type: ignore[no-untyped-call]
+_jitted = jax.jit(_rows, static_argnums=(2, 3, 4))
+
+
+def _eager(x: Array, *where: Array, axis: int, epsilon: float, log: bool) -> Array:
+    """Outside a trace, the primitive runs as a jitted call of itself (then lowered)."""
+    return _jitted(x, where[0] if where else None, axis, epsilon, log)  # type: ignore[no-any-return]
+
+
+_FORWARD.def_impl(_eager)  # type: ignore[no-untyped-call]
 _FORWARD.def_abstract_eval(_abstract)  # type: ignore[no-untyped-call]
 batching.primitive_batchers[_FORWARD] = _batch
-mlir.register_lowering(_FORWARD, mlir.lower_fun(_xla_form, multiple_results=False))
+mlir.register_lowering(_FORWARD, mlir.lower_fun(_xla_rows, multiple_results=False))
 mlir.register_lowering(_FORWARD, _cpu_lowering, platform="cpu")
 
 
 def _normalize(x: Array, where: Array | None, axis: int, epsilon: float, log: bool) -> Array:
-    """ev-softmax or its log along ``axis``, in the accumulation dtype, cast back once."""
-    xa = x.astype(_accumulation_dtype(x.dtype))
+    """ev-softmax or its log along ``axis``, computed in the accumulation dtype, in x's dtype.
+
+    ``where`` keeps its own (broadcastable) shape, padded to ``x``'s rank: the
+    kernel broadcasts it while reading, so no full-size mask is built.
+    """
     if where is not None:
-        xa = jnp.where(where, xa, -jnp.inf)
-    return _rows(xa, axis, epsilon, log).astype(x.dtype)
+        where = jnp.asarray(where, dtype=bool)
+        shape = jnp.broadcast_shapes(x.shape, where.shape)
+        if shape != x.shape:  # a mask of more dimensions than x: x is broadcast up
+            x = jnp.broadcast_to(x, shape)
+        where = where.reshape((1,) * (x.ndim - where.ndim) + where.shape)
+    return _rows(x, where, axis, epsilon, log)
 
 
 def _inner(probs: Array, tangent: Array, axis: int) -> Array:
@@ -227,9 +255,8 @@ def _ev_softmax_jvp(
     x, where = primals
     x_dot = tangents[0]
     probs = _ev_softmax(x, where, axis, epsilon)
-    acc = _accumulation_dtype(x.dtype)
-    p, t = probs.astype(acc), x_dot.astype(acc)
-    return probs, ev_softmax_vjp(p, t, axis).astype(x.dtype)
+    # In x's dtype: the tangent map accumulates half precision in float32 itself.
+    return probs, ev_softmax_vjp(probs, x_dot.astype(x.dtype), axis)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -245,9 +272,12 @@ def _log_ev_softmax_jvp(
     x_dot = tangents[0]
     log_probs = _log_ev_softmax(x, where, axis, epsilon)
     acc = _accumulation_dtype(x.dtype)
-    # p_eps through its own custom_jvp keeps every higher derivative closed-form;
-    # under jit XLA shares the row statistics of the two calls.
-    p = _ev_softmax(x, where, axis, epsilon).astype(acc)
+    # p_eps = exp(log p_eps), differentiated through the log's own custom_jvp: every
+    # higher derivative stays closed-form, and no second kernel pass is made (the
+    # kernel's custom calls share nothing). A half-precision log loses too much for
+    # that (its rounding grows with |log p|): there p_eps is its own call.
+    half = acc != x.dtype
+    p = _ev_softmax(x, where, axis, epsilon).astype(acc) if half else jnp.exp(log_probs)
     valid = x != -jnp.inf
     if where is not None:
         valid = valid & where

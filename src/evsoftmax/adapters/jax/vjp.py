@@ -35,18 +35,25 @@ _PRIMITIVE = Primitive(f"{__name__.rpartition('.adapters.')[0]}_ev_softmax_vjp")
 def ev_softmax_vjp(probs: Array, tangent: Array, axis: int) -> Array:
     """:math:`p \\odot (t - \\langle p, t\\rangle)` along the non-negative ``axis``.
 
-    ``probs`` and ``tangent`` share shape and floating dtype.
+    ``probs`` and ``tangent`` share shape and floating dtype (half precision is
+    computed in float32); the result has the tangent's dtype.
     """
     return _PRIMITIVE.bind(probs, tangent, axis=axis)  # type: ignore[no-untyped-call,no-any-return]
 
 
+def _accumulated(*arrays: Array) -> list[Array]:
+    """``arrays`` in their accumulation dtype (float32 for half precision)."""
+    return [a.astype(jnp.float32) if a.dtype.itemsize < 4 else a for a in arrays]
+
+
 def _expression(probs: Array, tangent: Array, *, axis: int) -> Array:
-    return probs * (tangent - jnp.sum(probs * tangent, axis=axis, keepdims=True))
+    p, t = _accumulated(probs, tangent)
+    return (p * (t - jnp.sum(p * t, axis=axis, keepdims=True))).astype(tangent.dtype)
 
 
 def _kernel(probs: Array, tangent: Array, *, axis: int) -> Array:
-    """The kernel on float32/float64, else the expression."""
-    if probs.dtype in (jnp.float32, jnp.float64):
+    """The kernel where it wins (:func:`.kernels.takes`; operands alike), else the expression."""
+    if probs.dtype == tangent.dtype and _jax_kernels.takes(probs.dtype, probs.shape[axis]):
         return _jax_kernels.vjp(probs, tangent, axis)
     return _expression(probs, tangent, axis=axis)
 
@@ -65,10 +72,11 @@ def _jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...], *, axis: int) -> t
     probs, tangent = primals
     d_probs, d_tangent = (ad.instantiate_zeros(t) for t in tangents)  # type: ignore[no-untyped-call]
     out = ev_softmax_vjp(probs, tangent, axis)
-    inner = jnp.sum(probs * tangent, axis=axis, keepdims=True)
-    d_inner = jnp.sum(d_probs * tangent, axis=axis, keepdims=True)
-    d_out = ev_softmax_vjp(probs, d_tangent, axis) + d_probs * (tangent - inner) - probs * d_inner
-    return out, d_out
+    p, t, dp = _accumulated(probs, tangent, d_probs)
+    inner = jnp.sum(p * t, axis=axis, keepdims=True)
+    d_inner = jnp.sum(dp * t, axis=axis, keepdims=True)
+    rest = (dp * (t - inner) - p * d_inner).astype(tangent.dtype)
+    return out, ev_softmax_vjp(probs, d_tangent, axis) + rest
 
 
 def _transpose(cotangent: Any, probs: Any, tangent: Any, *, axis: int) -> list[Any]:
