@@ -4,9 +4,10 @@
  * float64, float16 or bfloat16 along any axis with an optional broadcast boolean
  * mask (ev_softmax_strided). Strided rows that are not plain contiguous native
  * data are gathered into per-thread scratch (mask applied as -inf, half precision
- * widened to float32) and written back converted; rows along a middle axis whose
- * starts are adjacent, and rows of up to 32 entries, run 16 side by side,
- * vectorized across rows (lanes_<T>). No full-size temporary is allocated.
+ * widened to float32) and written back converted; rows along a non-last axis whose
+ * starts are adjacent run up to 64 side by side in column tiles (col_tile), and
+ * rows of up to 32 entries 16 side by side (lanes_<T>), vectorized across rows.
+ * No full-size temporary is allocated.
  *
  * One call normalizes `rows` rows of `length` entries on up to `threads`
  * threads: the caller's OpenMP team (PyTorch's intra-op pool, through the
@@ -575,6 +576,178 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
     }
 }
 
+/* ---- Column tiles: rows whose starts are adjacent, up to EVS_COLS side by side -------
+ *
+ * Rows along a non-last axis of a contiguous array (axis 0 of a matrix, axis 1 of
+ * (B, L, C)) start next to each other: entry i of row t is at x[i * step + t]. A
+ * column tile takes `width` such rows at once and runs the four passes vectorized
+ * across them, with the copy fused into the first and last pass: pass 1 reads the
+ * array a contiguous run of `width` entries per position (whole cache lines, the
+ * mask alongside, half precision widened) into scratch b[i * width + t] and takes
+ * the maxima; passes 2 and 3 (mean, weights and their sum) stay in the scratch,
+ * which is contiguous (the array's rows, `step` entries apart, would make the cache
+ * ways conflict); pass 4 writes the normalized weights (or log-probabilities) to y
+ * in its dtype. Each row's arithmetic is the same whatever the width or its place
+ * in the tile. A row that needs the special rules (no valid entry, a valid NaN or
+ * +inf, an overflowing sum) is marked and redone by the row path afterwards. */
+#define EVS_COLS 64
+
+#define EVS_DEFINE_COLS_IN(T, SRC, LOAD)                                                    \
+    EVS_CLONES static void cols_in_##SRC(const char *x, Py_ssize_t step,                    \
+                                         const unsigned char *mask, Py_ssize_t mstep,       \
+                                         Py_ssize_t mrow, Py_ssize_t width, T *restrict b,  \
+                                         T *restrict m, Py_ssize_t length) {                \
+        const SRC *p = (const SRC *)x;                                                      \
+        for (Py_ssize_t t = 0; t < width; t++) m[t] = -INFINITY;                            \
+        if (mask == NULL) {                                                                 \
+            for (Py_ssize_t i = 0; i < length; i++) {                                       \
+                const SRC *pi = p + i * step;                                               \
+                T *restrict bi = b + i * width;                                             \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) {                                    \
+                    T v = LOAD(pi[t]);                                                      \
+                    bi[t] = v;                                                              \
+                    m[t] = v > m[t] ? v : m[t];                                             \
+                }                                                                           \
+            }                                                                               \
+        } else {                                                                            \
+            for (Py_ssize_t i = 0; i < length; i++) {                                       \
+                const SRC *pi = p + i * step;                                               \
+                const unsigned char *mi = mask + i * mstep;                                 \
+                T *restrict bi = b + i * width;                                             \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) {                                    \
+                    T v = mi[t * mrow] ? LOAD(pi[t]) : (T)-INFINITY;                        \
+                    bi[t] = v;                                                              \
+                    m[t] = v > m[t] ? v : m[t];                                             \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+#define EVS_DEFINE_COLS_OUT(T, SRC, STORE)                                                  \
+    EVS_CLONES static void cols_out_##SRC(const T *restrict b, const T *restrict m,         \
+                                          const T *restrict mean, const T *restrict scale,  \
+                                          T log_ratio, int log_out, char *y, Py_ssize_t step, \
+                                          Py_ssize_t width, Py_ssize_t length) {            \
+        SRC *p = (SRC *)y;                                                                  \
+        for (Py_ssize_t i = 0; i < length; i++) {                                           \
+            const T *restrict bi = b + i * width;                                           \
+            SRC *pi = p + i * step;                                                         \
+            if (log_out) {                                                                  \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) {                                    \
+                    T s = bi[t] - m[t];                                                     \
+                    pi[t] = STORE((s < mean[t] ? s + log_ratio : s) - scale[t]);            \
+                }                                                                           \
+            } else {                                                                        \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) pi[t] = STORE(bi[t] * scale[t]);     \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+EVS_DEFINE_COLS_IN(float, float, EVS_AS_FLOAT)
+EVS_DEFINE_COLS_IN(float, evs_f16, EVS_AS_FLOAT)
+EVS_DEFINE_COLS_IN(float, uint16_t, bf16_to_float)
+EVS_DEFINE_COLS_IN(double, double, EVS_AS_DOUBLE)
+EVS_DEFINE_COLS_OUT(float, float, EVS_AS_FLOAT)
+EVS_DEFINE_COLS_OUT(float, evs_f16, EVS_AS_F16)
+EVS_DEFINE_COLS_OUT(float, uint16_t, float_to_bf16)
+EVS_DEFINE_COLS_OUT(double, double, EVS_AS_DOUBLE)
+
+/* Defines cols_<T>: passes 2 and 3 of a column tile in scratch b (maxima m): each row's
+ * mean, its weights (kept in b unless log_out) and scale (1 / sum, or log(sum));
+ * bad[t] set for a row that needs the special rules. */
+#define EVS_DEFINE_COLS(T, EXP)                                                             \
+    EVS_CLONES static void cols_##T(T *restrict b, const T *restrict m, Py_ssize_t width,   \
+                                    Py_ssize_t length, T ratio, int log_out,                \
+                                    T *restrict mean, T *restrict scale,                    \
+                                    unsigned char *restrict bad) {                          \
+        double sum[EVS_COLS] = {0}, count[EVS_COLS] = {0};                                  \
+        T bs[EVS_COLS], bc[EVS_COLS];                                                       \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            for (Py_ssize_t t = 0; t < width; t++) bs[t] = bc[t] = 0;                       \
+            for (Py_ssize_t i = start; i < stop; i++) {                                     \
+                const T *restrict bi = b + i * width;                                       \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) {                                    \
+                    int valid = bi[t] != -INFINITY;                                         \
+                    bs[t] += valid ? bi[t] - m[t] : (T)0;                                   \
+                    bc[t] += valid ? (T)1 : (T)0;                                           \
+                }                                                                           \
+            }                                                                               \
+            for (Py_ssize_t t = 0; t < width; t++) {                                        \
+                sum[t] += bs[t];                                                            \
+                count[t] += bc[t];                                                          \
+            }                                                                               \
+        }                                                                                   \
+        for (Py_ssize_t t = 0; t < width; t++) {                                            \
+            bad[t] = count[t] == 0.0 || !isfinite(sum[t]);                                  \
+            mean[t] = bad[t] ? (T)0 : (T)(sum[t] / count[t]);                               \
+            scale[t] = 0;                                                                   \
+        }                                                                                   \
+        for (Py_ssize_t i = 0; i < length; i++) {                                           \
+            T *restrict bi = b + i * width;                                                 \
+            EVS_SIMD                                                                        \
+            for (Py_ssize_t t = 0; t < width; t++) {                                        \
+                T s = bi[t] - m[t];                                                         \
+                T e = EXP(s);                                                               \
+                T w = s < mean[t] ? ratio * e : e;                                          \
+                if (!log_out) bi[t] = w;                                                    \
+                scale[t] += w;                                                              \
+            }                                                                               \
+        }                                                                                   \
+        for (Py_ssize_t t = 0; t < width; t++)                                              \
+            scale[t] = log_out ? (T)log((double)scale[t]) : (T)1 / scale[t];                \
+    }
+
+EVS_DEFINE_COLS(float, exp_nonpositive_f32)
+EVS_DEFINE_COLS(double, exp_nonpositive_f64)
+
+/* Columns per column tile: up to EVS_COLS within 64k entries of scratch; 0 when the
+ * job's rows do not start next to each other (or the tile would be too narrow). */
+static Py_ssize_t tile_cols(const job_t *job) {
+    int inner = job->outer - 1;
+    if (job->axs == 1 || job->xs[inner] != 1 || job->ys[inner] != 1) return 0;
+    Py_ssize_t cols = 65536 / (job->length > 0 ? job->length : 1);
+    return cols < 8 ? 0 : cols > EVS_COLS ? EVS_COLS : cols;
+}
+
+/* One column tile of `width` rows (see above); mask entries of row t are m_row bytes
+ * after those of row t - 1. */
+static void col_tile(const job_t *job, const char *x, const unsigned char *mask, char *y,
+                     Py_ssize_t width, Py_ssize_t m_row, void *buf_in, void *buf_out) {
+    Py_ssize_t n = job->length, xs = job->axs, ys = job->ays, ms = job->ams;
+    size_t size = job->dtype == EVS_F64 ? 8 : job->dtype == EVS_F32 ? 4 : 2;
+    unsigned char bad[EVS_COLS];
+    int log_out = job->log_out;
+    if (job->dtype == EVS_F64) {
+        double *b = (double *)buf_in, m[EVS_COLS], mean[EVS_COLS], scale[EVS_COLS];
+        cols_in_double(x, xs, mask, ms, m_row, width, b, m, n);
+        cols_double(b, m, width, n, job->ratio, log_out, mean, scale, bad);
+        cols_out_double(b, m, mean, scale, job->log_ratio, log_out, y, ys, width, n);
+    } else {
+        float *b = (float *)buf_in, m[EVS_COLS], mean[EVS_COLS], scale[EVS_COLS];
+        float ratio = (float)job->ratio, log_ratio = (float)job->log_ratio;
+        if (job->dtype == EVS_F32) cols_in_float(x, xs, mask, ms, m_row, width, b, m, n);
+        else if (job->dtype == EVS_F16) cols_in_evs_f16(x, xs, mask, ms, m_row, width, b, m, n);
+        else cols_in_uint16_t(x, xs, mask, ms, m_row, width, b, m, n);
+        cols_float(b, m, width, n, ratio, log_out, mean, scale, bad);
+        if (job->dtype == EVS_F32)
+            cols_out_float(b, m, mean, scale, log_ratio, log_out, y, ys, width, n);
+        else if (job->dtype == EVS_F16)
+            cols_out_evs_f16(b, m, mean, scale, log_ratio, log_out, y, ys, width, n);
+        else
+            cols_out_uint16_t(b, m, mean, scale, log_ratio, log_out, y, ys, width, n);
+    }
+    for (Py_ssize_t t = 0; t < width; t++)
+        if (bad[t])
+            strided_tile(job, x + t * (Py_ssize_t)size, mask == NULL ? NULL : mask + t * m_row,
+                         y + t * (Py_ssize_t)size, 1, 0, 0, 0, buf_in, buf_out);
+}
+
 static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
     Py_ssize_t n = job->length;
     for (Py_ssize_t r = first; r < last; r++) {
@@ -636,9 +809,14 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
                        job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
         } else {
             const unsigned char *m = job->mask == NULL ? NULL : job->mask + om;
+            Py_ssize_t cols = tile_cols(job);
+            for (Py_ssize_t i = 0; cols > 0 && i < run; i += cols)
+                col_tile(job, x + i * (Py_ssize_t)size, m == NULL ? NULL : m + i * job->ms[inner],
+                         y + i * (Py_ssize_t)size, run - i < cols ? run - i : cols,
+                         job->ms[inner], buf_in, buf_out);
             Py_ssize_t tile = tile_rows(job);
             int lanes = tile == EVS_LANES && job->xs[inner] == 1 && job->ys[inner] == 1;
-            for (Py_ssize_t i = 0; i < run; i += tile) {
+            for (Py_ssize_t i = 0; cols == 0 && i < run; i += tile) {
                 Py_ssize_t count = run - i < tile ? run - i : tile;
                 if (lanes && count == EVS_LANES &&
                     lane_tile(job, x + i * (Py_ssize_t)size,
@@ -663,9 +841,11 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
 /* The body every thread runs: claim chunks of rows until none is left. */
 static void work(void *arg) {
     job_t *job = (job_t *)arg;
-    /* Two tiles of scratch in the accumulation type, for the rows that are gathered. */
-    size_t bytes = (size_t)(job->length > 0 ? job->length : 1) * (size_t)tile_rows(job) *
-                   sizeof(double);
+    /* Two tiles of scratch in the accumulation type, for the rows that are gathered
+     * (a column tile uses the first). */
+    Py_ssize_t tile = tile_rows(job), cols = tile_cols(job);
+    size_t bytes = (size_t)(job->length > 0 ? job->length : 1) *
+                   (size_t)(cols > tile ? cols : tile) * sizeof(double);
     void *buf_in = malloc(bytes), *buf_out = malloc(bytes);
     if (buf_in == NULL || buf_out == NULL) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
