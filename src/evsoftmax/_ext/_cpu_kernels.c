@@ -267,13 +267,10 @@ EVS_DEFINE_VJP(double)
 #define EVS_BF16 3
 #define EVS_MAX_DIMS 32
 
-#if defined(__FLT16_MAX__)
+/* float16 is read and written as its bits (f16_to_float, float_to_f16), which every
+ * compiler vectorizes (GCC 12 converts _Float16 one entry at a time). */
 #define EVS_HAVE_F16 1
-typedef _Float16 evs_f16;
-#else
-#define EVS_HAVE_F16 0
-typedef uint16_t evs_f16; /* never read: the entry point refuses float16 */
-#endif
+typedef uint16_t evs_f16;
 
 /* One call's work, shared by its threads, which claim chunks of rows from `next`:
  * ev-softmax of x into y, or, when g is set, the VJP from output x and cotangent g
@@ -316,6 +313,44 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
+/* float16 bits to float: exponent and mantissa moved into place and rebiased by an
+ * exact multiplication by 2^112 (subnormals included); infinities and NaN kept. */
+static inline float f16_to_float(uint16_t h) {
+    uint32_t em = (uint32_t)(h & 0x7fffu) << 13, sign = (uint32_t)(h & 0x8000u) << 16;
+    float f;
+    memcpy(&f, &em, sizeof f);
+    f *= 0x1p112f;
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    bits = em >= (0x7c00u << 13) ? em | 0x7f800000u : bits;
+    bits |= sign;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* float to float16 bits, rounded to nearest even (as the hardware converts): beyond
+ * the largest half (to 65520) infinity; NaN a quiet NaN; below the smallest normal
+ * half the rounding of an addition that aligns the mantissa. Branch free, so that it
+ * vectorizes. */
+static inline uint16_t float_to_f16(float f) {
+    uint32_t u, sign;
+    memcpy(&u, &f, sizeof u);
+    sign = (u >> 16) & 0x8000u;
+    u &= 0x7fffffffu;
+    const uint32_t magic_bits = (uint32_t)(127 - 15 + 23 - 10 + 1) << 23;
+    float magic, small;
+    memcpy(&magic, &magic_bits, sizeof magic);
+    memcpy(&small, &u, sizeof small);
+    small += magic;
+    uint32_t small_bits;
+    memcpy(&small_bits, &small, sizeof small_bits);
+    uint32_t sub = small_bits - magic_bits;
+    uint32_t normal = (u + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
+    uint32_t big = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    uint32_t o = u >= (uint32_t)(127 + 16) << 23 ? big : u < (uint32_t)113 << 23 ? sub : normal;
+    return (uint16_t)(o | sign);
+}
+
 /* Round to nearest even, as torch and ml_dtypes convert; NaN stays a (quiet) NaN. */
 static inline uint16_t float_to_bf16(float f) {
     uint32_t bits;
@@ -355,7 +390,6 @@ static inline uint16_t float_to_bf16(float f) {
     } while (0)
 #define EVS_AS_FLOAT(v) ((float)(v))
 #define EVS_AS_DOUBLE(v) (v)
-#define EVS_AS_F16(v) ((evs_f16)(v))
 
 EVS_CLONES static void gather_float(const char *x, int dtype, Py_ssize_t step,
                                     Py_ssize_t row_step, Py_ssize_t count, float *restrict buf,
@@ -363,7 +397,7 @@ EVS_CLONES static void gather_float(const char *x, int dtype, Py_ssize_t step,
     if (dtype == EVS_F32)
         EVS_GATHER(float, float, EVS_AS_FLOAT);
     else if (dtype == EVS_F16)
-        EVS_GATHER(float, evs_f16, EVS_AS_FLOAT);
+        EVS_GATHER(float, evs_f16, f16_to_float);
     else
         EVS_GATHER(float, uint16_t, bf16_to_float);
 }
@@ -374,7 +408,7 @@ EVS_CLONES static void scatter_float(const float *restrict buf, char *y, int dty
     if (dtype == EVS_F32)
         EVS_SCATTER(float, EVS_AS_FLOAT);
     else if (dtype == EVS_F16)
-        EVS_SCATTER(evs_f16, EVS_AS_F16);
+        EVS_SCATTER(evs_f16, float_to_f16);
     else
         EVS_SCATTER(uint16_t, float_to_bf16);
 }
@@ -479,7 +513,7 @@ EVS_DEFINE_LANES(double, exp_nonpositive_f64)
     }
 
 EVS_DEFINE_LANE_COPY(float, float, EVS_AS_FLOAT, EVS_AS_FLOAT)
-EVS_DEFINE_LANE_COPY(float, evs_f16, EVS_AS_FLOAT, EVS_AS_F16)
+EVS_DEFINE_LANE_COPY(float, evs_f16, f16_to_float, float_to_f16)
 EVS_DEFINE_LANE_COPY(double, double, EVS_AS_DOUBLE, EVS_AS_DOUBLE)
 EVS_DEFINE_LANE_COPY(float, uint16_t, bf16_to_float, float_to_bf16)
 
@@ -648,11 +682,11 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
     }
 
 EVS_DEFINE_COLS_IN(float, float, EVS_AS_FLOAT)
-EVS_DEFINE_COLS_IN(float, evs_f16, EVS_AS_FLOAT)
+EVS_DEFINE_COLS_IN(float, evs_f16, f16_to_float)
 EVS_DEFINE_COLS_IN(float, uint16_t, bf16_to_float)
 EVS_DEFINE_COLS_IN(double, double, EVS_AS_DOUBLE)
 EVS_DEFINE_COLS_OUT(float, float, EVS_AS_FLOAT)
-EVS_DEFINE_COLS_OUT(float, evs_f16, EVS_AS_F16)
+EVS_DEFINE_COLS_OUT(float, evs_f16, float_to_f16)
 EVS_DEFINE_COLS_OUT(float, uint16_t, float_to_bf16)
 EVS_DEFINE_COLS_OUT(double, double, EVS_AS_DOUBLE)
 
@@ -995,8 +1029,8 @@ static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
                      EVS_MAX_DIMS);
         return NULL;
     }
-    if (dtype < EVS_F32 || dtype > EVS_BF16 || (dtype == EVS_F16 && !EVS_HAVE_F16)) {
-        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3 (2 needs _Float16 support)");
+    if (dtype < EVS_F32 || dtype > EVS_BF16) {
+        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3");
         return NULL;
     }
     Py_ssize_t shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
@@ -1157,7 +1191,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void) {
     PyObject *m = PyModule_Create(&module);
-    /* Whether ev_softmax_strided takes float16 (the compiler has _Float16). */
+    /* Whether ev_softmax_strided takes float16 (always, now that it converts bits). */
     if (m != NULL && PyModule_AddIntConstant(m, "FLOAT16", EVS_HAVE_F16) < 0) {
         Py_DECREF(m);
         return NULL;
