@@ -214,10 +214,10 @@ def test_rows_along_a_middle_axis_side_by_side(dtype, log, mask):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's NaN row
-@pytest.mark.parametrize("length", [1, 3, 16, 32, 33])
+@pytest.mark.parametrize("length", [1, 3, 15, 16, 17, 32, 33])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_short_rows_sixteen_at_a_time(length, dtype):
-    # Rows of up to 32 entries run 16 side by side; a tile with a special row takes
+    # Rows of up to 15 entries run 16 side by side; a tile with a special row takes
     # the row path, and the rows after the last full tile too (40 = 2 * 16 + 8).
     x = draw((40, length), dtype, length, 1)
     x[20, 0] = np.nan
@@ -280,3 +280,29 @@ def test_column_tiles_narrow_for_long_columns(log):
         where = np.random.default_rng(15).random(shape) > 0.1
         got = run(x, 0, where, 0.25, log)
         assert_matches(got, expected(x, 0, where, 0.25, log), "float32")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's NaN and overflow rows
+@pytest.mark.parametrize("length", [17, 31, 1030])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_tails_follow_the_special_rules(length, dtype):
+    # Contiguous rows run in chunks of 16 entries, the last partial chunk padded with
+    # -inf: special entries placed in that tail (and a tail after a whole block of
+    # 1024) must count exactly as anywhere else.
+    x = two_sided((8, length), dtype, length)
+    last = length - 1
+    x[0, last] = 50.0  # the maximum in the tail
+    x[1, last] = np.nan  # a valid NaN in the tail
+    x[2, last] = np.inf  # a valid +inf in the tail
+    x[3, last - 1 :] = -np.inf  # -inf entries in the tail
+    x[4, :last] = -np.inf  # the one valid entry in the tail
+    x[5, :] = -np.inf  # no valid entry
+    big = {"float32": 3e38, "float64": 1.7e308}[dtype]
+    x[6, last] = -big  # the shift of the tail entry overflows
+    x[6, 0] = big
+    for log in (False, True):
+        for epsilon in (0.0, 0.5):
+            got = run(x, 1, None, epsilon, log)
+            want = expected(x, 1, None, epsilon, log)
+            rows = slice(None) if not log else slice(0, 6)  # log of an underflowed weight: -inf
+            assert_matches(got[rows], want[rows], dtype)

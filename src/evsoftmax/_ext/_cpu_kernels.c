@@ -6,7 +6,7 @@
  * data are gathered into per-thread scratch (mask applied as -inf, half precision
  * widened to float32) and written back converted; rows along a non-last axis whose
  * starts are adjacent run up to 64 side by side in column tiles (col_tile), and
- * rows of up to 32 entries 16 side by side (lanes_<T>), vectorized across rows.
+ * rows of up to 15 entries 16 side by side (lanes_<T>), vectorized across rows.
  * No full-size temporary is allocated.
  *
  * One call normalizes `rows` rows of `length` entries on up to `threads`
@@ -153,26 +153,56 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
 /* The mean is summed in vectorized blocks of this many entries, added up in double. */
 #define EVS_BLOCK 1024
 
-/* Defines row_<T>(x, y, length, ratio, log_ratio, log_out), inlined into rows_<T>. */
+/* Rows are read in chunks of this many entries, each with its own accumulators. */
+#define EVS_CHUNK 16
+#define EVS_MAX(a, b) ((b) > (a) ? (b) : (a))
+#define EVS_ADD(a, b) ((a) + (b))
+/* acc[0] = OP over acc[0..EVS_CHUNK-1], pairwise (a chain of 4, not of 15). */
+#define EVS_TREE(acc, OP)                                                                   \
+    for (int w = EVS_CHUNK / 2; w > 0; w /= 2) {                                            \
+        EVS_SIMD                                                                            \
+        for (int j = 0; j < w; j++) acc[j] = OP(acc[j], acc[j + w]);                        \
+    }
+
+/* Defines row_<T>(x, y, length, ratio, log_ratio, log_out), inlined into rows_<T>.
+ * Every pass runs over the row's whole chunks with EVS_CHUNK accumulators (loops of a
+ * fixed length, which the compiler turns into whole vectors), then over the last
+ * partial chunk copied into a chunk padded with -inf, which no pass counts (not a
+ * maximum, not valid, weight 0): short and odd-length rows run no scalar loop. */
 #define EVS_DEFINE_ROW(T, EXP)                                                              \
     static inline __attribute__((always_inline)) void row_##T(                              \
         const T *restrict x, T *restrict y, Py_ssize_t length, T ratio, T log_ratio,        \
         int log_out) {                                                                      \
-        T m = -INFINITY;                                                                    \
-        EVS_SIMD_MAX_M                                                                      \
-        for (Py_ssize_t i = 0; i < length; i++) m = x[i] > m ? x[i] : m;                    \
+        Py_ssize_t full = length - length % EVS_CHUNK, rest = length - full;                \
+        T tail[EVS_CHUNK], tail_w[EVS_CHUNK], acc[EVS_CHUNK], acc2[EVS_CHUNK];              \
+        EVS_SIMD                                                                            \
+        for (int j = 0; j < EVS_CHUNK; j++) tail[j] = j < rest ? x[full + j] : -INFINITY;   \
+        EVS_SIMD                                                                            \
+        for (int j = 0; j < EVS_CHUNK; j++) acc[j] = tail[j];                               \
+        for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                    \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) acc[j] = x[c + j] > acc[j] ? x[c + j] : acc[j]; \
+        EVS_TREE(acc, EVS_MAX);                                                             \
+        T m = acc[0];                                                                       \
         double sum = 0.0, count = 0.0;                                                      \
-        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
-            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
-            T block_sum = 0, block_count = 0;                                               \
-            EVS_SIMD_BLOCK                                                                  \
-            for (Py_ssize_t i = start; i < stop; i++) {                                     \
-                int valid = x[i] != -INFINITY;                                              \
-                block_sum += valid ? x[i] - m : (T)0;                                       \
-                block_count += valid ? (T)1 : (T)0;                                         \
+        Py_ssize_t padded = full + (rest > 0 ? EVS_CHUNK : 0); /* the tail chunk last */    \
+        for (Py_ssize_t start = 0; start < padded; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = padded - start < EVS_BLOCK ? padded : start + EVS_BLOCK;      \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) acc[j] = acc2[j] = 0;                       \
+            for (Py_ssize_t c = start; c < stop; c += EVS_CHUNK) {                          \
+                const T *xc = c < full ? x + c : tail;                                      \
+                EVS_SIMD                                                                    \
+                for (int j = 0; j < EVS_CHUNK; j++) {                                       \
+                    int valid = xc[j] != -INFINITY;                                         \
+                    acc[j] += valid ? xc[j] - m : (T)0;                                     \
+                    acc2[j] += valid ? (T)1 : (T)0;                                         \
+                }                                                                           \
             }                                                                               \
-            sum += block_sum;                                                               \
-            count += block_count;                                                           \
+            EVS_TREE(acc, EVS_ADD);                                                         \
+            EVS_TREE(acc2, EVS_ADD);                                                        \
+            sum += acc[0];                                                                  \
+            count += acc2[0];                                                               \
         }                                                                                   \
         if (count == 0.0) {                                                                 \
             T fill = log_out ? -INFINITY : 0;                                               \
@@ -188,24 +218,39 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
             return;                                                                         \
         }                                                                                   \
         T mean = (T)(sum / count);                                                          \
-        T total = 0;                                                                        \
-        if (log_out) {                                                                      \
-            EVS_SIMD_TOTAL                                                                  \
-            for (Py_ssize_t i = 0; i < length; i++) {                                       \
-                T s = x[i] - m;                                                             \
+        if (rest > 0) {                                                                     \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) {                                           \
+                T s = tail[j] - m;                                                          \
                 T e = EXP(s);                                                               \
-                total += s < mean ? ratio * e : e;                                          \
+                tail_w[j] = s < mean ? ratio * e : e;                                       \
+                acc[j] = tail_w[j];                                                         \
             }                                                                               \
         } else {                                                                            \
-            EVS_SIMD_TOTAL                                                                  \
-            for (Py_ssize_t i = 0; i < length; i++) {                                       \
-                T s = x[i] - m;                                                             \
-                T e = EXP(s);                                                               \
-                T w = s < mean ? ratio * e : e;                                             \
-                y[i] = w;                                                                   \
-                total += w;                                                                 \
-            }                                                                               \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) acc[j] = 0;                                 \
         }                                                                                   \
+        if (log_out) {                                                                      \
+            for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                \
+                EVS_SIMD                                                                    \
+                for (int j = 0; j < EVS_CHUNK; j++) {                                       \
+                    T s = x[c + j] - m;                                                     \
+                    T e = EXP(s);                                                           \
+                    acc[j] += s < mean ? ratio * e : e;                                     \
+                }                                                                           \
+        } else {                                                                            \
+            for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                \
+                EVS_SIMD                                                                    \
+                for (int j = 0; j < EVS_CHUNK; j++) {                                       \
+                    T s = x[c + j] - m;                                                     \
+                    T e = EXP(s);                                                           \
+                    T w = s < mean ? ratio * e : e;                                         \
+                    y[c + j] = w;                                                           \
+                    acc[j] += w;                                                            \
+                }                                                                           \
+        }                                                                                   \
+        EVS_TREE(acc, EVS_ADD);                                                             \
+        T total = acc[0];                                                                   \
         if (log_out) {                                                                      \
             T log_total = (T)log((double)total);                                            \
             EVS_SIMD                                                                        \
@@ -215,8 +260,11 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
             }                                                                               \
         } else {                                                                            \
             T inv = (T)1 / total;                                                           \
+            for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                \
+                EVS_SIMD                                                                    \
+                for (int j = 0; j < EVS_CHUNK; j++) y[c + j] *= inv;                        \
             EVS_SIMD                                                                        \
-            for (Py_ssize_t i = 0; i < length; i++) y[i] *= inv;                            \
+            for (int j = 0; j < rest; j++) y[full + j] = tail_w[j] * inv;                   \
         }                                                                                   \
     }
 
@@ -571,7 +619,7 @@ EVS_DEFINE_APPLY_MASK(double)
 
 /* Rows per tile: up to 16 side by side when rows are not contiguous (their entries are
  * `axs` apart), within 64k entries of scratch. */
-#define EVS_SHORT 32 /* rows up to this long are taken 16 at a time, side by side */
+#define EVS_SHORT 15 /* rows up to this long are taken 16 at a time, side by side */
 
 static Py_ssize_t tile_rows(const job_t *job) {
     if (job->axs == 1) return job->length <= EVS_SHORT ? EVS_LANES : 1;
