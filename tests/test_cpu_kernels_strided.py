@@ -214,10 +214,10 @@ def test_rows_along_a_middle_axis_side_by_side(dtype, log, mask):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's NaN row
-@pytest.mark.parametrize("length", [1, 3, 16, 32, 33])
+@pytest.mark.parametrize("length", [1, 3, 15, 16, 17, 32, 33])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_short_rows_sixteen_at_a_time(length, dtype):
-    # Rows of up to 32 entries run 16 side by side; a tile with a special row takes
+    # Rows of up to 15 entries run 16 side by side; a tile with a special row takes
     # the row path, and the rows after the last full tile too (40 = 2 * 16 + 8).
     x = draw((40, length), dtype, length, 1)
     x[20, 0] = np.nan
@@ -225,3 +225,84 @@ def test_short_rows_sixteen_at_a_time(length, dtype):
     for log in (False, True):
         got = run(x, 1, None, 0.5, log, threads=2)
         assert_matches(got, expected(x, 1, None, 0.5, log), dtype)
+
+
+def two_sided(shape, dtype, seed):
+    """Scores of ``dtype`` in [-3, -2] and [2, 3], equally likely: far from any mean of many."""
+    rng = np.random.default_rng(seed)
+    values = rng.choice([-1.0, 1.0], size=shape) * (2.0 + rng.random(shape))
+    return values.astype(NUMPY_DTYPES[dtype])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's NaN and overflow rows
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("mask", ["none", "full", "per-row", "per-column"])
+def test_column_tiles_along_axis_0(dtype, mask):
+    # Rows along axis 0 start next to each other: the kernel takes up to 64 at a time
+    # (columns of the matrix side by side), here two full tiles and a tail of 7; a
+    # column that needs the special rules is redone on its own, in place.
+    if dtype not in _ext.strided_dtypes():
+        pytest.skip(f"{dtype}: the compiler that built the kernel has no _Float16")
+    x = two_sided((40, 135), dtype, 13)
+    x[5, 3] = np.nan  # a NaN column
+    x[:, 70] = -np.inf  # no valid entry
+    x[1:, 71] = -np.inf  # one valid entry
+    x[9, 130] = np.inf  # a valid +inf
+    big = {"float16": 6e4, "bfloat16": 3e38, "float32": 3e38, "float64": 1.7e308}[dtype]
+    x[:, 90] = np.where(np.arange(40) % 2 == 0, big, -big).astype(x.dtype)  # sum overflows
+    rng = np.random.default_rng(14)
+    shapes = {"none": None, "full": x.shape, "per-row": (40, 1), "per-column": (1, 135)}
+    where = None if shapes[mask] is None else rng.random(shapes[mask]) > 0.2
+    if mask == "full":
+        where[:, 100] = False  # a fully masked column
+        where[:, 90] = True
+    if mask == "per-column":
+        where[0, 90] = True
+    for log in (False, True):
+        for epsilon in (0.0, 0.5):
+            got = run(x, 0, where, epsilon, log, threads=2)
+            want = expected(x, 0, where, epsilon, log)
+            # The float64 reference's log of a weight beyond the dtype's range is
+            # finite; the kernel's (as the core's) is -inf there: compare that column apart.
+            keep = np.ones(x.shape[1], dtype=bool)
+            keep[90] = False
+            assert_matches(got[:, keep], want[:, keep], dtype)
+            if not log:
+                assert_matches(got[:, 90], want[:, 90], dtype)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_column_tiles_narrow_for_long_columns(log):
+    # Long rows make narrower tiles (64k entries of scratch: 32 columns of 2000), and
+    # beyond 8192 entries the gathered row path takes them; both match the reference.
+    for shape in [(2000, 40), (9000, 3)]:
+        x = two_sided(shape, "float32", shape[0])
+        where = np.random.default_rng(15).random(shape) > 0.1
+        got = run(x, 0, where, 0.25, log)
+        assert_matches(got, expected(x, 0, where, 0.25, log), "float32")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's NaN and overflow rows
+@pytest.mark.parametrize("length", [17, 31, 1030])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_tails_follow_the_special_rules(length, dtype):
+    # Contiguous rows run in chunks of 16 entries, the last partial chunk padded with
+    # -inf: special entries placed in that tail (and a tail after a whole block of
+    # 1024) must count exactly as anywhere else.
+    x = two_sided((8, length), dtype, length)
+    last = length - 1
+    x[0, last] = 50.0  # the maximum in the tail
+    x[1, last] = np.nan  # a valid NaN in the tail
+    x[2, last] = np.inf  # a valid +inf in the tail
+    x[3, last - 1 :] = -np.inf  # -inf entries in the tail
+    x[4, :last] = -np.inf  # the one valid entry in the tail
+    x[5, :] = -np.inf  # no valid entry
+    big = {"float32": 3e38, "float64": 1.7e308}[dtype]
+    x[6, last] = -big  # the shift of the tail entry overflows
+    x[6, 0] = big
+    for log in (False, True):
+        for epsilon in (0.0, 0.5):
+            got = run(x, 1, None, epsilon, log)
+            want = expected(x, 1, None, epsilon, log)
+            rows = slice(None) if not log else slice(0, 6)  # log of an underflowed weight: -inf
+            assert_matches(got[rows], want[rows], dtype)

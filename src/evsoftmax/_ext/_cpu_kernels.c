@@ -4,9 +4,10 @@
  * bfloat16 along any axis with an optional broadcast boolean mask
  * (ev_softmax_strided, and the XLA FFI handlers with their VJP at the bottom). Strided rows that are not plain contiguous native
  * data are gathered into per-thread scratch (mask applied as -inf, half precision
- * widened to float32) and written back converted; rows along a middle axis whose
- * starts are adjacent, and rows of up to 32 entries, run 16 side by side,
- * vectorized across rows (lanes_<T>). No full-size temporary is allocated.
+ * widened to float32) and written back converted; rows along a non-last axis whose
+ * starts are adjacent run up to 64 side by side in column tiles (col_tile), and
+ * rows of up to 15 entries 16 side by side (lanes_<T>), vectorized across rows.
+ * No full-size temporary is allocated.
  *
  * One call normalizes `rows` rows of `length` entries on up to `threads`
  * threads: the caller's OpenMP team (PyTorch's intra-op pool, through the
@@ -152,26 +153,56 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
 /* The mean is summed in vectorized blocks of this many entries, added up in double. */
 #define EVS_BLOCK 1024
 
-/* Defines row_<T>(x, y, length, ratio, log_ratio, log_out), inlined into rows_<T>. */
+/* Rows are read in chunks of this many entries, each with its own accumulators. */
+#define EVS_CHUNK 16
+#define EVS_MAX(a, b) ((b) > (a) ? (b) : (a))
+#define EVS_ADD(a, b) ((a) + (b))
+/* acc[0] = OP over acc[0..EVS_CHUNK-1], pairwise (a chain of 4, not of 15). */
+#define EVS_TREE(acc, OP)                                                                   \
+    for (int w = EVS_CHUNK / 2; w > 0; w /= 2) {                                            \
+        EVS_SIMD                                                                            \
+        for (int j = 0; j < w; j++) acc[j] = OP(acc[j], acc[j + w]);                        \
+    }
+
+/* Defines row_<T>(x, y, length, ratio, log_ratio, log_out), inlined into rows_<T>.
+ * Every pass runs over the row's whole chunks with EVS_CHUNK accumulators (loops of a
+ * fixed length, which the compiler turns into whole vectors), then over the last
+ * partial chunk copied into a chunk padded with -inf, which no pass counts (not a
+ * maximum, not valid, weight 0): short and odd-length rows run no scalar loop. */
 #define EVS_DEFINE_ROW(T, EXP)                                                              \
     static inline __attribute__((always_inline)) void row_##T(                              \
         const T *restrict x, T *restrict y, Py_ssize_t length, T ratio, T log_ratio,        \
         int log_out) {                                                                      \
-        T m = -INFINITY;                                                                    \
-        EVS_SIMD_MAX_M                                                                      \
-        for (Py_ssize_t i = 0; i < length; i++) m = x[i] > m ? x[i] : m;                    \
+        Py_ssize_t full = length - length % EVS_CHUNK, rest = length - full;                \
+        T tail[EVS_CHUNK], tail_w[EVS_CHUNK], acc[EVS_CHUNK], acc2[EVS_CHUNK];              \
+        EVS_SIMD                                                                            \
+        for (int j = 0; j < EVS_CHUNK; j++) tail[j] = j < rest ? x[full + j] : -INFINITY;   \
+        EVS_SIMD                                                                            \
+        for (int j = 0; j < EVS_CHUNK; j++) acc[j] = tail[j];                               \
+        for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                    \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) acc[j] = x[c + j] > acc[j] ? x[c + j] : acc[j]; \
+        EVS_TREE(acc, EVS_MAX);                                                             \
+        T m = acc[0];                                                                       \
         double sum = 0.0, count = 0.0;                                                      \
-        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
-            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
-            T block_sum = 0, block_count = 0;                                               \
-            EVS_SIMD_BLOCK                                                                  \
-            for (Py_ssize_t i = start; i < stop; i++) {                                     \
-                int valid = x[i] != -INFINITY;                                              \
-                block_sum += valid ? x[i] - m : (T)0;                                       \
-                block_count += valid ? (T)1 : (T)0;                                         \
+        Py_ssize_t padded = full + (rest > 0 ? EVS_CHUNK : 0); /* the tail chunk last */    \
+        for (Py_ssize_t start = 0; start < padded; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = padded - start < EVS_BLOCK ? padded : start + EVS_BLOCK;      \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) acc[j] = acc2[j] = 0;                       \
+            for (Py_ssize_t c = start; c < stop; c += EVS_CHUNK) {                          \
+                const T *xc = c < full ? x + c : tail;                                      \
+                EVS_SIMD                                                                    \
+                for (int j = 0; j < EVS_CHUNK; j++) {                                       \
+                    int valid = xc[j] != -INFINITY;                                         \
+                    acc[j] += valid ? xc[j] - m : (T)0;                                     \
+                    acc2[j] += valid ? (T)1 : (T)0;                                         \
+                }                                                                           \
             }                                                                               \
-            sum += block_sum;                                                               \
-            count += block_count;                                                           \
+            EVS_TREE(acc, EVS_ADD);                                                         \
+            EVS_TREE(acc2, EVS_ADD);                                                        \
+            sum += acc[0];                                                                  \
+            count += acc2[0];                                                               \
         }                                                                                   \
         if (count == 0.0) {                                                                 \
             T fill = log_out ? -INFINITY : 0;                                               \
@@ -187,24 +218,39 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
             return;                                                                         \
         }                                                                                   \
         T mean = (T)(sum / count);                                                          \
-        T total = 0;                                                                        \
-        if (log_out) {                                                                      \
-            EVS_SIMD_TOTAL                                                                  \
-            for (Py_ssize_t i = 0; i < length; i++) {                                       \
-                T s = x[i] - m;                                                             \
+        if (rest > 0) {                                                                     \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) {                                           \
+                T s = tail[j] - m;                                                          \
                 T e = EXP(s);                                                               \
-                total += s < mean ? ratio * e : e;                                          \
+                tail_w[j] = s < mean ? ratio * e : e;                                       \
+                acc[j] = tail_w[j];                                                         \
             }                                                                               \
         } else {                                                                            \
-            EVS_SIMD_TOTAL                                                                  \
-            for (Py_ssize_t i = 0; i < length; i++) {                                       \
-                T s = x[i] - m;                                                             \
-                T e = EXP(s);                                                               \
-                T w = s < mean ? ratio * e : e;                                             \
-                y[i] = w;                                                                   \
-                total += w;                                                                 \
-            }                                                                               \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) acc[j] = 0;                                 \
         }                                                                                   \
+        if (log_out) {                                                                      \
+            for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                \
+                EVS_SIMD                                                                    \
+                for (int j = 0; j < EVS_CHUNK; j++) {                                       \
+                    T s = x[c + j] - m;                                                     \
+                    T e = EXP(s);                                                           \
+                    acc[j] += s < mean ? ratio * e : e;                                     \
+                }                                                                           \
+        } else {                                                                            \
+            for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                \
+                EVS_SIMD                                                                    \
+                for (int j = 0; j < EVS_CHUNK; j++) {                                       \
+                    T s = x[c + j] - m;                                                     \
+                    T e = EXP(s);                                                           \
+                    T w = s < mean ? ratio * e : e;                                         \
+                    y[c + j] = w;                                                           \
+                    acc[j] += w;                                                            \
+                }                                                                           \
+        }                                                                                   \
+        EVS_TREE(acc, EVS_ADD);                                                             \
+        T total = acc[0];                                                                   \
         if (log_out) {                                                                      \
             T log_total = (T)log((double)total);                                            \
             EVS_SIMD                                                                        \
@@ -214,8 +260,11 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
             }                                                                               \
         } else {                                                                            \
             T inv = (T)1 / total;                                                           \
+            for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                \
+                EVS_SIMD                                                                    \
+                for (int j = 0; j < EVS_CHUNK; j++) y[c + j] *= inv;                        \
             EVS_SIMD                                                                        \
-            for (Py_ssize_t i = 0; i < length; i++) y[i] *= inv;                            \
+            for (int j = 0; j < rest; j++) y[full + j] = tail_w[j] * inv;                   \
         }                                                                                   \
     }
 
@@ -243,13 +292,10 @@ EVS_DEFINE_ROWS(double)
 #define EVS_BF16 3
 #define EVS_MAX_DIMS 32
 
-#if defined(__FLT16_MAX__)
+/* float16 is read and written as its bits (f16_to_float, float_to_f16), which every
+ * compiler vectorizes (GCC 12 converts _Float16 one entry at a time). */
 #define EVS_HAVE_F16 1
-typedef _Float16 evs_f16;
-#else
-#define EVS_HAVE_F16 0
-typedef uint16_t evs_f16; /* never read: the entry point refuses float16 */
-#endif
+typedef uint16_t evs_f16;
 
 /* One call's work, shared by its threads, which claim chunks of rows from `next`:
  * ev-softmax of x into y, or, when g is set, the VJP from output x and cotangent g
@@ -292,6 +338,44 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
+/* float16 bits to float: exponent and mantissa moved into place and rebiased by an
+ * exact multiplication by 2^112 (subnormals included); infinities and NaN kept. */
+static inline float f16_to_float(uint16_t h) {
+    uint32_t em = (uint32_t)(h & 0x7fffu) << 13, sign = (uint32_t)(h & 0x8000u) << 16;
+    float f;
+    memcpy(&f, &em, sizeof f);
+    f *= 0x1p112f;
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    bits = em >= (0x7c00u << 13) ? em | 0x7f800000u : bits;
+    bits |= sign;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* float to float16 bits, rounded to nearest even (as the hardware converts): beyond
+ * the largest half (to 65520) infinity; NaN a quiet NaN; below the smallest normal
+ * half the rounding of an addition that aligns the mantissa. Branch free, so that it
+ * vectorizes. */
+static inline uint16_t float_to_f16(float f) {
+    uint32_t u, sign;
+    memcpy(&u, &f, sizeof u);
+    sign = (u >> 16) & 0x8000u;
+    u &= 0x7fffffffu;
+    const uint32_t magic_bits = (uint32_t)(127 - 15 + 23 - 10 + 1) << 23;
+    float magic, small;
+    memcpy(&magic, &magic_bits, sizeof magic);
+    memcpy(&small, &u, sizeof small);
+    small += magic;
+    uint32_t small_bits;
+    memcpy(&small_bits, &small, sizeof small_bits);
+    uint32_t sub = small_bits - magic_bits;
+    uint32_t normal = (u + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
+    uint32_t big = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    uint32_t o = u >= (uint32_t)(127 + 16) << 23 ? big : u < (uint32_t)113 << 23 ? sub : normal;
+    return (uint16_t)(o | sign);
+}
+
 /* Round to nearest even, as torch and ml_dtypes convert; NaN stays a (quiet) NaN. */
 static inline uint16_t float_to_bf16(float f) {
     uint32_t bits;
@@ -331,7 +415,6 @@ static inline uint16_t float_to_bf16(float f) {
     } while (0)
 #define EVS_AS_FLOAT(v) ((float)(v))
 #define EVS_AS_DOUBLE(v) (v)
-#define EVS_AS_F16(v) ((evs_f16)(v))
 
 EVS_CLONES static void gather_float(const char *x, int dtype, Py_ssize_t step,
                                     Py_ssize_t row_step, Py_ssize_t count, float *restrict buf,
@@ -339,7 +422,7 @@ EVS_CLONES static void gather_float(const char *x, int dtype, Py_ssize_t step,
     if (dtype == EVS_F32)
         EVS_GATHER(float, float, EVS_AS_FLOAT);
     else if (dtype == EVS_F16)
-        EVS_GATHER(float, evs_f16, EVS_AS_FLOAT);
+        EVS_GATHER(float, evs_f16, f16_to_float);
     else
         EVS_GATHER(float, uint16_t, bf16_to_float);
 }
@@ -350,7 +433,7 @@ EVS_CLONES static void scatter_float(const float *restrict buf, char *y, int dty
     if (dtype == EVS_F32)
         EVS_SCATTER(float, EVS_AS_FLOAT);
     else if (dtype == EVS_F16)
-        EVS_SCATTER(evs_f16, EVS_AS_F16);
+        EVS_SCATTER(evs_f16, float_to_f16);
     else
         EVS_SCATTER(uint16_t, float_to_bf16);
 }
@@ -455,7 +538,7 @@ EVS_DEFINE_LANES(double, exp_nonpositive_f64)
     }
 
 EVS_DEFINE_LANE_COPY(float, float, EVS_AS_FLOAT, EVS_AS_FLOAT)
-EVS_DEFINE_LANE_COPY(float, evs_f16, EVS_AS_FLOAT, EVS_AS_F16)
+EVS_DEFINE_LANE_COPY(float, evs_f16, f16_to_float, float_to_f16)
 EVS_DEFINE_LANE_COPY(double, double, EVS_AS_DOUBLE, EVS_AS_DOUBLE)
 EVS_DEFINE_LANE_COPY(float, uint16_t, bf16_to_float, float_to_bf16)
 
@@ -513,7 +596,7 @@ EVS_DEFINE_APPLY_MASK(double)
 
 /* Rows per tile: up to 16 side by side when rows are not contiguous (their entries are
  * `axs` apart), within 64k entries of scratch. */
-#define EVS_SHORT 32 /* rows up to this long are taken 16 at a time, side by side */
+#define EVS_SHORT 15 /* rows up to this long are taken 16 at a time, side by side */
 
 static Py_ssize_t tile_rows(const job_t *job) {
     if (job->axs == 1) return job->length <= EVS_SHORT ? EVS_LANES : 1;
@@ -622,8 +705,180 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
 
 EVS_DEFINE_VJP(float, float, float, EVS_AS_FLOAT, EVS_AS_FLOAT)
 EVS_DEFINE_VJP(double, double, double, EVS_AS_DOUBLE, EVS_AS_DOUBLE)
-EVS_DEFINE_VJP(f16, float, evs_f16, EVS_AS_FLOAT, EVS_AS_F16)
+EVS_DEFINE_VJP(f16, float, evs_f16, f16_to_float, float_to_f16)
 EVS_DEFINE_VJP(bf16, float, uint16_t, bf16_to_float, float_to_bf16)
+
+/* ---- Column tiles: rows whose starts are adjacent, up to EVS_COLS side by side -------
+ *
+ * Rows along a non-last axis of a contiguous array (axis 0 of a matrix, axis 1 of
+ * (B, L, C)) start next to each other: entry i of row t is at x[i * step + t]. A
+ * column tile takes `width` such rows at once and runs the four passes vectorized
+ * across them, with the copy fused into the first and last pass: pass 1 reads the
+ * array a contiguous run of `width` entries per position (whole cache lines, the
+ * mask alongside, half precision widened) into scratch b[i * width + t] and takes
+ * the maxima; passes 2 and 3 (mean, weights and their sum) stay in the scratch,
+ * which is contiguous (the array's rows, `step` entries apart, would make the cache
+ * ways conflict); pass 4 writes the normalized weights (or log-probabilities) to y
+ * in its dtype. Each row's arithmetic is the same whatever the width or its place
+ * in the tile. A row that needs the special rules (no valid entry, a valid NaN or
+ * +inf, an overflowing sum) is marked and redone by the row path afterwards. */
+#define EVS_COLS 64
+
+#define EVS_DEFINE_COLS_IN(T, SRC, LOAD)                                                    \
+    EVS_CLONES static void cols_in_##SRC(const char *x, Py_ssize_t step,                    \
+                                         const unsigned char *mask, Py_ssize_t mstep,       \
+                                         Py_ssize_t mrow, Py_ssize_t width, T *restrict b,  \
+                                         T *restrict m, Py_ssize_t length) {                \
+        const SRC *p = (const SRC *)x;                                                      \
+        for (Py_ssize_t t = 0; t < width; t++) m[t] = -INFINITY;                            \
+        if (mask == NULL) {                                                                 \
+            for (Py_ssize_t i = 0; i < length; i++) {                                       \
+                const SRC *pi = p + i * step;                                               \
+                T *restrict bi = b + i * width;                                             \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) {                                    \
+                    T v = LOAD(pi[t]);                                                      \
+                    bi[t] = v;                                                              \
+                    m[t] = v > m[t] ? v : m[t];                                             \
+                }                                                                           \
+            }                                                                               \
+        } else {                                                                            \
+            for (Py_ssize_t i = 0; i < length; i++) {                                       \
+                const SRC *pi = p + i * step;                                               \
+                const unsigned char *mi = mask + i * mstep;                                 \
+                T *restrict bi = b + i * width;                                             \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) {                                    \
+                    T v = mi[t * mrow] ? LOAD(pi[t]) : (T)-INFINITY;                        \
+                    bi[t] = v;                                                              \
+                    m[t] = v > m[t] ? v : m[t];                                             \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+#define EVS_DEFINE_COLS_OUT(T, SRC, STORE)                                                  \
+    EVS_CLONES static void cols_out_##SRC(const T *restrict b, const T *restrict m,         \
+                                          const T *restrict mean, const T *restrict scale,  \
+                                          T log_ratio, int log_out, char *y, Py_ssize_t step, \
+                                          Py_ssize_t width, Py_ssize_t length) {            \
+        SRC *p = (SRC *)y;                                                                  \
+        for (Py_ssize_t i = 0; i < length; i++) {                                           \
+            const T *restrict bi = b + i * width;                                           \
+            SRC *pi = p + i * step;                                                         \
+            if (log_out) {                                                                  \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) {                                    \
+                    T s = bi[t] - m[t];                                                     \
+                    pi[t] = STORE((s < mean[t] ? s + log_ratio : s) - scale[t]);            \
+                }                                                                           \
+            } else {                                                                        \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) pi[t] = STORE(bi[t] * scale[t]);     \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+EVS_DEFINE_COLS_IN(float, float, EVS_AS_FLOAT)
+EVS_DEFINE_COLS_IN(float, evs_f16, f16_to_float)
+EVS_DEFINE_COLS_IN(float, uint16_t, bf16_to_float)
+EVS_DEFINE_COLS_IN(double, double, EVS_AS_DOUBLE)
+EVS_DEFINE_COLS_OUT(float, float, EVS_AS_FLOAT)
+EVS_DEFINE_COLS_OUT(float, evs_f16, float_to_f16)
+EVS_DEFINE_COLS_OUT(float, uint16_t, float_to_bf16)
+EVS_DEFINE_COLS_OUT(double, double, EVS_AS_DOUBLE)
+
+/* Defines cols_<T>: passes 2 and 3 of a column tile in scratch b (maxima m): each row's
+ * mean, its weights (kept in b unless log_out) and scale (1 / sum, or log(sum));
+ * bad[t] set for a row that needs the special rules. */
+#define EVS_DEFINE_COLS(T, EXP)                                                             \
+    EVS_CLONES static void cols_##T(T *restrict b, const T *restrict m, Py_ssize_t width,   \
+                                    Py_ssize_t length, T ratio, int log_out,                \
+                                    T *restrict mean, T *restrict scale,                    \
+                                    unsigned char *restrict bad) {                          \
+        double sum[EVS_COLS] = {0}, count[EVS_COLS] = {0};                                  \
+        T bs[EVS_COLS], bc[EVS_COLS];                                                       \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            for (Py_ssize_t t = 0; t < width; t++) bs[t] = bc[t] = 0;                       \
+            for (Py_ssize_t i = start; i < stop; i++) {                                     \
+                const T *restrict bi = b + i * width;                                       \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t t = 0; t < width; t++) {                                    \
+                    int valid = bi[t] != -INFINITY;                                         \
+                    bs[t] += valid ? bi[t] - m[t] : (T)0;                                   \
+                    bc[t] += valid ? (T)1 : (T)0;                                           \
+                }                                                                           \
+            }                                                                               \
+            for (Py_ssize_t t = 0; t < width; t++) {                                        \
+                sum[t] += bs[t];                                                            \
+                count[t] += bc[t];                                                          \
+            }                                                                               \
+        }                                                                                   \
+        for (Py_ssize_t t = 0; t < width; t++) {                                            \
+            bad[t] = count[t] == 0.0 || !isfinite(sum[t]);                                  \
+            mean[t] = bad[t] ? (T)0 : (T)(sum[t] / count[t]);                               \
+            scale[t] = 0;                                                                   \
+        }                                                                                   \
+        for (Py_ssize_t i = 0; i < length; i++) {                                           \
+            T *restrict bi = b + i * width;                                                 \
+            EVS_SIMD                                                                        \
+            for (Py_ssize_t t = 0; t < width; t++) {                                        \
+                T s = bi[t] - m[t];                                                         \
+                T e = EXP(s);                                                               \
+                T w = s < mean[t] ? ratio * e : e;                                          \
+                if (!log_out) bi[t] = w;                                                    \
+                scale[t] += w;                                                              \
+            }                                                                               \
+        }                                                                                   \
+        for (Py_ssize_t t = 0; t < width; t++)                                              \
+            scale[t] = log_out ? (T)log((double)scale[t]) : (T)1 / scale[t];                \
+    }
+
+EVS_DEFINE_COLS(float, exp_nonpositive_f32)
+EVS_DEFINE_COLS(double, exp_nonpositive_f64)
+
+/* Columns per column tile: up to EVS_COLS within 64k entries of scratch; 0 when the
+ * job's rows do not start next to each other (or the tile would be too narrow). */
+static Py_ssize_t tile_cols(const job_t *job) {
+    int inner = job->outer - 1;
+    if (job->axs == 1 || job->xs[inner] != 1 || job->ys[inner] != 1) return 0;
+    Py_ssize_t cols = 65536 / (job->length > 0 ? job->length : 1);
+    return cols < 8 ? 0 : cols > EVS_COLS ? EVS_COLS : cols;
+}
+
+/* One column tile of `width` rows (see above); mask entries of row t are m_row bytes
+ * after those of row t - 1. */
+static void col_tile(const job_t *job, const char *x, const unsigned char *mask, char *y,
+                     Py_ssize_t width, Py_ssize_t m_row, void *buf_in, void *buf_out) {
+    Py_ssize_t n = job->length, xs = job->axs, ys = job->ays, ms = job->ams;
+    size_t size = job->dtype == EVS_F64 ? 8 : job->dtype == EVS_F32 ? 4 : 2;
+    unsigned char bad[EVS_COLS];
+    int log_out = job->log_out;
+    if (job->dtype == EVS_F64) {
+        double *b = (double *)buf_in, m[EVS_COLS], mean[EVS_COLS], scale[EVS_COLS];
+        cols_in_double(x, xs, mask, ms, m_row, width, b, m, n);
+        cols_double(b, m, width, n, job->ratio, log_out, mean, scale, bad);
+        cols_out_double(b, m, mean, scale, job->log_ratio, log_out, y, ys, width, n);
+    } else {
+        float *b = (float *)buf_in, m[EVS_COLS], mean[EVS_COLS], scale[EVS_COLS];
+        float ratio = (float)job->ratio, log_ratio = (float)job->log_ratio;
+        if (job->dtype == EVS_F32) cols_in_float(x, xs, mask, ms, m_row, width, b, m, n);
+        else if (job->dtype == EVS_F16) cols_in_evs_f16(x, xs, mask, ms, m_row, width, b, m, n);
+        else cols_in_uint16_t(x, xs, mask, ms, m_row, width, b, m, n);
+        cols_float(b, m, width, n, ratio, log_out, mean, scale, bad);
+        if (job->dtype == EVS_F32)
+            cols_out_float(b, m, mean, scale, log_ratio, log_out, y, ys, width, n);
+        else if (job->dtype == EVS_F16)
+            cols_out_evs_f16(b, m, mean, scale, log_ratio, log_out, y, ys, width, n);
+        else
+            cols_out_uint16_t(b, m, mean, scale, log_ratio, log_out, y, ys, width, n);
+    }
+    for (Py_ssize_t t = 0; t < width; t++)
+        if (bad[t])
+            strided_tile(job, x + t * (Py_ssize_t)size, mask == NULL ? NULL : mask + t * m_row,
+                         y + t * (Py_ssize_t)size, 1, 0, 0, 0, buf_in, buf_out);
+}
 
 /* The VJP job's rows first..last-1 (p at x, g at g: both through x's strides; the
  * result through y's), in tiles of up to EVS_LANES rows when rows are not contiguous. */
@@ -713,9 +968,14 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
                        job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
         } else {
             const unsigned char *m = job->mask == NULL ? NULL : job->mask + om;
+            Py_ssize_t cols = tile_cols(job);
+            for (Py_ssize_t i = 0; cols > 0 && i < run; i += cols)
+                col_tile(job, x + i * (Py_ssize_t)size, m == NULL ? NULL : m + i * job->ms[inner],
+                         y + i * (Py_ssize_t)size, run - i < cols ? run - i : cols,
+                         job->ms[inner], buf_in, buf_out);
             Py_ssize_t tile = tile_rows(job);
             int lanes = tile == EVS_LANES && job->xs[inner] == 1 && job->ys[inner] == 1;
-            for (Py_ssize_t i = 0; i < run; i += tile) {
+            for (Py_ssize_t i = 0; cols == 0 && i < run; i += tile) {
                 Py_ssize_t count = run - i < tile ? run - i : tile;
                 if (lanes && count == EVS_LANES &&
                     lane_tile(job, x + i * (Py_ssize_t)size,
@@ -740,9 +1000,11 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
 /* The body every thread runs: claim chunks of rows until none is left. */
 static void work(void *arg) {
     job_t *job = (job_t *)arg;
-    /* Two tiles of scratch in the accumulation type, for the rows that are gathered. */
-    size_t bytes = (size_t)(job->length > 0 ? job->length : 1) * (size_t)tile_rows(job) *
-                   sizeof(double);
+    /* Two tiles of scratch in the accumulation type, for the rows that are gathered
+     * (a column tile uses the first). */
+    Py_ssize_t tile = tile_rows(job), cols = tile_cols(job);
+    size_t bytes = (size_t)(job->length > 0 ? job->length : 1) *
+                   (size_t)(cols > tile ? cols : tile) * sizeof(double);
     void *buf_in = malloc(bytes), *buf_out = malloc(bytes);
     if (buf_in == NULL || buf_out == NULL) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
@@ -935,8 +1197,8 @@ static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
                      EVS_MAX_DIMS);
         return NULL;
     }
-    if (dtype < EVS_F32 || dtype > EVS_BF16 || (dtype == EVS_F16 && !EVS_HAVE_F16)) {
-        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3 (2 needs _Float16 support)");
+    if (dtype < EVS_F32 || dtype > EVS_BF16) {
+        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3");
         return NULL;
     }
     Py_ssize_t shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
@@ -983,19 +1245,6 @@ static void ffi_strides(const evs_ffi_buffer *b, Py_ssize_t *strides) {
     for (int64_t d = b->rank - 1; d >= 0; d--) {
         strides[d] = b->dims[d] == 1 ? 0 : step;
         step *= (Py_ssize_t)b->dims[d];
-    }
-}
-
-/* NaN in every entry of a result this handler cannot compute (never asked of it by
- * evsoftmax), so that it cannot pass for one. */
-static void ffi_fill_nan(evs_ffi_buffer *y) {
-    Py_ssize_t size = 1;
-    for (int64_t d = 0; d < y->rank; d++) size *= (Py_ssize_t)y->dims[d];
-    for (Py_ssize_t i = 0; i < size; i++) {
-        if (y->dtype == EVS_FFI_F64) ((double *)y->data)[i] = NAN;
-        if (y->dtype == EVS_FFI_F32) ((float *)y->data)[i] = NAN;
-        if (y->dtype == EVS_FFI_F16) ((uint16_t *)y->data)[i] = 0x7e00u;
-        if (y->dtype == EVS_FFI_BF16) ((uint16_t *)y->data)[i] = 0x7fc0u;
     }
 }
 
@@ -1117,7 +1366,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void) {
     PyObject *m = PyModule_Create(&module);
-    /* Whether ev_softmax_strided takes float16 (the compiler has _Float16). */
+    /* Whether ev_softmax_strided takes float16 (always, now that it converts bits). */
     if (m != NULL && PyModule_AddIntConstant(m, "FLOAT16", EVS_HAVE_F16) < 0) {
         Py_DECREF(m);
         return NULL;

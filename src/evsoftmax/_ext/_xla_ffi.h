@@ -133,13 +133,15 @@ static inline int64_t ffi_size(const evs_ffi_buffer *buffer) {
     return size;
 }
 
-/* Fills an F32 or F64 buffer with NaN: the result of a call a handler cannot serve
+/* Fills a float buffer (F32, F64, F16, BF16) with NaN: the result of a call a handler cannot serve
  * (never made by evsoftmax), so that it cannot pass for one. */
 static inline void ffi_fill_nan(evs_ffi_buffer *buffer) {
     int64_t size = ffi_size(buffer);
     for (int64_t i = 0; i < size; i++) {
         if (buffer->dtype == EVS_FFI_F64) ((double *)buffer->data)[i] = (double)NAN;
         if (buffer->dtype == EVS_FFI_F32) ((float *)buffer->data)[i] = NAN;
+        if (buffer->dtype == EVS_FFI_F16) ((uint16_t *)buffer->data)[i] = 0x7e00u;
+        if (buffer->dtype == EVS_FFI_BF16) ((uint16_t *)buffer->data)[i] = 0x7fc0u;
     }
 }
 

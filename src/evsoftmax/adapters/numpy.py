@@ -90,9 +90,16 @@ def _kernel(
     return out
 
 
+# Itemsize of each dtype the kernel reads, by name (bfloat16 is ml_dtypes' type).
+_KERNEL_ITEMSIZES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
+
+
 def _use_kernel(x: Array, where: Array | None) -> bool:
-    """Whether the compiled kernel takes ``x``: a float32/float64 array with aligned strides."""
-    plain = isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64) and x.size > 0
+    """Whether the compiled kernel takes ``x``: an array of a dtype it reads, aligned strides."""
+    if not isinstance(x, np.ndarray) or x.size == 0:
+        return False
+    name = x.dtype.name
+    plain = _KERNEL_ITEMSIZES.get(name) == x.dtype.itemsize and name in _ext.strided_dtypes()
     if not plain or not (where is None or isinstance(where, np.ndarray)):
         return False
     aligned = all(s % x.itemsize == 0 for s in x.strides) and 1 <= x.ndim <= 32

@@ -450,7 +450,23 @@ def _repair_rows(
 
 
 def _in_accumulation_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors in float32 when half precision, for the softmax backward kernels.
+
+    Eager CPU tensors of one half precision dtype stay as they are: torch's own
+    CPU kernels accumulate such rows in float32 (as ``torch.softmax``'s backward
+    does), with the same results as on converted copies and without the two
+    full-size float32 copies and the conversion of the result.
+    """
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) == 1 and dtypes <= set(_HALF) and _eager_cpu(*tensors):
+        return list(tensors)
     return [t.to(accumulation_dtype(t.dtype)) for t in tensors]
+
+
+def _eager_cpu(*tensors: torch.Tensor) -> bool:
+    return not torch.compiler.is_compiling() and all(
+        type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors
+    )
 
 
 def ev_softmax_vjp(probs: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor:
