@@ -7,6 +7,7 @@ picks from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -99,6 +100,10 @@ class Backend:
     def log_softmax(self, x: Any, axis: int = -1) -> Any:
         """The library's own log-softmax along ``axis``."""
         return composed_log_softmax(x, axis)
+
+    def dtype_scope(self, dtype: str) -> contextlib.AbstractContextManager[Any]:
+        """A context in which the library computes in ``dtype`` (JAX needs x64 for float64)."""
+        return contextlib.nullcontext()
 
     def cast(self, x: Any, dtype: str) -> Any:
         """``x`` converted to the dtype named ``dtype`` (``"bfloat16"`` where there is one)."""
@@ -297,6 +302,12 @@ class JaxBackend(Backend):
         import jax
 
         return jax.nn.log_softmax(x, axis=axis)
+
+    def dtype_scope(self, dtype: str) -> contextlib.AbstractContextManager[Any]:
+        import jax
+
+        # Without x64, JAX silently computes "float64" in float32.
+        return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
 
     def cast(self, x: Any, dtype: str) -> Any:
         import jax.numpy as jnp

@@ -356,11 +356,12 @@ def _time_case(
 
     Every method that is not its own peer (evsoftmax's, not the peers) carries the target.
     """
-    compiled = _compile(backend, found)
-    x, g, operands = _case_arrays(backend, case, config)
-    calls = _callables(backend, compiled, x, g, operands)
-    step = functools.partial(progress.step, f"{backend.name} {case.label}")
-    measured = interleaved(calls, config.plan, step)
+    with backend.dtype_scope(case.dtype):
+        compiled = _compile(backend, found)
+        x, g, operands = _case_arrays(backend, case, config)
+        calls = _callables(backend, compiled, x, g, operands)
+        step = functools.partial(progress.step, f"{backend.name} {case.label}")
+        measured = interleaved(calls, config.plan, step)
     target = BASELINE_TARGET if case.group == "baselines" else TARGETS[backend.name]
     judging = _Judging({m.key: target for m in found if m.key != m.peer}, config.quick)
     itemsize = np.dtype("float16" if case.dtype == "bfloat16" else case.dtype).itemsize
