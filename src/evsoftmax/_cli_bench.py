@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._bench._backends import BACKENDS, DEFAULT_BACKENDS
+from ._bench._cases import GROUPS, parse_groups
 from ._bench._shapes import (
     QUICK_SHAPES,
     QUICK_SWEEP_KS,
@@ -123,9 +124,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where torch and jax run: auto uses a GPU when one is visible",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="small shapes and few repeats (under a minute)"
+        "--cases",
+        type=_checked(parse_groups),
+        default=GROUPS,
+        help="case groups beyond --shapes, comma-separated, 'all' (default) or 'none': "
+        + ", ".join(GROUPS),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes and few repeats, for smoke tests: not comparable with the targets",
     )
     parser.add_argument("--json", metavar="PATH", help="write results, machine and versions")
+    parser.add_argument(
+        "--markdown",
+        metavar="JSON",
+        help="do not time: render the docs tables from a recorded JSON (to standard output)",
+    )
+    parser.add_argument(
+        "--into",
+        metavar="MD",
+        help="with --markdown: write the tables into this file between its bench-matrix lines",
+    )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: ratio vs K, time per method")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -154,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ),
         device=args.device,
         quick=args.quick,
+        cases=args.cases,
     )
 
 
@@ -162,8 +183,34 @@ def _missing_packages(args: argparse.Namespace) -> list[str]:
     return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
+def _markdown(args: argparse.Namespace) -> int:
+    """``--markdown JSON [--into MD]``: the docs tables from a recorded run."""
+    import json
+    from pathlib import Path
+
+    from ._bench._markdown import insert_between_markers, render_markdown
+
+    try:
+        block = render_markdown(json.loads(Path(args.markdown).read_text(encoding="utf-8")))
+        if args.into:
+            target = Path(args.into)
+            text = target.read_text(encoding="utf-8")
+            target.write_text(insert_between_markers(text, block, args.into), encoding="utf-8")
+        else:
+            print(block, end="")
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"evsoftmax bench --markdown: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the tables and write the JSON and plot asked for."""
+    if args.markdown:
+        return _markdown(args)
+    if args.into:
+        print("evsoftmax bench: --into goes with --markdown JSON", file=sys.stderr)
+        return 2
     missing = _missing_packages(args)
     if missing:
         print(

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
+from ._memory import run_fresh
 from ._timing import TimingPlan, interleaved
 
 __all__ = [
@@ -155,22 +153,10 @@ def _check(case: AttentionCase, device: str, seed: int) -> dict[str, Any]:
 
 def _memory(cases: tuple[AttentionCase, ...], device: str, seed: int) -> list[dict[str, Any]]:
     """Peak memory of every (case, method, mode), measured in a fresh subprocess."""
-    from .. import __file__ as package_file
-
     if device != "cpu" or not sys.platform.startswith("linux"):
         return []
-    root = str(Path(package_file).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     request = json.dumps({"cases": [asdict(c) for c in cases], "seed": seed})
-    module = f"{__package__}._attention_memory"
-    done = subprocess.run(
-        [sys.executable, "-m", module, request],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = run_fresh(["-m", f"{__package__}._attention_memory", request], 600)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         return [{"error": f"memory subprocess failed: {tail[0]}"}]

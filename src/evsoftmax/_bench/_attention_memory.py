@@ -9,29 +9,16 @@ writing 5 to ``/proc/self/clear_refs`` (Linux), and read from ``VmHWM``.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-_STATUS = Path("/proc/self/status")
-
-
-def _status_kib(field: str) -> int:
-    for line in _STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} missing from {_STATUS}")
+from ._memory import peak_rss_growth
 
 
 def _peak_mib(call: Any) -> float:
     """Peak resident MiB that ``call()`` adds to the process."""
-    ctypes.CDLL(None).malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kib("VmRSS")
-    call()
-    return (_status_kib("VmHWM") - before) / 1024
+    return peak_rss_growth(call) / 2**20
 
 
 def main(argv: list[str]) -> None:

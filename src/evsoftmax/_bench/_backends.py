@@ -7,6 +7,7 @@ picks from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -18,16 +19,34 @@ import numpy as np
 
 from .._lib._compat import array_namespace
 
-__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "Backend", "composed_softmax"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKENDS",
+    "Backend",
+    "composed_log_softmax",
+    "composed_softmax",
+]
 
-Fn = Callable[[Any], Any]
+Fn = Callable[..., Any]
 
 
-def composed_softmax(x: Any) -> Any:
-    """Softmax along the last axis from array-API calls (for libraries without one)."""
+def composed_softmax(x: Any, axis: int = -1, where: Any = None) -> Any:
+    """Softmax along ``axis`` from array-API calls (for libraries without one).
+
+    ``where=False`` entries are filled with ``-inf`` first, as users mask a softmax.
+    """
     xp = array_namespace(x)
-    e = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
-    return e / xp.sum(e, axis=-1, keepdims=True)
+    if where is not None:
+        x = xp.where(where, x, -xp.inf)
+    e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
+    return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+def composed_log_softmax(x: Any, axis: int = -1) -> Any:
+    """Log-softmax along ``axis`` from array-API calls: ``x - max - log(sum(exp))``."""
+    xp = array_namespace(x)
+    shifted = x - xp.max(x, axis=axis, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
 class Backend:
@@ -74,9 +93,22 @@ class Backend:
     def sync(self, y: Any) -> None:
         """Block until ``y`` is computed (GPU queues, JAX dispatch, Dask graphs)."""
 
-    def softmax(self, x: Any) -> Any:
-        """The library's own softmax along the last axis."""
-        return composed_softmax(x)
+    def softmax(self, x: Any, axis: int = -1, where: Any = None) -> Any:
+        """The library's softmax along ``axis`` (of the ``-inf``-filled input with ``where``)."""
+        return composed_softmax(x, axis, where)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        """The library's own log-softmax along ``axis``."""
+        return composed_log_softmax(x, axis)
+
+    def dtype_scope(self, dtype: str) -> contextlib.AbstractContextManager[Any]:
+        """A context in which the library computes in ``dtype`` (JAX needs x64 for float64)."""
+        return contextlib.nullcontext()
+
+    def cast(self, x: Any, dtype: str) -> Any:
+        """``x`` converted to the dtype named ``dtype`` (``"bfloat16"`` where there is one)."""
+        xp = array_namespace(x)
+        return xp.astype(x, getattr(xp, dtype))
 
     def copy(self, x: Any) -> Any:
         """A same-size copy: the bandwidth yardstick."""
@@ -86,8 +118,11 @@ class Backend:
         """``fn`` as the library runs it fastest (``jax.jit``; unchanged elsewhere)."""
         return fn
 
-    def vjp(self, fn: Fn) -> Callable[[Any, Any], Any] | None:
-        """``(x, g) -> g``-weighted gradient of ``fn`` at ``x`` (forward + backward), if any."""
+    def vjp(self, fn: Fn) -> Callable[..., Any] | None:
+        """``(x, g, *operands) -> g``-weighted gradient of ``fn`` in ``x`` (forward + backward).
+
+        None where the library has no autodiff; ``operands`` (a mask) are not differentiated.
+        """
         return None
 
     def grad_input(self, x: Any) -> Any:
@@ -96,6 +131,14 @@ class Backend:
 
     def peers(self) -> dict[str, Fn]:
         """Third-party normalizers to time alongside (the ``entmax`` package for torch)."""
+        return {}
+
+    def has_baseline_peers(self) -> bool:
+        """Whether :meth:`baseline_peers` has any (checked without importing them)."""
+        return False
+
+    def baseline_peers(self) -> dict[str, Fn]:
+        """The ``entmax`` package's maps, by evsoftmax name: the baselines' peers."""
         return {}
 
     def select(self, found: list[Any]) -> list[Any]:
@@ -111,10 +154,18 @@ class NumpyBackend(Backend):
     def asarray(self, a: np.ndarray) -> Any:
         return a
 
-    def softmax(self, x: Any) -> Any:
+    def softmax(self, x: Any, axis: int = -1, where: Any = None) -> Any:
         from scipy.special import softmax
 
-        return softmax(x, axis=-1)
+        return softmax(x if where is None else np.where(where, x, -np.inf), axis=axis)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        from scipy.special import log_softmax
+
+        return log_softmax(x, axis=axis)
+
+    def cast(self, x: Any, dtype: str) -> Any:
+        return x.astype(dtype)
 
 
 class TorchBackend(Backend):
@@ -149,19 +200,31 @@ class TorchBackend(Backend):
 
             torch.cuda.synchronize()
 
-    def softmax(self, x: Any) -> Any:
+    def softmax(self, x: Any, axis: int = -1, where: Any = None) -> Any:
         import torch
 
-        return torch.softmax(x, dim=-1)
+        if where is not None:
+            x = x.masked_fill(~where, -torch.inf)
+        return torch.softmax(x, dim=axis)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        import torch
+
+        return torch.log_softmax(x, dim=axis)
+
+    def cast(self, x: Any, dtype: str) -> Any:
+        import torch
+
+        return x.to(getattr(torch, dtype))
 
     def copy(self, x: Any) -> Any:
         return x.clone()
 
-    def vjp(self, fn: Fn) -> Callable[[Any, Any], Any] | None:
+    def vjp(self, fn: Fn) -> Callable[..., Any] | None:
         import torch
 
-        def forward_backward(x: Any, g: Any) -> Any:
-            return torch.autograd.grad(fn(x), x, g)[0]
+        def forward_backward(x: Any, g: Any, *operands: Any) -> Any:
+            return torch.autograd.grad(fn(x, *operands), x, g)[0]
 
         return forward_backward
 
@@ -176,6 +239,20 @@ class TorchBackend(Backend):
         return {
             "entmax.sparsemax": lambda x: entmax.sparsemax(x, dim=-1),
             "entmax.entmax15": lambda x: entmax.entmax15(x, dim=-1),
+        }
+
+    def has_baseline_peers(self) -> bool:
+        return importlib.util.find_spec("entmax") is not None
+
+    def baseline_peers(self) -> dict[str, Fn]:
+        if not self.has_baseline_peers():
+            return {}
+        import entmax
+
+        return {
+            "sparsemax": lambda x: entmax.sparsemax(x, dim=-1),
+            "entmax15": lambda x: entmax.entmax15(x, dim=-1),
+            "entmax_bisect": lambda x: entmax.entmax_bisect(x, alpha=1.5, dim=-1),
         }
 
 
@@ -216,10 +293,26 @@ class JaxBackend(Backend):
 
         jax.block_until_ready(y)  # type: ignore[no-untyped-call]
 
-    def softmax(self, x: Any) -> Any:
+    def softmax(self, x: Any, axis: int = -1, where: Any = None) -> Any:
         import jax
 
-        return jax.nn.softmax(x, axis=-1)
+        return jax.nn.softmax(x, axis=axis, where=where)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        import jax
+
+        return jax.nn.log_softmax(x, axis=axis)
+
+    def dtype_scope(self, dtype: str) -> contextlib.AbstractContextManager[Any]:
+        import jax
+
+        # Without x64, JAX silently computes "float64" in float32.
+        return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+    def cast(self, x: Any, dtype: str) -> Any:
+        import jax.numpy as jnp
+
+        return x.astype(getattr(jnp, dtype))
 
     def copy(self, x: Any) -> Any:
         import jax.numpy as jnp
@@ -231,11 +324,11 @@ class JaxBackend(Backend):
 
         return jax.jit(fn)  # type: ignore[no-any-return]
 
-    def vjp(self, fn: Fn) -> Callable[[Any, Any], Any] | None:
+    def vjp(self, fn: Fn) -> Callable[..., Any] | None:
         import jax
 
-        def forward_backward(x: Any, g: Any) -> Any:
-            return jax.vjp(fn, x)[1](g)[0]
+        def forward_backward(x: Any, g: Any, *operands: Any) -> Any:
+            return jax.vjp(lambda x: fn(x, *operands), x)[1](g)[0]
 
         return jax.jit(forward_backward)  # type: ignore[no-any-return]
 
@@ -316,10 +409,11 @@ class CupyBackend(Backend):
 
         cupy.cuda.get_current_stream().synchronize()
 
-    def softmax(self, x: Any) -> Any:
+    def softmax(self, x: Any, axis: int = -1, where: Any = None) -> Any:
+        import cupy
         from cupyx.scipy.special import softmax
 
-        return softmax(x, axis=-1)
+        return softmax(x if where is None else cupy.where(where, x, -cupy.inf), axis=axis)
 
 
 class TorchCompileBackend(TorchBackend):
@@ -351,18 +445,21 @@ class TorchCompileBackend(TorchBackend):
 
         return torch.compile(fn, dynamic=False)  # type: ignore[no-any-return]
 
-    def vjp(self, fn: Fn) -> Callable[[Any, Any], Any] | None:
+    def vjp(self, fn: Fn) -> Callable[..., Any] | None:
         import torch
 
         compiled = torch.compile(fn, dynamic=False)
 
-        def forward_backward(x: Any, g: Any) -> Any:
-            return torch.autograd.grad(compiled(x), x, g)[0]
+        def forward_backward(x: Any, g: Any, *operands: Any) -> Any:
+            return torch.autograd.grad(compiled(x, *operands), x, g)[0]
 
         return forward_backward
 
     def peers(self) -> dict[str, Fn]:
         return {}
+
+    def has_baseline_peers(self) -> bool:
+        return False
 
     def select(self, found: list[Any]) -> list[Any]:
         import torch

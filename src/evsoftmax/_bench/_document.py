@@ -100,8 +100,10 @@ def command_line(config: dict[str, Any]) -> str:
         "--warmup": plan["warmup"],
         "--max-time": plan["max_time_s"],
         "--device": config["device"],
+        "--cases": ",".join(config.get("cases", ())) or "none",
     }
-    return " ".join(["evsoftmax bench", *(f"{k} {v}" for k, v in options.items())])
+    words = ["evsoftmax bench", *(f"{k} {v}" for k, v in options.items())]
+    return " ".join(words + (["--quick"] if config["quick"] else []))
 
 
 def header(config: dict[str, Any]) -> dict[str, Any]:

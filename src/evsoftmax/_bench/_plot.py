@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._cases import PLAIN
 from ._methods import BASELINE
 from ._shapes import format_shape
 from ._suite import FORWARD, FORWARD_BACKWARD
@@ -136,8 +137,11 @@ def write_plot(doc: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
     The legends sit below the panels: one colour per method (the same in every
     panel), the line style per mode, and a hatch per shape in the bar panels.
+    Only the plain cases are plotted (the variants and baselines are in the tables).
     """
     import matplotlib
+
+    doc = {**doc, "results": [r for r in doc["results"] if r.get("group", PLAIN) == PLAIN]}
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

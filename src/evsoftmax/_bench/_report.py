@@ -7,9 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ._cases import PLAIN
+from ._markdown import ratio_text
 from ._methods import BASELINE, COPY
 from ._shapes import format_shape
 from ._suite import FORWARD, FORWARD_BACKWARD
+from ._targets import FAIL, PASS
 
 __all__ = ["CHECK_TOLERANCE", "RichProgress", "print_attention", "print_tables", "progress_bar"]
 
@@ -75,8 +78,7 @@ def _ratio(row: dict[str, Any] | None) -> str:
     if ratio is None or not math.isfinite(ratio):
         return "n/a"
     colour = "green" if ratio <= 1.3 else "yellow" if ratio <= 2.5 else "red"
-    digits = 2 if ratio < 10 else 1 if ratio < 100 else 0
-    return f"[{colour}]{ratio:.{digits}f}×[/{colour}]"  # noqa: RUF001
+    return f"[{colour}]{ratio_text(ratio)}[/{colour}]"
 
 
 def _ms(row: dict[str, Any] | None) -> str:
@@ -106,7 +108,11 @@ def _new_table(title: str, caption: str) -> Any:
 
 
 def _table(doc: dict[str, Any], backend: str, mode: str) -> Any:
-    rows = [r for r in doc["results"] if r["backend"] == backend and r["mode"] == mode]
+    rows = [
+        r
+        for r in doc["results"]
+        if r["backend"] == backend and r["mode"] == mode and r["group"] == PLAIN
+    ]
     if not rows:
         return None
     info = doc["backends"][backend]
@@ -134,26 +140,87 @@ def _table(doc: dict[str, Any], backend: str, mode: str) -> Any:
     return table
 
 
+_VERDICT_STYLE = {PASS: "green", FAIL: "bold red"}
+
+
+def _judged(ratio: float | None, verdict: str) -> str:
+    style = _VERDICT_STYLE.get(verdict, "dim")
+    return f"[{style}]{ratio_text(ratio)} {verdict}[/{style}]"
+
+
+def _matrix_table(doc: dict[str, Any], backend: str) -> Any:
+    """Every cell of ``backend`` with a target: both medians, the ratio, target, verdict."""
+    rows = [r for r in doc["results"] if r["backend"] == backend and r["target"] is not None]
+    if not rows:
+        return None
+    table = _new_table(
+        f"{backend}: every case against its target (DESIGN section 6)"
+        + (" — quick: smoke-test sizes, not comparable" if doc["config"]["quick"] else ""),
+        "ratio = ours ÷ peer, medians of one interleaved run; the peer is the native "
+        "softmax of the same layout (of the -inf-filled input for `where`, log_softmax for "
+        "log ε) or, for the baselines, the entmax package's map",
+    )
+    for name in ("case", "ours ÷ peer", "mode", "peer ms", "ours ms", "ratio", "target"):
+        table.add_column(name, justify="left" if name in ("ours ÷ peer", "mode") else "right")
+    for r in rows:
+        peer = {"median_s": r["peer_median_s"]}
+        table.add_row(
+            r["case"],
+            f"{r['method']} ÷ {r['peer']}",
+            r["mode"],
+            _ms(peer),
+            _ms(r),
+            _judged(r["ratio"], r["verdict"]),
+            f"≤ {ratio_text(r['target'])}",
+        )
+    return table
+
+
+def _memory_table(doc: dict[str, Any]) -> Any:
+    if not doc.get("memory"):
+        return None
+    table = _new_table(
+        "peak memory of the fast paths, fresh process per case",
+        "peak = extra memory during the call ÷ the output's bytes (tracemalloc for NumPy, "
+        "peak RSS for torch); the output itself counts as 1",
+    )
+    for name in ("backend", "case", "peak ÷ output", "target"):
+        table.add_column(name, justify="right" if name != "case" else "left")
+    for m in doc["memory"]:
+        peak = "[red]error[/red]" if m["error"] else _judged(m["ratio"], m["verdict"])
+        table.add_row(m["backend"], m["case"], peak, f"≤ {ratio_text(m['target'])}")
+    return table
+
+
 def print_tables(doc: dict[str, Any], console: Any = None) -> None:
-    """Print one ratio table per backend and mode, then skipped backends and errors."""
+    """Print per backend its ratio tables and its case matrix; then memory, skips and errors."""
     from rich.console import Console
 
     if console is None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=_PIPE_WIDTH)
+    if doc.get("notice"):
+        console.print(doc["notice"], style="bold yellow", markup=False)
     for backend, info in doc["backends"].items():
         if info["status"] != "ok":
             console.print(f"{backend}: {info['status']} ({info['reason']})", style="dim")
             continue
-        for mode in (FORWARD, FORWARD_BACKWARD):
-            table = _table(doc, backend, mode)
+        tables = [_table(doc, backend, mode) for mode in (FORWARD, FORWARD_BACKWARD)]
+        for table in (*tables, _matrix_table(doc, backend)):
             if table is not None:
                 console.print(table)
+    memory = _memory_table(doc)
+    if memory is not None:
+        console.print(memory)
+    for m in doc.get("memory", []):
+        if m["error"] is not None:
+            console.print(
+                f"memory {m['backend']} {m['case']}: {m['error']}", style="red", markup=False
+            )
     for row in doc["results"]:
         if row["error"] is not None:
-            shape = format_shape(row["shape"])
-            where = f"{row['backend']} {shape} {row['method']} {row['mode']}"
+            where = f"{row['backend']} {row['case']} {row['method']} {row['mode']}"
             console.print(f"{where}: {row['error']}", style="red", markup=False)
     for check in doc["checks"]:
         diff = check["max_abs_diff"]
