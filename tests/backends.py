@@ -106,3 +106,13 @@ def to_numpy(a: Any) -> np.ndarray:
     if out.dtype.kind not in "biufc":  # e.g. ml_dtypes.bfloat16
         out = out.astype(np.float32)
     return out.copy()
+
+
+def host_devices_xla_flags(count: int) -> str:
+    """``XLA_FLAGS`` for a subprocess with ``count`` host devices, keeping the flags already set.
+
+    The nox sessions set ``--xla_backend_optimization_level=0`` (the tests' programs are
+    tiny); a subprocess that replaced XLA_FLAGS would compile with full optimization.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    return f"{flags} --xla_force_host_platform_device_count={count}".strip()

@@ -44,8 +44,13 @@ from typing import Any
 
 import numpy as np
 
+try:  # POSIX: workers share a subprocess battery's results (see _run_in_subprocess)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 from . import path_cases as pc
-from .backends import selected, to_numpy
+from .backends import host_devices_xla_flags, selected, to_numpy
 
 __all__ = ["PATHS", "Path", "by_name", "check", "main"]
 
@@ -726,21 +731,43 @@ def _jax_shard_map() -> Runner:
 
 
 def _run_in_subprocess(path: Path) -> dict[str, Result | str]:
-    """Run ``path``'s whole battery in one child process; return its results by request key."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "results.npz")
-        env = {**os.environ, **(path.subprocess_env or {}), "EVSOFTMAX_PATHS_CHILD": path.name}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        command = [sys.executable, "-m", "tests.paths", "--dump", path.name, out]
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, cwd=ROOT, check=False
-        )
-        if done.returncode != 0:
-            # Remembered (not raised): every cell of the path reports it, none reruns the child.
-            tail = (done.stdout[-1000:] + "\n" + done.stderr[-1500:]).strip()
-            return {"__error__": f"the battery's subprocess failed: {tail}"}
-        with np.load(out, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+    """Run ``path``'s whole battery in one child process; return its results by request key.
+
+    Under pytest-xdist the workers of one run share the child's results (a file
+    per path, made under a lock by the first worker that needs it): however the
+    scheduler spreads the cells, the battery runs once per test run.
+    """
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run_id is None or fcntl is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _child_results(path, os.path.join(tmp, "results.npz"))
+    shared = os.path.join(tempfile.gettempdir(), f"evsoftmax-paths-{run_id}")
+    os.makedirs(shared, exist_ok=True)
+    out = os.path.join(shared, f"{path.name}.npz")
+    with open(out + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(out):
+            return _load_results(out)
+        return _child_results(path, out)
+
+
+def _child_results(path: Path, out: str) -> dict[str, Result | str]:
+    """Run the child that writes ``path``'s battery to ``out``; its results."""
+    env = {**os.environ, **(path.subprocess_env or {}), "EVSOFTMAX_PATHS_CHILD": path.name}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "tests.paths", "--dump", path.name, out]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        # Remembered (not raised): every cell of the path reports it, none reruns the child.
+        tail = (done.stdout[-1000:] + "\n" + done.stderr[-1500:]).strip()
+        return {"__error__": f"the battery's subprocess failed: {tail}"}
+    return _load_results(out)
+
+
+def _load_results(out: str) -> dict[str, Result | str]:
+    """The results a child saved in ``out``, by request key."""
+    with np.load(out, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
     meta = json.loads(str(arrays.pop("__meta__")))
     results: dict[str, Result | str] = {}
     for key, entry in meta.items():
@@ -823,7 +850,7 @@ def _onnx_legacy_skip(group: str, dtype: str) -> str | None:
     return _onnx_skip(group, dtype) or _jit_trace_skip(group, dtype)
 
 
-_SHARD_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+_SHARD_ENV = {"XLA_FLAGS": host_devices_xla_flags(2)}
 
 _ALL = pc.FORWARD + pc.GRADS + pc.JVPS
 # Traced, compiled and exported paths pay a compile per call site (0.2-1 s

@@ -27,6 +27,7 @@ import evsoftmax
 from evsoftmax import _ext
 
 from . import reference as ref
+from .backends import host_devices_xla_flags
 from .jax_helpers import closed_form_jvp, closed_form_log_jvp, rows_away_from_ties
 
 # The module fixture runs a subprocess: its tests share one xdist worker (--dist loadgroup).
@@ -100,7 +101,7 @@ def results(tmp_path_factory) -> dict[str, np.ndarray]:
     package_root = str(Path(evsoftmax.__file__).parent.parent)
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": host_devices_xla_flags(4),
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]),
     }

@@ -13,6 +13,7 @@ import pytest
 import evsoftmax as evs
 
 from . import reference as ref
+from .backends import host_devices_xla_flags
 
 
 def _data(seed=0):
@@ -77,7 +78,7 @@ _SHARDED = textwrap.dedent(
 
 def test_jax_sharded_across_four_host_devices():
     pytest.importorskip("jax")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": host_devices_xla_flags(4)}
     env["JAX_PLATFORMS"] = "cpu"
     done = subprocess.run(
         [sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300

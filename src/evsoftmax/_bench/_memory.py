@@ -42,7 +42,7 @@ MEMORY_TARGET = 2.0
 _NUMPY = """
 import json, sys, tracemalloc
 import numpy as np
-import evsoftmax
+import PACKAGE as evsoftmax
 
 names, shape = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2]))
 x = np.empty(shape, dtype=np.float64)
@@ -75,8 +75,8 @@ NUMPY_MEMORY_CASES = ("axis=0", "axis=0, where", "log, where broadcast", "float3
 _TORCH = """
 import json, sys
 import torch
-import evsoftmax.torch as evt
-from evsoftmax._bench._memory import peak_rss_growth
+import PACKAGE.torch as evt
+from PACKAGE._bench._memory import peak_rss_growth
 
 dtype, dim, masked = getattr(torch, sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 shape = tuple(json.loads(sys.argv[4]))
@@ -131,7 +131,10 @@ def run_fresh(args: Sequence[str], timeout: float, **env: str) -> subprocess.Com
 
 def _run(source: str, *args: str) -> Any:
     """Run ``source`` in a fresh single-threaded interpreter; its last output line as JSON."""
-    done = run_fresh(["-c", textwrap.dedent(source), *args], 300, OMP_NUM_THREADS="1")
+    # The child imports this copy of the package by its own name (a vendored copy too).
+    package = __name__.rpartition("._bench.")[0]
+    script = textwrap.dedent(source).replace("PACKAGE", package)
+    done = run_fresh(["-c", script, *args], 300, OMP_NUM_THREADS="1")
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"the measuring process failed: {last}")

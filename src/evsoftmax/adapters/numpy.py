@@ -95,8 +95,8 @@ _KERNEL_ITEMSIZES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
 
 def _use_kernel(x: Array, where: Array | None) -> bool:
-    """Whether the compiled kernel takes ``x``: an array of a dtype it reads, aligned strides."""
-    if not isinstance(x, np.ndarray) or x.size == 0:
+    """Whether the compiled kernel takes ``x``: native-order data of a dtype it reads, aligned."""
+    if not isinstance(x, np.ndarray) or x.size == 0 or not x.dtype.isnative:
         return False
     name = x.dtype.name
     plain = _KERNEL_ITEMSIZES.get(name) == x.dtype.itemsize and name in _ext.strided_dtypes()
