@@ -153,8 +153,87 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
 /* The mean is summed in vectorized blocks of this many entries, added up in double. */
 #define EVS_BLOCK 1024
 
+/* Inside row_<T> and long_row_<T>: the rows that take the special rules (DESIGN
+ * section 4), from the valid count and the sum of the shifted scores. */
+#define EVS_SPECIAL_ROW(T)                                                                  \
+    if (count == 0.0) {                                                                     \
+        T fill = log_out ? -INFINITY : 0;                                                   \
+        for (Py_ssize_t i = 0; i < length; i++) y[i] = fill;                                \
+        return;                                                                             \
+    }                                                                                       \
+    if (isnan(sum)) {                                                                       \
+        for (Py_ssize_t i = 0; i < length; i++) y[i] = NAN;                                 \
+        return;                                                                             \
+    }                                                                                       \
+    if (isinf(sum)) {                                                                       \
+        wide_row_##T(x, y, length, m, count, ratio, log_ratio, log_out);                    \
+        return;                                                                             \
+    }
+
+/* Defines long_row_<T>(x, y, length, ratio, log_ratio, log_out), inlined into rows_<T>:
+ * row_<T> for rows of EVS_LONG entries or more, each pass one vectorized loop
+ * (faster than chunks there). */
+#define EVS_DEFINE_LONG_ROW(T, EXP)                                                           \
+    static inline __attribute__((always_inline)) void long_row_##T(                            \
+        const T *restrict x, T *restrict y, Py_ssize_t length, T ratio, T log_ratio,        \
+        int log_out) {                                                                      \
+        T m = -INFINITY;                                                                    \
+        EVS_SIMD_MAX_M                                                                      \
+        for (Py_ssize_t i = 0; i < length; i++) m = x[i] > m ? x[i] : m;                    \
+        double sum = 0.0, count = 0.0;                                                      \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            T block_sum = 0, block_count = 0;                                               \
+            EVS_SIMD_BLOCK                                                                  \
+            for (Py_ssize_t i = start; i < stop; i++) {                                     \
+                int valid = x[i] != -INFINITY;                                              \
+                block_sum += valid ? x[i] - m : (T)0;                                       \
+                block_count += valid ? (T)1 : (T)0;                                         \
+            }                                                                               \
+            sum += block_sum;                                                               \
+            count += block_count;                                                           \
+        }                                                                                   \
+        EVS_SPECIAL_ROW(T);                                                                 \
+        T mean = (T)(sum / count);                                                          \
+        T total = 0;                                                                        \
+        if (log_out) {                                                                      \
+            EVS_SIMD_TOTAL                                                                  \
+            for (Py_ssize_t i = 0; i < length; i++) {                                       \
+                T s = x[i] - m;                                                             \
+                T e = EXP(s);                                                               \
+                total += s < mean ? ratio * e : e;                                          \
+            }                                                                               \
+        } else {                                                                            \
+            EVS_SIMD_TOTAL                                                                  \
+            for (Py_ssize_t i = 0; i < length; i++) {                                       \
+                T s = x[i] - m;                                                             \
+                T e = EXP(s);                                                               \
+                T w = s < mean ? ratio * e : e;                                             \
+                y[i] = w;                                                                   \
+                total += w;                                                                 \
+            }                                                                               \
+        }                                                                                   \
+        if (log_out) {                                                                      \
+            T log_total = (T)log((double)total);                                            \
+            EVS_SIMD                                                                        \
+            for (Py_ssize_t i = 0; i < length; i++) {                                       \
+                T s = x[i] - m;                                                             \
+                y[i] = (s < mean ? s + log_ratio : s) - log_total;                          \
+            }                                                                               \
+        } else {                                                                            \
+            T inv = (T)1 / total;                                                           \
+            EVS_SIMD                                                                        \
+            for (Py_ssize_t i = 0; i < length; i++) y[i] *= inv;                            \
+        }                                                                                   \
+    }
+
+EVS_DEFINE_LONG_ROW(float, exp_nonpositive_f32)
+EVS_DEFINE_LONG_ROW(double, exp_nonpositive_f64)
+
 /* Rows are read in chunks of this many entries, each with its own accumulators. */
 #define EVS_CHUNK 16
+/* Rows at least this long take long_row_<T>. */
+#define EVS_LONG 256
 #define EVS_MAX(a, b) ((b) > (a) ? (b) : (a))
 #define EVS_ADD(a, b) ((a) + (b))
 /* acc[0] = OP over acc[0..EVS_CHUNK-1], pairwise (a chain of 4, not of 15). */
@@ -204,19 +283,7 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
             sum += acc[0];                                                                  \
             count += acc2[0];                                                               \
         }                                                                                   \
-        if (count == 0.0) {                                                                 \
-            T fill = log_out ? -INFINITY : 0;                                               \
-            for (Py_ssize_t i = 0; i < length; i++) y[i] = fill;                            \
-            return;                                                                         \
-        }                                                                                   \
-        if (isnan(sum)) {                                                                   \
-            for (Py_ssize_t i = 0; i < length; i++) y[i] = NAN;                             \
-            return;                                                                         \
-        }                                                                                   \
-        if (isinf(sum)) {                                                                   \
-            wide_row_##T(x, y, length, m, count, ratio, log_ratio, log_out);                \
-            return;                                                                         \
-        }                                                                                   \
+        EVS_SPECIAL_ROW(T);                                                                 \
         T mean = (T)(sum / count);                                                          \
         if (rest > 0) {                                                                     \
             EVS_SIMD                                                                        \
@@ -279,7 +346,10 @@ EVS_DEFINE_ROW(double, exp_nonpositive_f64)
                                    Py_ssize_t y_step, Py_ssize_t length, T ratio,           \
                                    T log_ratio, int log_out) {                              \
         for (Py_ssize_t r = 0; r < count; r++)                                              \
-            row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out);     \
+            if (length >= EVS_LONG)                                                         \
+                long_row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out); \
+            else                                                                            \
+                row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out); \
     }
 
 EVS_DEFINE_ROWS(float)
