@@ -63,9 +63,17 @@ def _matrix(doc: dict[str, Any]) -> str:
         for backend, mode in columns
     ]
     index = {(r["case"], r["backend"], r["mode"]): r for r in judged}
-    cases = dict.fromkeys(r["case"] for r in judged)
+    cases = dict.fromkeys([*_configured_order(doc), *(r["case"] for r in judged)])
+    cases = {c: None for c in cases if any(key[0] == c for key in index)}
     rows = [[case] + [_cell(index.get((case, *column))) for column in columns] for case in cases]
     return _table(header, rows)
+
+
+def _configured_order(doc: dict[str, Any]) -> list[str]:
+    """The case labels in the run's own order: plain shapes, then the variants."""
+    config = doc.get("config") or {}
+    plain = ["x".join(map(str, s)) for s in config.get("judged_shapes", [])]
+    return plain + [v["label"] for v in config.get("variants", [])]
 
 
 def _baselines(doc: dict[str, Any]) -> str:
