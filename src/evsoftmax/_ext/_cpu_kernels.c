@@ -153,6 +153,18 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
 /* The mean is summed in vectorized blocks of this many entries, added up in double. */
 #define EVS_BLOCK 1024
 
+/* Inside row_<T> and long_row_<T>: pass 4 of the log form, from the row's maximum m,
+ * mean and total weight: s + log(weight) - log(total). */
+#define EVS_LOG_PASS(T)                                                                     \
+    do {                                                                                    \
+        T log_total = (T)log((double)total);                                                \
+        EVS_SIMD                                                                            \
+        for (Py_ssize_t i = 0; i < length; i++) {                                           \
+            T s = x[i] - m;                                                                 \
+            y[i] = (s < mean ? s + log_ratio : s) - log_total;                              \
+        }                                                                                   \
+    } while (0)
+
 /* Inside row_<T> and long_row_<T>: the rows that take the special rules (DESIGN
  * section 4), from the valid count and the sum of the shifted scores. */
 #define EVS_SPECIAL_ROW(T)                                                                  \
@@ -214,12 +226,7 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
             }                                                                               \
         }                                                                                   \
         if (log_out) {                                                                      \
-            T log_total = (T)log((double)total);                                            \
-            EVS_SIMD                                                                        \
-            for (Py_ssize_t i = 0; i < length; i++) {                                       \
-                T s = x[i] - m;                                                             \
-                y[i] = (s < mean ? s + log_ratio : s) - log_total;                          \
-            }                                                                               \
+            EVS_LOG_PASS(T);                                                                \
         } else {                                                                            \
             T inv = (T)1 / total;                                                           \
             EVS_SIMD                                                                        \
@@ -319,12 +326,7 @@ EVS_DEFINE_LONG_ROW(double, exp_nonpositive_f64)
         EVS_TREE(acc, EVS_ADD);                                                             \
         T total = acc[0];                                                                   \
         if (log_out) {                                                                      \
-            T log_total = (T)log((double)total);                                            \
-            EVS_SIMD                                                                        \
-            for (Py_ssize_t i = 0; i < length; i++) {                                       \
-                T s = x[i] - m;                                                             \
-                y[i] = (s < mean ? s + log_ratio : s) - log_total;                          \
-            }                                                                               \
+            EVS_LOG_PASS(T);                                                                \
         } else {                                                                            \
             T inv = (T)1 / total;                                                           \
             for (Py_ssize_t c = 0; c < full; c += EVS_CHUNK)                                \
