@@ -28,6 +28,37 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"evsoftmax test backends: {', '.join(selected())}"
 
 
+_NOT_GROUPED = pytest.StashKey[bool]()
+_UNGROUPED = (
+    "--dist loadgroup did not group this test (pytest {version} with this pytest-xdist: "
+    "pytest-dev/pytest-xdist#1386), so its group's costly setup would run on every worker: "
+    "install the test extra's pytest (pip install 'pytest<9.2'), or run with --dist load"
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail the grouped tests of a ``--dist loadgroup`` run that does not group.
+
+    Tests that share a costly setup (a path's subprocess battery, a docs page's
+    namespace) carry ``xdist_group``; a worker suffixes their node ids with
+    ``@group`` and the scheduler keeps each group on one worker. Where the suffix
+    is missing (pytest 9.2 with pytest-xdist 3.8) the cells are spread over the
+    workers and each waits for the setup: results stay right, but the session
+    takes minutes longer, so the grouped tests fail, naming the remedy.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid:
+            item.stash[_NOT_GROUPED] = True
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.stash.get(_NOT_GROUPED, False):
+        pytest.fail(_UNGROUPED.format(version=pytest.__version__))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "xp" in metafunc.fixturenames:
         metafunc.parametrize("xp", selected(), indirect=True)
