@@ -476,7 +476,7 @@ def _torch_onnx(dynamo: bool) -> Callable[[], Runner]:
             f, args = _torch_cell(bundle)
             names = [f"a{i}" for i in range(len(args))]
             buffer = io.BytesIO()
-            with _quiet():
+            with _quiet(), _one_torchlib_registry():
                 module = _torch_module(f)
                 if dynamo:
                     program = torch.onnx.export(
@@ -496,6 +496,42 @@ def _torch_onnx(dynamo: bool) -> Callable[[], Runner]:
         return run
 
     return make
+
+
+_TORCHLIB_REGISTRIES: dict[Any, Any] = {}
+
+
+@contextlib.contextmanager
+def _one_torchlib_registry() -> Iterator[None]:
+    """The dynamo ONNX exporter with its torchlib registry built once per opset.
+
+    ``torch.onnx.export(dynamo=True)`` builds the registry of every aten-to-ONNX
+    function anew on each call (about a second, a fifth of a small cell's export);
+    the matrix exports with no custom translations, so one registry serves them all.
+    A torch without that internal exports as it is.
+    """
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:  # pragma: no cover - another torch layout
+        yield
+        return
+    registry_type = _registration.ONNXRegistry
+    build = registry_type.__dict__.get("from_torchlib")
+    if not isinstance(build, classmethod):  # pragma: no cover - another torch version
+        yield
+        return
+
+    def cached(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        key = (args, tuple(sorted(kwargs.items())))
+        if key not in _TORCHLIB_REGISTRIES:
+            _TORCHLIB_REGISTRIES[key] = build.__func__(cls, *args, **kwargs)
+        return _TORCHLIB_REGISTRIES[key]
+
+    registry_type.from_torchlib = classmethod(cached)
+    try:
+        yield
+    finally:
+        registry_type.from_torchlib = build
 
 
 @contextlib.contextmanager
