@@ -228,3 +228,78 @@ def test_compiled_log_form_saves_no_boolean_tensor_for_backward(masked):
     expected = np.where(valid, gv - p * gv.sum(-1, keepdims=True), 0.0)
     np.testing.assert_allclose(grad.double().numpy(), expected, rtol=1e-5, atol=1e-6)
     assert _graph_breaks() == 0
+
+
+def _aot_graphs(f, x):
+    """The call targets of the forward and backward graphs that Inductor would compile."""
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs: dict[str, list[str]] = {}
+
+    def compiler(kind):
+        def compile_graph(gm, example_inputs):
+            graphs[kind] = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+            return make_boxed_func(gm.forward)
+
+        return compile_graph
+
+    backend = aot_autograd(
+        fw_compiler=compiler("forward"),
+        bw_compiler=compiler("backward"),
+        partition_fn=min_cut_rematerialization_partition,  # Inductor's partitioner
+    )
+    torch._dynamo.reset()
+    x = x.detach().requires_grad_(True)
+    out = torch.compile(f, backend=backend, fullgraph=True)(x)
+    torch.autograd.grad(out, x, torch.ones_like(out))
+    return graphs
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_compiled_graph_holds_the_kernel_op_and_a_softmax_backward(dtype):
+    # The forward graph is the kernel op (and the 0-d epsilon it reads), with no
+    # conversion or copy around it; the backward graph is exactly a compiled
+    # torch.softmax's: one _softmax_backward_data on the saved output, in the
+    # input's dtype (Inductor computes half precision in float32 in its loops).
+    if not evt_kernel_applies(dtype):
+        pytest.skip(f"the compiled kernels do not take {dtype}")
+    x = torch.randn(4, 6, dtype=getattr(torch, dtype))
+    ours = _aot_graphs(lambda v: evt.ev_softmax(v, dim=-1), x)
+    peer = _aot_graphs(lambda v: torch.softmax(v, -1), x)
+    assert ours["forward"] == ["aten.zeros.default", "aten.add.Tensor", _kernel_op_name()]
+    assert ours["backward"] == peer["backward"] == ["aten._softmax_backward_data.default"]
+
+
+def evt_kernel_applies(dtype: str) -> bool:
+    from evsoftmax.adapters.torch import ops
+
+    return ops.kernel_applies(torch.empty(1, dtype=getattr(torch, dtype)))
+
+
+def _kernel_op_name() -> str:
+    from evsoftmax.adapters.torch import kernel_op
+
+    return f"{kernel_op._NAMESPACE}.cpu_rows_forward.default"
+
+
+def test_kernel_op_dispatches_to_the_kernel_without_python_layers():
+    # torch.library.custom_op would wrap the kernel in a Python autograd kernel and
+    # an aliasing check (some 15 us a call inside every compiled graph); the op is
+    # only called where autograd does not look, so it has a CPU kernel and a fake
+    # (Meta) one and nothing else.
+    from evsoftmax.adapters.torch import kernel_op
+
+    name = kernel_op._NAMESPACE + "::cpu_rows_forward"
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    assert has(name, "CPU") and has(name, "Meta")
+    for key in ("Autograd", "AutogradCPU", "ADInplaceOrView", "CompositeImplicitAutograd"):
+        assert not has(name, key), key
+    assert torch.Tag.pt2_compliant_tag in kernel_op._cpu_rows_op.tags
+    x = torch.tensor(no_ties((3, 7), seed=5))
+    eps = torch.zeros((), dtype=torch.float64) + 0.25
+    np.testing.assert_allclose(
+        kernel_op._cpu_rows_op(x, 1, eps, False).numpy(),
+        ref.ev_softmax(x.numpy(), eps=0.25),
+        rtol=1e-12,
+    )

@@ -455,12 +455,19 @@ def _in_accumulation_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
     Eager CPU tensors of one half precision dtype stay as they are: torch's own
     CPU kernels accumulate such rows in float32 (as ``torch.softmax``'s backward
     does), with the same results as on converted copies and without the two
-    full-size float32 copies and the conversion of the result.
+    full-size float32 copies and the conversion of the result. So do CPU and CUDA
+    tensors under ``torch.compile``: Inductor's decompositions of the backward ops
+    compute half precision in float32 inside their loops, and the graph then holds
+    the same backward as a compiled softmax's, with no conversion nodes around it.
     """
     dtypes = {t.dtype for t in tensors}
-    if len(dtypes) == 1 and dtypes <= set(_HALF) and _eager_cpu(*tensors):
+    if len(dtypes) == 1 and dtypes <= set(_HALF) and (_eager_cpu(*tensors) or _compiled(*tensors)):
         return list(tensors)
     return [t.to(accumulation_dtype(t.dtype)) for t in tensors]
+
+
+def _compiled(*tensors: torch.Tensor) -> bool:
+    return torch.compiler.is_compiling() and all(t.device.type in ("cpu", "cuda") for t in tensors)
 
 
 def _eager_cpu(*tensors: torch.Tensor) -> bool:
