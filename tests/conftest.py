@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from .backends import gpu_unavailable_reason, namespace, selected
-from .jax_helpers import jax_x64_enabled
+from .jax_helpers import jax_x64_enabled, sync_jax_caches
 
 # The xp fixture is a stateless namespace, safe to share across hypothesis examples.
 _SHARED = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
@@ -105,6 +105,19 @@ def _jax_x64_is_per_test() -> Iterator[None]:
         # JAX imported during the test: back to its default (JAX_ENABLE_X64 or off).
         default = os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
         jax.config.update("jax_enable_x64", default if before is None else before)
+
+
+@pytest.fixture(autouse=True)
+def _jax_traces_follow_the_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """JAX's caches hold only traces made under the current kernel switches.
+
+    Synced before the test and again after it, before ``monkeypatch`` undoes
+    what the test switched (this fixture depends on it, so it is torn down
+    first): traces made under a test's own switches never serve a later test.
+    """
+    sync_jax_caches()
+    yield
+    sync_jax_caches()
 
 
 @pytest.fixture

@@ -7,9 +7,12 @@ Everything here is plain NumPy float64 written from the paper's formulas
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 
 import numpy as np
+import pytest
 
 from .reference import ev_softmax as ref_ev_softmax
 from .reference import min_gap_to_mean
@@ -111,13 +114,55 @@ def reference_probs(x: np.ndarray, axis: int = -1, eps: float = 0.0, where=None)
     return ref_ev_softmax(x, axis=axis, eps=eps, where=where)
 
 
+# The adapter's path switches that JAX's caches of traces and lowerings were made
+# under (None: not known yet).
+_TRACED_UNDER: list[tuple[str | None, str] | None] = [None]
+
+
+def _path_switches() -> tuple[str | None, str]:
+    from evsoftmax.adapters.jax import kernels
+
+    return os.environ.get("EVSOFTMAX_NO_CPU_KERNELS"), repr(getattr(kernels, "_MIN_LENGTH", None))
+
+
+def sync_jax_caches() -> None:
+    """Drop JAX's caches when the path switches differ from those they were made under.
+
+    The JAX adapter picks the kernel or the XLA form when it traces and lowers
+    (``EVSOFTMAX_NO_CPU_KERNELS``, ``kernels._MIN_LENGTH``), and JAX caches the
+    result by function and shapes only; a trace made under other switches would
+    serve the call. Clearing only when the switches change keeps the tests that
+    share them on warm caches (clearing around every test made the JAX adapter's
+    tests 3-4x slower). ``tests/conftest.py`` calls this around every test, and
+    the path matrix whenever it switches.
+    """
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return
+    switches = _path_switches()
+    if switches != _TRACED_UNDER[0]:
+        jax.clear_caches()
+        _TRACED_UNDER[0] = switches
+
+
+@contextlib.contextmanager
+def jax_path(path: str) -> Iterator[str]:
+    """``path`` ("kernel" or "array-ops") for a whole module: ``yield from`` it in a
+    module-scoped fixture, so that pytest runs the module's tests path by path."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_jax_path(path, monkeypatch)
+        sync_jax_caches()
+        yield path
+
+
 def use_jax_path(path: str, monkeypatch) -> None:
     """Make the JAX adapter take ``path`` ("kernel" or "array-ops") for the rest of a test.
 
     On "kernel", rows of every length and dtype take the compiled kernel (the
     adapter otherwise sends short half-precision rows, ``kernels._MIN_LENGTH``,
     to the XLA form, and the tests' rows are short). The path is chosen when a
-    computation is lowered, so the caller drops JAX's caches around the test.
+    computation is lowered: :func:`sync_jax_caches` (run around every test) drops
+    the caches made under the other path.
     """
     from evsoftmax.adapters.jax import kernels
 

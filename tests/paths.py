@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover - Windows
 
 from . import path_cases as pc
 from .backends import host_devices_xla_flags, selected, to_numpy
+from .jax_helpers import sync_jax_caches
 
 __all__ = ["PATHS", "Path", "by_name", "check", "main"]
 
@@ -138,6 +139,7 @@ class Path:
 
         def run(bundle: list[pc.Request]) -> list[Result]:
             with _environment(env), _every_row_length(self):
+                sync_jax_caches()  # JAX chooses its path when tracing
                 return inner(bundle)
 
         return run
@@ -204,8 +206,6 @@ def _each(one: Callable[[pc.Request], Result]) -> Runner:
 
 # --- environment switching -------------------------------------------------------
 
-_JAX_KERNEL_STATE: list[str | None] = [None]
-
 
 @contextlib.contextmanager
 def _environment(env: dict[str, str | None]) -> Iterator[None]:
@@ -216,10 +216,6 @@ def _environment(env: dict[str, str | None]) -> Iterator[None]:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    if "jax" in sys.modules and _JAX_KERNEL_STATE[0] != os.environ.get("EVSOFTMAX_NO_CPU_KERNELS"):
-        # JAX reads the kernel switch when tracing: drop traces made in the other mode.
-        sys.modules["jax"].clear_caches()
-        _JAX_KERNEL_STATE[0] = os.environ.get("EVSOFTMAX_NO_CPU_KERNELS")
     try:
         yield
     finally:

@@ -19,22 +19,20 @@ from evsoftmax.adapters.jax import adapter as _jax  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .cpu_kernels import PATHS  # noqa: E402
-from .jax_helpers import masked_example, rows_away_from_ties, use_jax_path  # noqa: E402
+from .jax_helpers import jax_path, masked_example, rows_away_from_ties  # noqa: E402
 
 EPSILONS = (0.0, 1e-6, 0.3)
 
 
-@pytest.fixture(autouse=True, params=PATHS)
-def each_path(request, monkeypatch):
+@pytest.fixture(autouse=True, scope="module", params=PATHS)
+def each_path(request):
     """Every test on the compiled kernel (an XLA FFI call), then on XLA ops alone.
 
-    The path is chosen when a function is traced, so the traces are dropped
-    before and after.
+    The path is chosen when a function is traced; module scope runs the tests
+    path by path, and ``tests/conftest.py`` drops JAX's caches when it changes.
     """
-    use_jax_path(request.param, monkeypatch)
-    jax.clear_caches()
-    yield request.param
-    jax.clear_caches()
+    with jax_path(request.param) as path:
+        yield path
 
 
 def core(name: str, x, *, axis: int = -1, epsilon: float = 0.0, where=None):

@@ -21,18 +21,16 @@ import evsoftmax as evs  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .cpu_kernels import PATHS  # noqa: E402
-from .jax_helpers import closed_form_jvp, rows_away_from_ties, use_jax_path  # noqa: E402
+from .jax_helpers import closed_form_jvp, jax_path, rows_away_from_ties  # noqa: E402
 
 EPSILON = 1e-3
 
 
-@pytest.fixture(autouse=True, params=PATHS)
-def each_path(request, monkeypatch):
+@pytest.fixture(autouse=True, scope="module", params=PATHS)
+def each_path(request):
     """Exported with the kernel available (it must stay out), then without it."""
-    use_jax_path(request.param, monkeypatch)
-    jax.clear_caches()
-    yield request.param
-    jax.clear_caches()
+    with jax_path(request.param) as path:
+        yield path
 
 
 def _round_trip(fun, *specs):

@@ -25,18 +25,16 @@ from evsoftmax.adapters.jax import kernels  # noqa: E402
 from . import path_cases as pc  # noqa: E402
 from . import reference as ref  # noqa: E402
 from .closed_forms import ev_softmax_vjp, no_ties  # noqa: E402
-from .jax_helpers import use_jax_path  # noqa: E402
+from .jax_helpers import jax_path  # noqa: E402
 
 SHAPE, AXIS = (3, 20, 17), 1  # rows along a middle axis: a full tile of 16 and one more
 MASK_SHAPE = (1, 20, 17)  # broadcast over the first axis
 
 
-@pytest.fixture(autouse=True)
-def kernel_path(monkeypatch):
-    use_jax_path("kernel", monkeypatch)  # skips visibly when the kernel is not built
-    jax.clear_caches()
-    yield
-    jax.clear_caches()
+@pytest.fixture(autouse=True, scope="module")
+def kernel_path():
+    with jax_path("kernel"):  # skips visibly when the kernel is not built
+        yield
 
 
 def _value_and_grad(x, where, c):

@@ -22,16 +22,14 @@ from evsoftmax.adapters.jax import kernels as _kernels  # noqa: E402
 
 from . import reference as ref  # noqa: E402
 from .cpu_kernels import PATHS  # noqa: E402
-from .jax_helpers import use_jax_path  # noqa: E402
+from .jax_helpers import jax_path, sync_jax_caches  # noqa: E402
 
 
-@pytest.fixture(autouse=True, params=PATHS)
-def each_path(request, monkeypatch):
+@pytest.fixture(autouse=True, scope="module", params=PATHS)
+def each_path(request):
     """Every test on the compiled kernel, then on the XLA form alone."""
-    use_jax_path(request.param, monkeypatch)
-    jax.clear_caches()
-    yield request.param
-    jax.clear_caches()
+    with jax_path(request.param) as path:
+        yield path
 
 
 def _both(x, *, epsilon=0.0, where=None, rtol=1e-12, atol=0.0):
@@ -156,7 +154,7 @@ def test_short_half_rows_take_the_xla_form(each_path, monkeypatch):
     # Half-precision rows shorter than kernels._MIN_LENGTH are faster in the XLA
     # form (measured); float32 rows take the kernel at every length.
     monkeypatch.setattr(_kernels, "_MIN_LENGTH", {"bfloat16": 16})
-    jax.clear_caches()
+    sync_jax_caches()
     on_kernel = each_path == "kernel"
     assert _lowers_to_kernel(evs.ev_softmax, jnp.ones((4, 2), jnp.float32)) == on_kernel
     assert not _lowers_to_kernel(evs.ev_softmax, jnp.ones((4, 8), jnp.bfloat16))

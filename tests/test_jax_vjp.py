@@ -13,16 +13,16 @@ from jax.test_util import check_grads  # noqa: E402
 
 from evsoftmax.adapters.jax.vjp import ev_softmax_vjp  # noqa: E402
 
-from .cpu_kernels import PATHS, use_path  # noqa: E402
+from .cpu_kernels import PATHS  # noqa: E402
+from .jax_helpers import jax_path  # noqa: E402
 
 
-@pytest.fixture(autouse=True, params=PATHS)
-def each_path(request, monkeypatch):
-    """On the compiled kernel (an XLA FFI call on the CPU), then on the XLA expression."""
-    use_path(request.param, monkeypatch)
-    jax.clear_caches()
-    yield request.param
-    jax.clear_caches()
+@pytest.fixture(autouse=True, scope="module", params=PATHS)
+def each_path(request):
+    """On the compiled kernel (an XLA FFI call on the CPU), then on the XLA expression
+    (module scope: path by path; ``tests/conftest.py`` drops JAX's caches between)."""
+    with jax_path(request.param) as path:
+        yield path
 
 
 def closed_form(p, t, axis):
