@@ -838,6 +838,31 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
             }                                                                               \
     } while (0)
 
+/* The VJP of `count` contiguous rows of up to WIDTH entries (WIDTH a multiple of
+ * EVS_CHUNK, a constant in each instance), as short_row_<T> computes the forward: the
+ * products p * g of the whole width (masked loads, 0 past the row's end) summed by a
+ * tree of vector additions, no per-row loop control. */
+#define EVS_VJP_SHORT_ROW(T, LOAD, STORE, WIDTH, N)                                         \
+    do {                                                                                    \
+        T a[EVS_SHORT_MAX];                                                                 \
+        EVS_SIMD                                                                            \
+        for (int i = 0; i < (WIDTH); i++) a[i] = i < (N) ? LOAD(p[i]) * LOAD(g[i]) : (T)0;  \
+        EVS_FOLD_SUM(a, (WIDTH));                                                           \
+        T s = a[0];                                                                         \
+        EVS_SIMD                                                                            \
+        for (int i = 0; i < (WIDTH); i++)                                                   \
+            if (i < (N)) o[i] = STORE(LOAD(p[i]) * (LOAD(g[i]) - s));                       \
+    } while (0)
+/* The short VJP takes rows of up to EVS_CHUNK entries and of a multiple of it up to
+ * EVS_SHORT_MAX (masked, the other lengths were slower than the loop of any length). */
+#define EVS_VJP_SHORT(n) ((n) <= EVS_CHUNK || ((n) <= EVS_SHORT_MAX && (n) % EVS_CHUNK == 0))
+#define EVS_VJP_SHORT_ROWS(T, LOAD, STORE, WIDTH)                                           \
+    for (Py_ssize_t r = 0; r < count; r++, p += row_step, g += row_step, o += out_row_step) \
+        if (length == (WIDTH)) /* no masks */                                               \
+            EVS_VJP_SHORT_ROW(T, LOAD, STORE, WIDTH, WIDTH);                                \
+        else                                                                                \
+            EVS_VJP_SHORT_ROW(T, LOAD, STORE, WIDTH, length)
+
 /* Defines vjp_<NAME>(p, g, out, length, count, step, row_step, out_step, out_row_step):
  * out = p * (g - <p, g>), the closed-form VJP (and JVP) of ev-softmax from its output
  * p, on `count` rows of SRC entries: p and g share their layout (entries `step` apart,
@@ -854,6 +879,14 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
                                       Py_ssize_t out_row_step) {                              \
         const SRC *restrict p = (const SRC *)pp, *restrict g = (const SRC *)gp;             \
         SRC *restrict o = (SRC *)op;                                                        \
+        if (step == 1 && out_step == 1 && EVS_VJP_SHORT(length)) {                          \
+            switch ((length + EVS_CHUNK - 1) / EVS_CHUNK) {                                 \
+                case 1: EVS_VJP_SHORT_ROWS(T, LOAD, STORE, EVS_CHUNK); return;              \
+                case 2: EVS_VJP_SHORT_ROWS(T, LOAD, STORE, 2 * EVS_CHUNK); return;          \
+                case 3: EVS_VJP_SHORT_ROWS(T, LOAD, STORE, 3 * EVS_CHUNK); return;          \
+                default: EVS_VJP_SHORT_ROWS(T, LOAD, STORE, 4 * EVS_CHUNK); return;         \
+            }                                                                               \
+        }                                                                                   \
         if (step == 1 && out_step == 1) {                                                   \
             for (Py_ssize_t r = 0; r < count; r++, p += row_step, g += row_step,             \
                             o += out_row_step) {                                            \
