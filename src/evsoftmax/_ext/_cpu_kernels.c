@@ -571,8 +571,8 @@ static inline uint16_t float_to_bf16(float f) {
 #define EVS_GATHER(T, SRC, LOAD)                                                            \
     do {                                                                                    \
         const SRC *p = (const SRC *)x;                                                      \
-        if (count == 1 && step == 1) /* one contiguous row: a vectorized loop */           \
-            for (Py_ssize_t i = 0; i < length; i++) buf[i] = LOAD(p[i]);                    \
+        if (step == 1 && (count == 1 || row_step == length)) /* contiguous: one loop */     \
+            for (Py_ssize_t i = 0; i < count * length; i++) buf[i] = LOAD(p[i]);            \
         else if (count == 1)                                                                \
             for (Py_ssize_t i = 0; i < length; i++) buf[i] = LOAD(p[i * step]);             \
         else                                                                                \
@@ -583,8 +583,8 @@ static inline uint16_t float_to_bf16(float f) {
 #define EVS_SCATTER(DST, STORE)                                                             \
     do {                                                                                    \
         DST *p = (DST *)y;                                                                  \
-        if (count == 1 && step == 1)                                                        \
-            for (Py_ssize_t i = 0; i < length; i++) p[i] = STORE(buf[i]);                   \
+        if (step == 1 && (count == 1 || row_step == length))                                \
+            for (Py_ssize_t i = 0; i < count * length; i++) p[i] = STORE(buf[i]);           \
         else if (count == 1)                                                                \
             for (Py_ssize_t i = 0; i < length; i++) p[i * step] = STORE(buf[i]);            \
         else                                                                                \
@@ -777,8 +777,18 @@ EVS_DEFINE_APPLY_MASK(double)
  * `axs` apart), within 64k entries of scratch. */
 #define EVS_SHORT 15 /* rows up to this long are taken 16 at a time, side by side */
 
+/* Rows along the last axis that are gathered (half precision, masked) go EVS_TILE
+ * entries (at most EVS_TILE_ROWS rows) to a tile: one call of each step per tile, not
+ * per row, which short rows would spend more time on than on their entries. */
+#define EVS_TILE 1024
+#define EVS_TILE_ROWS 256
+
 static Py_ssize_t tile_rows(const job_t *job) {
-    if (job->axs == 1) return job->length <= EVS_SHORT ? EVS_LANES : 1;
+    if (job->axs == 1 && job->length <= EVS_SHORT) return EVS_LANES;
+    if (job->axs == 1) {
+        Py_ssize_t rows = EVS_TILE / job->length;
+        return rows < 1 ? 1 : rows > EVS_TILE_ROWS ? EVS_TILE_ROWS : rows;
+    }
     Py_ssize_t rows = 65536 / (job->length > 0 ? job->length : 1);
     return rows < 1 ? 1 : rows > 16 ? 16 : rows;
 }
