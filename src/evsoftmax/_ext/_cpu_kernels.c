@@ -4,10 +4,12 @@
  * bfloat16 along any axis with an optional broadcast boolean mask
  * (ev_softmax_strided, and the XLA FFI handlers with their VJP at the bottom). Strided rows that are not plain contiguous native
  * data are gathered into per-thread scratch (mask applied as -inf, half precision
- * widened to float32) and written back converted; rows along a non-last axis whose
- * starts are adjacent run up to 64 side by side in column tiles (col_tile), and
- * rows of up to 15 entries 16 side by side (lanes_<T>), vectorized across rows.
- * No full-size temporary is allocated.
+ * widened to float32; many short rows to a tile) and written back converted; rows
+ * along a non-last axis whose starts are adjacent run up to 64 side by side in
+ * column tiles (col_tile), rows of up to 15 entries 16 side by side (lanes_<T>),
+ * vectorized across rows, and rows of 16 to 64 entries one vector pass per row at a
+ * width fixed when compiled (short_row_<T>; the VJP likewise). No full-size
+ * temporary is allocated.
  *
  * One call normalizes `rows` rows of `length` entries on up to `threads`
  * threads: the caller's OpenMP team (PyTorch's intra-op pool, through the
@@ -345,8 +347,9 @@ EVS_DEFINE_ROW(double, exp_nonpositive_f64)
  * is compiled (rows_<T> has one loop per width), so that each pass is a few whole
  * vectors and each reduction one vector reduction, with no per-row loop control;
  * rows of any other length there are read into a copy padded with -inf (which no
- * pass counts). At 16 entries that takes a third of the time of row_<T>, whose chunk
- * accumulators and their trees cost more than the row's arithmetic. */
+ * pass counts). At 16 entries that takes half the time of row_<T> (whose chunk
+ * accumulators and their trees cost more than the row's arithmetic); rows of up to
+ * 15 entries are faster still in lane tiles (lanes_<T>), measured on AVX-512. */
 #define EVS_SHORT_MAX 64
 
 /* A row that needs the special rules (or any row, slowly): row_<T>, not inlined. */
