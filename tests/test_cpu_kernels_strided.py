@@ -306,3 +306,46 @@ def test_row_tails_follow_the_special_rules(length, dtype):
             want = expected(x, 1, None, epsilon, log)
             rows = slice(None) if not log else slice(0, 6)  # log of an underflowed weight: -inf
             assert_matches(got[rows], want[rows], dtype)
+
+
+# Row lengths at each width of the short-row kernel (16, 32, 48, 64 entries) and one
+# either side, and at the lane tiles' limit (15): the thresholds of the short paths.
+SHORT_LENGTHS = [15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's NaN and overflow rows
+@pytest.mark.parametrize("length", SHORT_LENGTHS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_short_rows_at_every_width_threshold(length, dtype):
+    # Contiguous rows of up to 64 entries take one vector pass per row at a width known
+    # when compiled (float32 and float64 in place, half precision and masked rows
+    # gathered in tiles of many rows): each row's special rules hold, whatever its
+    # place in a tile; so do rows with gaps between them ("sliced") and masks.
+    if dtype not in _ext.strided_dtypes():
+        pytest.skip(f"{dtype}: the compiler that built the kernel has no _Float16")
+    x = two_sided((150, length), dtype, length)
+    last = length - 1
+    x[3, last] = 50.0  # the maximum in the padded tail
+    x[10, last // 2] = np.nan  # a valid NaN
+    x[11, last] = np.inf  # a valid +inf
+    x[12, :] = -np.inf  # no valid entry
+    x[13, 1:] = -np.inf  # one valid entry
+    x[14, : last // 2] = -np.inf  # -inf entries
+    x[15, :] = 1.5  # a constant row: uniform
+    big = {"float16": 6e4, "bfloat16": 3e38, "float32": 3e38, "float64": 1.7e308}[dtype]
+    x[16, 0], x[16, last] = big, -big  # the shift overflows: the exact mean's support
+    wide = np.zeros((150, length + 7), dtype=x.dtype)
+    wide[:, :length] = x
+    rng = np.random.default_rng(length)
+    masks = [None, rng.random(x.shape) > 0.2, rng.random((150, 1)) > 0.1]
+    masks[1][20] = False  # a fully masked row
+    masks[1][16] = True
+    for view in (x, wide[:, :length]):
+        for where in masks:
+            for log, epsilon in [(False, 0.0), (True, 0.5)]:
+                got = run(view, 1, where, epsilon, log, threads=2)
+                want = expected(x, 1, where, epsilon, log)
+                # The float64 reference's log of a weight beyond the dtype's range is
+                # finite; the kernel's (as the core's) is -inf there: that row apart.
+                rows = np.arange(150) != 16 if log else slice(None)
+                assert_matches(got[rows], want[rows], dtype)

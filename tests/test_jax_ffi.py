@@ -83,3 +83,31 @@ def test_a_call_the_handler_cannot_serve_gives_nan():
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(x.shape, x.dtype))
     params = jnp.array([0.0, -np.inf, 0.0, 1.0, 1.0], jnp.float32)
     assert np.isnan(np.asarray(jax.jit(call)(x, bad_mask, params))).all()
+
+
+@pytest.mark.parametrize("length", [2, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65])
+def test_short_contiguous_rows_both_ways(length):
+    # The VJP of contiguous rows of up to 16 entries and of 32, 48 and 64 takes one
+    # vector pass per row, the forward one per row of 16 to 64 (lane tiles below):
+    # rows at each threshold and either side, against the reference and the closed form.
+    for dtype in ["float32", "bfloat16"]:
+        if not kernels.takes(jnp.dtype(dtype), length):
+            continue
+        shape = (40, length)
+        values = pc.as_dtype(no_ties(shape, seed=length), dtype)
+        cot = pc.as_dtype(np.random.default_rng(length).normal(size=shape), dtype)
+        p, g = jax.jit(_value_and_grad_last)(jnp.asarray(values), jnp.asarray(cot))
+        want_p = ref.ev_softmax(values.astype(np.float64), axis=-1)
+        want_g = ev_softmax_vjp(want_p, cot.astype(np.float64), axis=-1)
+        rtol, atol = pc.tolerance(dtype)
+        np.testing.assert_allclose(np.asarray(p, np.float64), want_p, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(np.asarray(g, np.float64), want_g, rtol=rtol, atol=10 * atol)
+
+
+def _value_and_grad_last(x, c):
+    def loss(v):
+        p = evs.ev_softmax(v, axis=-1)
+        return jnp.sum(p * c), p
+
+    (_, p), g = jax.value_and_grad(loss, has_aux=True)(x)
+    return p, g

@@ -4,10 +4,12 @@
  * bfloat16 along any axis with an optional broadcast boolean mask
  * (ev_softmax_strided, and the XLA FFI handlers with their VJP at the bottom). Strided rows that are not plain contiguous native
  * data are gathered into per-thread scratch (mask applied as -inf, half precision
- * widened to float32) and written back converted; rows along a non-last axis whose
- * starts are adjacent run up to 64 side by side in column tiles (col_tile), and
- * rows of up to 15 entries 16 side by side (lanes_<T>), vectorized across rows.
- * No full-size temporary is allocated.
+ * widened to float32; many short rows to a tile) and written back converted; rows
+ * along a non-last axis whose starts are adjacent run up to 64 side by side in
+ * column tiles (col_tile), rows of up to 15 entries 16 side by side (lanes_<T>),
+ * vectorized across rows, and rows of 16 to 64 entries one vector pass per row at a
+ * width fixed when compiled (short_row_<T>; the VJP likewise). No full-size
+ * temporary is allocated.
  *
  * One call normalizes `rows` rows of `length` entries on up to `threads`
  * threads: the caller's OpenMP team (PyTorch's intra-op pool, through the
@@ -340,6 +342,106 @@ EVS_DEFINE_LONG_ROW(double, exp_nonpositive_f64)
 EVS_DEFINE_ROW(float, exp_nonpositive_f32)
 EVS_DEFINE_ROW(double, exp_nonpositive_f64)
 
+/* Rows of EVS_CHUNK to EVS_SHORT_MAX entries take short_row_<T>: the recipe of row_<T>
+ * with the row's length rounded up to `width`, a multiple of EVS_CHUNK known when it
+ * is compiled (rows_<T> has one loop per width), so that each pass is a few whole
+ * vectors and each reduction one vector reduction, with no per-row loop control;
+ * rows of any other length there are read into a copy padded with -inf (which no
+ * pass counts). At 16 entries that takes half the time of row_<T> (whose chunk
+ * accumulators and their trees cost more than the row's arithmetic); rows of up to
+ * 15 entries are faster still in lane tiles (lanes_<T>), measured on AVX-512. */
+#define EVS_SHORT_MAX 64
+
+/* A row that needs the special rules (or any row, slowly): row_<T>, not inlined. */
+#define EVS_DEFINE_SPECIAL_ROW(T)                                                           \
+    static __attribute__((noinline)) void special_row_##T(                                  \
+        const T *restrict x, T *restrict y, Py_ssize_t length, T ratio, T log_ratio,        \
+        int log_out) {                                                                      \
+        row_##T(x, y, length, ratio, log_ratio, log_out);                                   \
+    }
+
+EVS_DEFINE_SPECIAL_ROW(float)
+EVS_DEFINE_SPECIAL_ROW(double)
+
+/* a[0] = the sum of a[0..width-1] (width a multiple of EVS_CHUNK), folded to one chunk
+ * and then halved: a tree of whole-vector additions (an `omp simd` reduction over a
+ * loop of constant length is unrolled into one addition after the other). */
+#define EVS_FOLD_SUM(a, width)                                                              \
+    do {                                                                                    \
+        for (int c_ = EVS_CHUNK; c_ < (width); c_ += EVS_CHUNK)                             \
+            EVS_SIMD                                                                        \
+            for (int j = 0; j < EVS_CHUNK; j++) a[j] += a[c_ + j];                          \
+        EVS_TREE(a, EVS_ADD);                                                               \
+    } while (0)
+
+#define EVS_DEFINE_SHORT_ROW(T, EXP)                                                        \
+    static inline __attribute__((always_inline)) void short_row_##T(                        \
+        const T *restrict x, T *restrict y, Py_ssize_t length, const int width, T ratio,    \
+        T log_ratio, int log_out) {                                                         \
+        T padded[EVS_SHORT_MAX], w[EVS_SHORT_MAX], a[EVS_SHORT_MAX], c[EVS_SHORT_MAX];      \
+        const T *restrict v = x;                                                            \
+        if (length != width) {                                                              \
+            EVS_SIMD                                                                        \
+            for (int i = 0; i < width; i++) padded[i] = i < length ? x[i] : -INFINITY;      \
+            v = padded;                                                                     \
+        }                                                                                   \
+        T m = -INFINITY;                                                                    \
+        EVS_SIMD_MAX_M                                                                      \
+        for (int i = 0; i < width; i++) m = v[i] > m ? v[i] : m;                            \
+        EVS_SIMD                                                                            \
+        for (int i = 0; i < width; i++) {                                                   \
+            int valid = v[i] != -INFINITY;                                                  \
+            a[i] = valid ? v[i] - m : (T)0;                                                 \
+            c[i] = valid ? (T)1 : (T)0;                                                     \
+        }                                                                                   \
+        EVS_FOLD_SUM(a, width);                                                             \
+        EVS_FOLD_SUM(c, width);                                                             \
+        T sum = a[0], valid_count = c[0];                                                   \
+        if (valid_count == 0 || !isfinite(sum)) {                                           \
+            special_row_##T(x, y, length, ratio, log_ratio, log_out);                       \
+            return;                                                                         \
+        }                                                                                   \
+        /* Divided once, in double as in row_<T> (the same float: double rounding of a      \
+         * quotient of floats is innocuous). */                                             \
+        T mean = (T)((double)sum / (double)valid_count);                                    \
+        EVS_SIMD                                                                            \
+        for (int i = 0; i < width; i++) {                                                   \
+            T s = v[i] - m;                                                                 \
+            T e = EXP(s);                                                                   \
+            w[i] = s < mean ? ratio * e : e;                                                \
+            a[i] = w[i];                                                                    \
+        }                                                                                   \
+        EVS_FOLD_SUM(a, width);                                                             \
+        T total = a[0];                                                                     \
+        if (log_out) {                                                                      \
+            T log_total = (T)log((double)total);                                            \
+            EVS_SIMD                                                                        \
+            for (int i = 0; i < width; i++) {                                               \
+                T s = v[i] - m;                                                             \
+                w[i] = (s < mean ? s + log_ratio : s) - log_total;                          \
+            }                                                                               \
+        } else {                                                                            \
+            T inv = (T)1 / total;                                                           \
+            EVS_SIMD                                                                        \
+            for (int i = 0; i < width; i++) w[i] *= inv;                                    \
+        }                                                                                   \
+        if (length == width)                                                                \
+            EVS_SIMD                                                                        \
+            for (int i = 0; i < width; i++) y[i] = w[i];                                    \
+        else                                                                                \
+            EVS_SIMD /* a masked store, not a call of memcpy */                             \
+            for (int i = 0; i < width; i++)                                                 \
+                if (i < length) y[i] = w[i];                                                \
+    }
+
+EVS_DEFINE_SHORT_ROW(float, exp_nonpositive_f32)
+EVS_DEFINE_SHORT_ROW(double, exp_nonpositive_f64)
+
+/* `count` short rows of one width (a constant in each instance). */
+#define EVS_SHORT_ROWS(T, WIDTH)                                                            \
+    for (Py_ssize_t r = 0; r < count; r++)                                                  \
+        short_row_##T(x + r * x_step, y + r * y_step, length, WIDTH, ratio, log_ratio, log_out)
+
 /* Defines rows_<T>(x, y, count, x_step, y_step, length, ...): `count` rows whose starts
  * are x_step (y_step) entries apart, in one call, so that short rows cost no call and
  * no dispatch each (the row body is inlined into each target clone). */
@@ -347,6 +449,14 @@ EVS_DEFINE_ROW(double, exp_nonpositive_f64)
     EVS_CLONES static void rows_##T(const T *x, T *y, Py_ssize_t count, Py_ssize_t x_step,  \
                                    Py_ssize_t y_step, Py_ssize_t length, T ratio,           \
                                    T log_ratio, int log_out) {                              \
+        if (length >= EVS_CHUNK && length <= EVS_SHORT_MAX) {                               \
+            switch ((length + EVS_CHUNK - 1) / EVS_CHUNK) {                                 \
+                case 1: EVS_SHORT_ROWS(T, EVS_CHUNK); return;                               \
+                case 2: EVS_SHORT_ROWS(T, 2 * EVS_CHUNK); return;                           \
+                case 3: EVS_SHORT_ROWS(T, 3 * EVS_CHUNK); return;                           \
+                default: EVS_SHORT_ROWS(T, 4 * EVS_CHUNK); return;                          \
+            }                                                                               \
+        }                                                                                   \
         for (Py_ssize_t r = 0; r < count; r++)                                              \
             if (length >= EVS_LONG)                                                         \
                 long_row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out); \
@@ -464,8 +574,8 @@ static inline uint16_t float_to_bf16(float f) {
 #define EVS_GATHER(T, SRC, LOAD)                                                            \
     do {                                                                                    \
         const SRC *p = (const SRC *)x;                                                      \
-        if (count == 1 && step == 1) /* one contiguous row: a vectorized loop */           \
-            for (Py_ssize_t i = 0; i < length; i++) buf[i] = LOAD(p[i]);                    \
+        if (step == 1 && (count == 1 || row_step == length)) /* contiguous: one loop */     \
+            for (Py_ssize_t i = 0; i < count * length; i++) buf[i] = LOAD(p[i]);            \
         else if (count == 1)                                                                \
             for (Py_ssize_t i = 0; i < length; i++) buf[i] = LOAD(p[i * step]);             \
         else                                                                                \
@@ -476,8 +586,8 @@ static inline uint16_t float_to_bf16(float f) {
 #define EVS_SCATTER(DST, STORE)                                                             \
     do {                                                                                    \
         DST *p = (DST *)y;                                                                  \
-        if (count == 1 && step == 1)                                                        \
-            for (Py_ssize_t i = 0; i < length; i++) p[i] = STORE(buf[i]);                   \
+        if (step == 1 && (count == 1 || row_step == length))                                \
+            for (Py_ssize_t i = 0; i < count * length; i++) p[i] = STORE(buf[i]);           \
         else if (count == 1)                                                                \
             for (Py_ssize_t i = 0; i < length; i++) p[i * step] = STORE(buf[i]);            \
         else                                                                                \
@@ -670,8 +780,18 @@ EVS_DEFINE_APPLY_MASK(double)
  * `axs` apart), within 64k entries of scratch. */
 #define EVS_SHORT 15 /* rows up to this long are taken 16 at a time, side by side */
 
+/* Rows along the last axis that are gathered (half precision, masked) go EVS_TILE
+ * entries (at most EVS_TILE_ROWS rows) to a tile: one call of each step per tile, not
+ * per row, which short rows would spend more time on than on their entries. */
+#define EVS_TILE 1024
+#define EVS_TILE_ROWS 256
+
 static Py_ssize_t tile_rows(const job_t *job) {
-    if (job->axs == 1) return job->length <= EVS_SHORT ? EVS_LANES : 1;
+    if (job->axs == 1 && job->length <= EVS_SHORT) return EVS_LANES;
+    if (job->axs == 1) {
+        Py_ssize_t rows = EVS_TILE / job->length;
+        return rows < 1 ? 1 : rows > EVS_TILE_ROWS ? EVS_TILE_ROWS : rows;
+    }
     Py_ssize_t rows = 65536 / (job->length > 0 ? job->length : 1);
     return rows < 1 ? 1 : rows > 16 ? 16 : rows;
 }
@@ -731,6 +851,31 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
             }                                                                               \
     } while (0)
 
+/* The VJP of `count` contiguous rows of up to WIDTH entries (WIDTH a multiple of
+ * EVS_CHUNK, a constant in each instance), as short_row_<T> computes the forward: the
+ * products p * g of the whole width (masked loads, 0 past the row's end) summed by a
+ * tree of vector additions, no per-row loop control. */
+#define EVS_VJP_SHORT_ROW(T, LOAD, STORE, WIDTH, N)                                         \
+    do {                                                                                    \
+        T a[EVS_SHORT_MAX];                                                                 \
+        EVS_SIMD                                                                            \
+        for (int i = 0; i < (WIDTH); i++) a[i] = i < (N) ? LOAD(p[i]) * LOAD(g[i]) : (T)0;  \
+        EVS_FOLD_SUM(a, (WIDTH));                                                           \
+        T s = a[0];                                                                         \
+        EVS_SIMD                                                                            \
+        for (int i = 0; i < (WIDTH); i++)                                                   \
+            if (i < (N)) o[i] = STORE(LOAD(p[i]) * (LOAD(g[i]) - s));                       \
+    } while (0)
+/* The short VJP takes rows of up to EVS_CHUNK entries and of a multiple of it up to
+ * EVS_SHORT_MAX (masked, the other lengths were slower than the loop of any length). */
+#define EVS_VJP_SHORT(n) ((n) <= EVS_CHUNK || ((n) <= EVS_SHORT_MAX && (n) % EVS_CHUNK == 0))
+#define EVS_VJP_SHORT_ROWS(T, LOAD, STORE, WIDTH)                                           \
+    for (Py_ssize_t r = 0; r < count; r++, p += row_step, g += row_step, o += out_row_step) \
+        if (length == (WIDTH)) /* no masks */                                               \
+            EVS_VJP_SHORT_ROW(T, LOAD, STORE, WIDTH, WIDTH);                                \
+        else                                                                                \
+            EVS_VJP_SHORT_ROW(T, LOAD, STORE, WIDTH, length)
+
 /* Defines vjp_<NAME>(p, g, out, length, count, step, row_step, out_step, out_row_step):
  * out = p * (g - <p, g>), the closed-form VJP (and JVP) of ev-softmax from its output
  * p, on `count` rows of SRC entries: p and g share their layout (entries `step` apart,
@@ -747,6 +892,14 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
                                       Py_ssize_t out_row_step) {                              \
         const SRC *restrict p = (const SRC *)pp, *restrict g = (const SRC *)gp;             \
         SRC *restrict o = (SRC *)op;                                                        \
+        if (step == 1 && out_step == 1 && EVS_VJP_SHORT(length)) {                          \
+            switch ((length + EVS_CHUNK - 1) / EVS_CHUNK) {                                 \
+                case 1: EVS_VJP_SHORT_ROWS(T, LOAD, STORE, EVS_CHUNK); return;              \
+                case 2: EVS_VJP_SHORT_ROWS(T, LOAD, STORE, 2 * EVS_CHUNK); return;          \
+                case 3: EVS_VJP_SHORT_ROWS(T, LOAD, STORE, 3 * EVS_CHUNK); return;          \
+                default: EVS_VJP_SHORT_ROWS(T, LOAD, STORE, 4 * EVS_CHUNK); return;         \
+            }                                                                               \
+        }                                                                                   \
         if (step == 1 && out_step == 1) {                                                   \
             for (Py_ssize_t r = 0; r < count; r++, p += row_step, g += row_step,             \
                             o += out_row_step) {                                            \
