@@ -1,7 +1,8 @@
 """evsoftmax's compiled CPU kernel as XLA FFI custom calls, for the JAX adapter.
 
-:mod:`evsoftmax._ext` carries two typed XLA FFI handlers: ev-softmax (or its
-log), and its closed-form VJP ``p * (g - <p, g>)``. They are registered
+:mod:`evsoftmax._ext` carries three typed XLA FFI handlers: ev-softmax (or its
+log), its closed-form VJP ``p * (g - <p, g>)`` and that of its log,
+``g - p * sum(g)`` over the valid entries. They are registered
 for the CPU when this module is imported (one name per copy of the package, so
 a vendored copy registers its own), and called through ``jax.ffi.ffi_call``
 on the arrays as they are: float32, float64, float16 or bfloat16 (half
@@ -28,14 +29,14 @@ import jax.numpy as jnp
 from ... import _ext
 from ..._lib._typing import Array
 
-__all__ = ["available", "dtypes", "forward", "serves", "takes", "vjp"]
+__all__ = ["available", "dtypes", "forward", "log_vjp", "serves", "takes", "vjp"]
 
 _PREFIX = __name__.rpartition(".adapters.")[0]
 _THREADS = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
 def _register() -> bool:
-    """Register both handlers with XLA for the CPU; whether that worked."""
+    """Register the handlers with XLA for the CPU; whether that worked."""
     kernels = _ext.cpu_kernels()
     if kernels is None:
         return False
@@ -45,6 +46,9 @@ def _register() -> bool:
         )
         jax.ffi.register_ffi_target(
             f"{_PREFIX}.ev_softmax_vjp", kernels.xla_ffi_vjp_handler(), platform="cpu"
+        )
+        jax.ffi.register_ffi_target(
+            f"{_PREFIX}.log_ev_softmax_vjp", kernels.xla_ffi_log_vjp_handler(), platform="cpu"
         )
     except Exception:  # an XLA that refuses the handlers: the XLA-only code paths remain
         return False
@@ -133,3 +137,14 @@ def forward(x: Array, where: Array | None, axis: int, epsilon: float, log: bool)
 def vjp(probs: Array, cotangent: Array, axis: int) -> Array:
     """``p * (g - <p, g>)`` along ``axis`` with the kernel (both of one dtype of :func:`dtypes`)."""
     return _call("ev_softmax_vjp", axis, probs, cotangent, params=[])
+
+
+def log_vjp(log_probs: Array, cotangent: Array, x: Array, where: Array | None, axis: int) -> Array:
+    """``g - exp(lp) * sum(g)`` over the valid entries along ``axis`` (0 elsewhere), by the kernel.
+
+    ``log_probs``, ``cotangent`` and the input ``x`` share shape and one dtype of
+    :func:`dtypes`; ``where`` is as for :func:`forward`. The kernel reads ``x`` and
+    ``where`` only in rows whose ``log_probs`` hold ``-inf`` or NaN.
+    """
+    arrays = (log_probs, cotangent, x) if where is None else (log_probs, cotangent, x, where)
+    return _call("log_ev_softmax_vjp", axis, *arrays, params=[])
