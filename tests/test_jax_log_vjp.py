@@ -1,0 +1,124 @@
+"""The log form's tangent-map primitive of the JAX adapter: both directions, batching, lowering.
+
+Expected values are the closed forms of ``tests/closed_forms.py`` in float64 on
+the validity of ``tests/reference.py``: forward mode ``1_V * (t - <p, t>)``,
+reverse mode ``1_V * (g - p * sum(1_V * g))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 JAX, for these tests only
+
+import jax.numpy as jnp  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
+
+from evsoftmax.adapters.jax.vjp import log_ev_softmax_tangent  # noqa: E402
+
+from . import reference as ref  # noqa: E402
+from .closed_forms import log_ev_softmax_vjp  # noqa: E402
+from .cpu_kernels import PATHS, use_path  # noqa: E402
+
+SHAPE = (3, 40, 5)
+
+
+@pytest.fixture(autouse=True, params=PATHS)
+def each_path(request, monkeypatch):
+    """On the compiled kernel (an XLA FFI call on the CPU), then on the XLA expression."""
+    use_path(request.param, monkeypatch)
+    jax.clear_caches()
+    yield request.param
+    jax.clear_caches()
+
+
+def inputs(axis, seed=0, masked=True):
+    """``(x, where, log p)``: scores with -inf entries, a mask, and a row whose shift overflows."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=SHAPE) * 3
+    moved = np.moveaxis(x, axis, -1)
+    moved[0, 0, :2] = -np.inf
+    moved[0, 1, 0], moved[0, 1, 1] = 1e308, -1e308  # valid, with log p = -inf
+    where = rng.random(SHAPE) > 0.3 if masked else None
+    with np.errstate(all="ignore"):
+        lp = ref.log_ev_softmax(x, axis, 0.0, where)  # epsilon = 0: -inf off the support too
+    return x, where, lp
+
+
+def forward_mode(lp, t, valid, axis):
+    p = np.exp(lp)
+    inner = np.where(valid, p * t, 0.0).sum(axis=axis, keepdims=True)
+    return np.where(valid, t - inner, 0.0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_both_directions_match_the_closed_forms(axis, masked):
+    x, where, lp = inputs(axis, axis, masked)
+    t = np.random.default_rng(1).normal(size=SHAPE)
+    valid = ref._valid(x, where)
+    w = None if where is None else jnp.asarray(where)
+    args = (jnp.asarray(lp), jnp.asarray(t), jnp.asarray(x), w)
+    call = jax.jit(log_ev_softmax_tangent, static_argnums=(4, 5))
+    with np.errstate(all="ignore"):
+        want_rev = log_ev_softmax_vjp(np.exp(lp), t, valid, axis)
+    np.testing.assert_allclose(call(*args, axis, True), want_rev, rtol=1e-13, atol=1e-13)
+    want_fwd = forward_mode(lp, t, valid, axis)
+    np.testing.assert_allclose(call(*args, axis, False), want_fwd, rtol=1e-13, atol=1e-13)
+    eager = log_ev_softmax_tangent(*args, axis, True)  # outside any trace
+    np.testing.assert_allclose(eager, want_rev, rtol=1e-13, atol=1e-13)
+    assert (np.asarray(call(*args, axis, True))[~valid] == 0.0).all()
+
+
+def test_each_direction_transposes_into_the_other():
+    x, where, lp = (jnp.asarray(a) for a in inputs(2, 3))
+    t = jnp.asarray(np.random.default_rng(2).normal(size=SHAPE))
+    g = jnp.asarray(np.random.default_rng(3).normal(size=SHAPE))
+    for transpose in (False, True):
+        (got,) = jax.linear_transpose(
+            lambda t, s=transpose: log_ev_softmax_tangent(lp, t, x, where, 2, s), t
+        )(g)
+        want = log_ev_softmax_tangent(lp, g, x, where, 2, not transpose)
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("in_axes", [(0, 0, 0, 0), (None, 0, None, None), (0, 0, 0, None)])
+def test_vmap(in_axes):
+    x, where, lp = inputs(2, 4)
+    t = np.random.default_rng(4).normal(size=SHAPE)
+    args = [lp, t, x, where]
+    batched = [a if d is not None else a[0] for a, d in zip(args, in_axes, strict=True)]
+    got = jax.vmap(
+        lambda lp, t, x, w: log_ev_softmax_tangent(lp, t, x, w, 1, True), in_axes=in_axes
+    )(*(jnp.asarray(a) for a in batched))
+    full = [np.broadcast_to(b, SHAPE) for b in batched]
+    valid = ref._valid(full[2], full[3])
+    with np.errstate(all="ignore"):
+        want = log_ev_softmax_vjp(np.exp(full[0]), full[1], valid, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_derivatives_in_log_p_and_t():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(3, 7)))
+    lp = jax.nn.log_softmax(x)
+    t = jnp.asarray(rng.normal(size=(3, 7)))
+    for transpose in (False, True):
+        check_grads(
+            lambda lp, t, s=transpose: log_ev_softmax_tangent(lp, t, x, None, 1, s),
+            (lp, t),
+            order=2,
+            modes=("fwd", "rev"),
+        )
+
+
+def test_lowering_calls_the_kernel_for_the_reverse_map_only_on_its_path(each_path):
+    z = jnp.zeros((2, 8))
+    for transpose in (False, True):
+        lowered = jax.jit(log_ev_softmax_tangent, static_argnums=(4, 5)).lower(
+            z, z, z, None, 1, transpose
+        )
+        calls = "custom_call @" in lowered.as_text()
+        assert calls == (each_path == "kernel" and transpose)
