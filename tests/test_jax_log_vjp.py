@@ -2,7 +2,8 @@
 
 Expected values are the closed forms of ``tests/closed_forms.py`` in float64 on
 the validity of ``tests/reference.py``: forward mode ``1_V * (t - <p, t>)``,
-reverse mode ``1_V * (g - p * sum(1_V * g))``.
+reverse mode ``1_V * (g - p * sum(1_V * g))``, at ``p`` of the reference's log
+ev-softmax of ``x`` (the kernel recomputes it from ``x``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import jax.numpy as jnp  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 from evsoftmax.adapters.jax.vjp import log_ev_softmax_tangent  # noqa: E402
+from evsoftmax.jax import log_ev_softmax  # noqa: E402
 
 from . import reference as ref  # noqa: E402
-from .closed_forms import log_ev_softmax_vjp  # noqa: E402
+from .closed_forms import log_ev_softmax_vjp, no_ties  # noqa: E402
 from .cpu_kernels import PATHS, use_path  # noqa: E402
 
 SHAPE = (3, 40, 5)
@@ -61,15 +63,15 @@ def test_both_directions_match_the_closed_forms(axis, masked):
     valid = ref._valid(x, where)
     w = None if where is None else jnp.asarray(where)
     args = (jnp.asarray(lp), jnp.asarray(t), jnp.asarray(x), w)
-    call = jax.jit(log_ev_softmax_tangent, static_argnums=(4, 5))
+    call = jax.jit(log_ev_softmax_tangent, static_argnums=(4, 5, 6))
     with np.errstate(all="ignore"):
         want_rev = log_ev_softmax_vjp(np.exp(lp), t, valid, axis)
-    np.testing.assert_allclose(call(*args, axis, True), want_rev, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(call(*args, axis, True, 0.0), want_rev, rtol=1e-13, atol=1e-13)
     want_fwd = forward_mode(lp, t, valid, axis)
-    np.testing.assert_allclose(call(*args, axis, False), want_fwd, rtol=1e-13, atol=1e-13)
-    eager = log_ev_softmax_tangent(*args, axis, True)  # outside any trace
+    np.testing.assert_allclose(call(*args, axis, False, 0.0), want_fwd, rtol=1e-13, atol=1e-13)
+    eager = log_ev_softmax_tangent(*args, axis, True, 0.0)  # outside any trace
     np.testing.assert_allclose(eager, want_rev, rtol=1e-13, atol=1e-13)
-    assert (np.asarray(call(*args, axis, True))[~valid] == 0.0).all()
+    assert (np.asarray(call(*args, axis, True, 0.0))[~valid] == 0.0).all()
 
 
 def test_each_direction_transposes_into_the_other():
@@ -78,47 +80,48 @@ def test_each_direction_transposes_into_the_other():
     g = jnp.asarray(np.random.default_rng(3).normal(size=SHAPE))
     for transpose in (False, True):
         (got,) = jax.linear_transpose(
-            lambda t, s=transpose: log_ev_softmax_tangent(lp, t, x, where, 2, s), t
+            lambda t, s=transpose: log_ev_softmax_tangent(lp, t, x, where, 2, s, 0.0), t
         )(g)
-        want = log_ev_softmax_tangent(lp, g, x, where, 2, not transpose)
+        want = log_ev_softmax_tangent(lp, g, x, where, 2, not transpose, 0.0)
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("in_axes", [(0, 0, 0, 0), (None, 0, None, None), (0, 0, 0, None)])
 def test_vmap(in_axes):
-    x, where, lp = inputs(2, 4)
+    x, where, _ = inputs(2, 4)
     t = np.random.default_rng(4).normal(size=SHAPE)
-    args = [lp, t, x, where]
-    batched = [a if d is not None else a[0] for a, d in zip(args, in_axes, strict=True)]
-    got = jax.vmap(
-        lambda lp, t, x, w: log_ev_softmax_tangent(lp, t, x, w, 1, True), in_axes=in_axes
-    )(*(jnp.asarray(a) for a in batched))
-    full = [np.broadcast_to(b, SHAPE) for b in batched]
-    valid = ref._valid(full[2], full[3])
+    x_in = x if in_axes[2] is not None else x[0]
+    where_in = where if in_axes[3] is not None else where[0]
+    x_full, where_full = np.broadcast_to(x_in, SHAPE), np.broadcast_to(where_in, SHAPE)
     with np.errstate(all="ignore"):
-        want = log_ev_softmax_vjp(np.exp(full[0]), full[1], valid, 2)
+        lp = ref.log_ev_softmax(x_full, 2, 0.0, where_full)  # log p of the x and mask it sees
+    lp_in = lp if in_axes[0] is not None else lp[0]
+    got = jax.vmap(
+        lambda lp, t, x, w: log_ev_softmax_tangent(lp, t, x, w, 1, True, 0.0), in_axes=in_axes
+    )(*(jnp.asarray(a) for a in (lp_in, t, x_in, where_in)))
+    with np.errstate(all="ignore"):
+        want = log_ev_softmax_vjp(np.exp(lp), t, ref._valid(x_full, where_full), 2)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
 
 
-def test_derivatives_in_log_p_and_t():
-    rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.normal(size=(3, 7)))
-    lp = jax.nn.log_softmax(x)
-    t = jnp.asarray(rng.normal(size=(3, 7)))
+def test_derivatives_through_log_p_and_t():
+    """In ``x`` (through ``log p = log_ev_softmax(x)``, as the adapter calls it) and ``t``."""
+    x = jnp.asarray(no_ties((3, 7), seed=5, gap=0.05))
+    t = jnp.asarray(np.random.default_rng(5).normal(size=(3, 7)))
     for transpose in (False, True):
-        check_grads(
-            lambda lp, t, s=transpose: log_ev_softmax_tangent(lp, t, x, None, 1, s),
-            (lp, t),
-            order=2,
-            modes=("fwd", "rev"),
-        )
+
+        def f(x, t, s=transpose):
+            lp = log_ev_softmax(x, epsilon=0.5)
+            return log_ev_softmax_tangent(lp, t, x, None, 1, s, 0.5)
+
+        check_grads(f, (x, t), order=2, modes=("fwd", "rev"))
 
 
 def test_lowering_calls_the_kernel_for_the_reverse_map_only_on_its_path(each_path):
     z = jnp.zeros((2, 8))
     for transpose in (False, True):
-        lowered = jax.jit(log_ev_softmax_tangent, static_argnums=(4, 5)).lower(
-            z, z, z, None, 1, transpose
+        lowered = jax.jit(log_ev_softmax_tangent, static_argnums=(4, 5, 6)).lower(
+            z, z, z, None, 1, transpose, 0.0
         )
         calls = "custom_call @" in lowered.as_text()
         assert calls == (each_path == "kernel" and transpose)

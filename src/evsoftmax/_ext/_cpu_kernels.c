@@ -390,6 +390,7 @@ typedef struct {
     Py_ssize_t axs, ams, ays; /* strides along the axis */
     Py_ssize_t next;          /* first unclaimed row (atomic) */
     int failed;               /* a thread could not allocate its scratch rows (atomic) */
+    int fused;                /* the log form's gradient from x and g (run_fused_rows) */
     int scan;                 /* forward: look for -inf in the rows just written (scan_rows) */
     int found;                /* a -inf was written (atomic) */
 } job_t;
@@ -850,9 +851,11 @@ EVS_DEFINE_VJP(bf16, float, uint16_t, bf16_to_float, float_to_bf16)
         char *op, Py_ssize_t length, Py_ssize_t count, Py_ssize_t step, Py_ssize_t row_step, \
         Py_ssize_t mstep, Py_ssize_t mrow_step, Py_ssize_t out_step,                        \
         Py_ssize_t out_row_step) {                                                          \
-        const SRC *restrict lp = (const SRC *)lpp, *restrict g = (const SRC *)gp;           \
+        /* out may be lp itself (run_fused_rows): no restrict on them; each loop that  \
+         * writes out reads lp at the entry it writes only (EVS_SIMD vectorizes it). */   \
+        const SRC *lp = (const SRC *)lpp, *restrict g = (const SRC *)gp;                    \
         const SRC *restrict v = (const SRC *)vp;                                            \
-        SRC *restrict o = (SRC *)op;                                                        \
+        SRC *o = (SRC *)op;                                                                 \
         if (step != 1 || out_step != 1) {                                                   \
             /* Adjacent full tiles with a constant width: the loops over t vectorize. */   \
             if (count == EVS_LANES && row_step == 1 && out_row_step == 1 && mask == NULL)   \
@@ -1250,6 +1253,26 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
     }
 }
 
+/* The fused job's rows first..last-1: the log form's forward pass from x (and the
+ * mask) into y, then its VJP from those log-probabilities (in cache) and g, written
+ * over them; x, g and y share one layout. When only the gradient is wanted (JAX's
+ * reverse mode discards the forward output), this replaces a write and a read of a
+ * full-size array by cache traffic. */
+static void run_fused_rows(const job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in,
+                           void *buf_out) {
+    job_t step = *job;
+    step.g = NULL;
+    step.fused = step.scan = 0;
+    step.log_out = 1;
+    run_rows(&step, first, last, buf_in, buf_out);
+    step = *job;
+    step.fused = 0;
+    step.log_out = 1;
+    step.x = job->y; /* the log-probabilities, */
+    step.v = job->x; /* read with the input's validity */
+    run_log_vjp_rows(&step, first, last);
+}
+
 /* Whether y holds a -inf in the forward job's rows first..last-1, read right after they
  * were written (in cache): the log form's backward needs the validity of its entries
  * only when its output holds one. float16 and bfloat16 -inf compared as bits. */
@@ -1319,7 +1342,10 @@ static void work(void *arg) {
             Py_ssize_t first = __atomic_fetch_add(&job->next, job->chunk, __ATOMIC_RELAXED);
             if (first >= job->rows) break;
             Py_ssize_t last = job->rows - first < job->chunk ? job->rows : first + job->chunk;
-            run_rows(job, first, last, buf_in, buf_out);
+            if (job->fused)
+                run_fused_rows(job, first, last, buf_in, buf_out);
+            else
+                run_rows(job, first, last, buf_in, buf_out);
             if (job->scan && !__atomic_load_n(&job->found, __ATOMIC_RELAXED) &&
                 scan_rows(job, first, last))
                 __atomic_store_n(&job->found, 1, __ATOMIC_RELAXED);
@@ -1713,6 +1739,24 @@ static void *xla_ffi_log_ev_softmax_vjp(evs_ffi_call_frame *frame) {
     return NULL;
 }
 
+/* The gradient of the log form from its input: g - exp(lp) * sum(g) on valid entries
+ * and 0 on the others, with lp = log ev-softmax(x) computed on the way
+ * (run_fused_rows). Operands: x, the cotangent g (both of the result's dtype and
+ * dims), optionally a PRED mask (as for xla_ffi_ev_softmax) and four parameters:
+ * ratio, log_ratio, threads, axis. Result: the gradient. */
+static void *xla_ffi_log_ev_softmax_grad(evs_ffi_call_frame *frame) {
+    job_t job = {0};
+    double p[4];
+    if (ffi_metadata(frame)) return NULL;
+    int threads = ffi_job(frame, 2, 4, &job, p);
+    if (threads == 0) return NULL;
+    job.ratio = p[0];
+    job.log_ratio = p[1];
+    job.log_out = job.fused = 1;
+    if (job.rows > 0 && job.length > 0) run_parallel(&job, threads, 0);
+    return NULL;
+}
+
 PyDoc_STRVAR(xla_ffi_handler_doc,
 "xla_ffi_handler()\n--\n\n"
 "A PyCapsule of the XLA FFI handler of ev-softmax, for\n"
@@ -1744,6 +1788,17 @@ static PyObject *xla_ffi_log_vjp_handler(PyObject *self, PyObject *noargs) {
     return PyCapsule_New((void *)xla_ffi_log_ev_softmax_vjp, NULL, NULL);
 }
 
+PyDoc_STRVAR(xla_ffi_log_grad_handler_doc,
+"xla_ffi_log_grad_handler()\n--\n\n"
+"A PyCapsule of the XLA FFI handler of the log form's gradient from its input x and\n"
+"the cotangent g (the forward pass and the VJP in one pass over each row).");
+
+static PyObject *xla_ffi_log_grad_handler(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyCapsule_New((void *)xla_ffi_log_ev_softmax_grad, NULL, NULL);
+}
+
 static PyMethodDef methods[] = {
     {"ev_softmax_rows", ev_softmax_rows, METH_VARARGS, ev_softmax_rows_doc},
     {"ev_softmax_strided", ev_softmax_strided, METH_VARARGS, ev_softmax_strided_doc},
@@ -1753,6 +1808,8 @@ static PyMethodDef methods[] = {
      log_ev_softmax_vjp_strided_doc},
     {"xla_ffi_log_vjp_handler", xla_ffi_log_vjp_handler, METH_NOARGS,
      xla_ffi_log_vjp_handler_doc},
+    {"xla_ffi_log_grad_handler", xla_ffi_log_grad_handler, METH_NOARGS,
+     xla_ffi_log_grad_handler_doc},
     {NULL, NULL, 0, NULL},
 };
 

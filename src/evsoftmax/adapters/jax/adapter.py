@@ -284,7 +284,8 @@ def _log_ev_softmax_jvp(
             mask = mask.reshape((1,) * (len(shape) - mask.ndim) + mask.shape)
         x_full = jnp.broadcast_to(x, shape)
         t = jnp.broadcast_to(x_dot.astype(x.dtype), shape)
-        return log_probs, log_ev_softmax_tangent(log_probs, t, x_full, mask, axis, False)
+        tangent = log_ev_softmax_tangent(log_probs, t, x_full, mask, axis, False, epsilon)
+        return log_probs, tangent
     # A half-precision log loses too much for exp(log p_eps) (its rounding grows with
     # |log p|): there p_eps is its own call.
     p = _ev_softmax(x, where, axis, epsilon).astype(acc)

@@ -143,6 +143,12 @@ def _saved(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
 
 
 def _vjp(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    if ctx.log and getattr(ctx, "mask_from_inputs", False):
+        output, x, where = ctx.saved_tensors
+        if kernel_op.log_vjp_applies(output, grad, x) and (
+            where is None or where.device.type == "cpu"
+        ):
+            return kernel_op.log_vjp(output, grad, x, where, ctx.dim), None, None, None, None
     output, valid = _saved(ctx, grad)
     # The kernels are not differentiable: with create_graph=True (grad mode on during
     # backward) the differentiable torch ops are used instead.
