@@ -172,9 +172,7 @@ def _log_kernel(
     dtypes = {log_probs.dtype, t.dtype, x.dtype}
     if transpose and len(dtypes) == 1 and _jax_kernels.takes(x.dtype, x.shape[axis]):
         return _jax_kernels.log_grad(x, t, where[0] if where else None, axis, epsilon)
-    return _log_expression(
-        log_probs, t, x, *where, axis=axis, transpose=transpose, epsilon=epsilon
-    )
+    return _log_expression(log_probs, t, x, *where, axis=axis, transpose=transpose, epsilon=epsilon)
 
 
 def _log_cpu_lowering(ctx: Any, *args: Any, **params: Any) -> Any:
