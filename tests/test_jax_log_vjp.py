@@ -125,3 +125,24 @@ def test_lowering_calls_the_kernel_for_the_reverse_map_only_on_its_path(each_pat
         )
         calls = "custom_call @" in lowered.as_text()
         assert calls == (each_path == "kernel" and transpose)
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((3, 9000), 1), ((70, 33), 1), ((40, 6, 3), 0)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reverse_mode_of_the_public_function(shape, axis, dtype):
+    """jax.vjp of log_ev_softmax (long rows, many rows, a non-last axis; masked)."""
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=shape) * 3).astype(dtype)
+    where = rng.random(shape) > 0.2
+    g = rng.normal(size=shape).astype(dtype)
+    _, pull = jax.vjp(
+        lambda v: log_ev_softmax(v, axis=axis, epsilon=1e-6, where=jnp.asarray(where)),
+        jnp.asarray(x),
+    )
+    (got,) = pull(jnp.asarray(g))
+    x64 = x.astype(np.float64)
+    p = ref.ev_softmax(x64, axis, 1e-6, where)
+    want = log_ev_softmax_vjp(p, g.astype(np.float64), ref._valid(x64, where), axis)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    assert (np.asarray(got)[~where] == 0.0).all()

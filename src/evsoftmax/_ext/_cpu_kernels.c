@@ -1253,6 +1253,7 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
     }
 }
 
+#define EVS_FUSED_BYTES 32768
 /* The fused job's rows first..last-1: the log form's forward pass from x (and the
  * mask) into y, then its VJP from those log-probabilities (in cache) and g, written
  * over them; x, g and y share one layout. When only the gradient is wanted (JAX's
@@ -1260,17 +1261,20 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
  * full-size array by cache traffic. */
 static void run_fused_rows(const job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in,
                            void *buf_out) {
-    job_t step = *job;
-    step.g = NULL;
-    step.fused = step.scan = 0;
-    step.log_out = 1;
-    run_rows(&step, first, last, buf_in, buf_out);
-    step = *job;
-    step.fused = 0;
-    step.log_out = 1;
-    step.x = job->y; /* the log-probabilities, */
-    step.v = job->x; /* read with the input's validity */
-    run_log_vjp_rows(&step, first, last);
+    job_t forward = *job, backward = *job;
+    forward.g = NULL;
+    forward.fused = forward.scan = backward.fused = 0;
+    forward.log_out = backward.log_out = 1;
+    backward.x = job->y; /* the log-probabilities, */
+    backward.v = job->x; /* read with the input's validity */
+    /* A few rows at a time, so that the VJP finds them in the level-1 cache. */
+    Py_ssize_t size = job->dtype == EVS_F64 ? 8 : 4, bytes = job->length * size;
+    Py_ssize_t step = bytes > 0 && bytes < EVS_FUSED_BYTES ? EVS_FUSED_BYTES / bytes : 1;
+    for (Py_ssize_t r = first; r < last; r += step) {
+        Py_ssize_t stop = last - r < step ? last : r + step;
+        run_rows(&forward, r, stop, buf_in, buf_out);
+        run_log_vjp_rows(&backward, r, stop);
+    }
 }
 
 /* Whether y holds a -inf in the forward job's rows first..last-1, read right after they
