@@ -1646,7 +1646,7 @@ static void ffi_strides(const evs_ffi_buffer *b, Py_ssize_t *strides) {
 }
 
 /* Reads an execute call whose operands are `arrays` arrays of the result's dtype and
- * dims (x, then g for the VJPs, then the input for the log form's), optionally a PRED mask of the same rank whose dims
+ * dims (x, then g for the VJPs), optionally a PRED mask of the same rank whose dims
  * each match or are 1 (when there is one more operand), and last a vector of
  * `nparams` F32 or F64 parameters, of which the last is the normalized axis and the
  * one before it the thread count. Fills `job` (x, g, mask, y, dtype and the strided
@@ -1654,7 +1654,7 @@ static void ffi_strides(const evs_ffi_buffer *b, Py_ssize_t *strides) {
  * count, or 0 for a call it cannot serve (the result then holds NaN). */
 static int ffi_job(evs_ffi_call_frame *frame, int arrays, int nparams, job_t *job,
                    double *params) {
-    evs_ffi_buffer *in[3], *mask = NULL, *y, *p;
+    evs_ffi_buffer *in[2], *mask = NULL, *y, *p;
     if (frame->stage != EVS_FFI_EXECUTE || !ffi_buffer(&frame->rets, 0, &y)) return 0;
     int64_t last = frame->args.size - 1;
     int dtype = ffi_kernel_dtype(y->dtype);
@@ -1689,7 +1689,6 @@ static int ffi_job(evs_ffi_call_frame *frame, int arrays, int nparams, job_t *jo
     else memset(ms, 0, sizeof ms);
     job->x = (const char *)in[0]->data;
     job->g = arrays > 1 ? (const char *)in[1]->data : NULL;
-    job->v = arrays > 2 ? (const char *)in[2]->data : NULL;
     job->y = (char *)y->data;
     job->mask = mask == NULL ? NULL : (const unsigned char *)mask->data;
     job->dtype = dtype;
@@ -1724,21 +1723,6 @@ static void *xla_ffi_ev_softmax_vjp(evs_ffi_call_frame *frame) {
     double p[2];
     if (ffi_metadata(frame)) return NULL;
     int threads = ffi_job(frame, 2, 2, &job, p);
-    if (threads > 0 && job.rows > 0 && job.length > 0) run_parallel(&job, threads, 0);
-    return NULL;
-}
-
-/* The VJP of the log form, g - exp(lp) * sum(g) on valid entries and 0 on the others
- * (log_vjp_<T>), along any axis. Operands: the log-probabilities lp, the cotangent g
- * and the input x (all of the result's dtype and dims), optionally the PRED mask of
- * the forward call (size-1 dims broadcast) and two parameters: threads, axis. Result:
- * the gradient. */
-static void *xla_ffi_log_ev_softmax_vjp(evs_ffi_call_frame *frame) {
-    job_t job = {0};
-    double p[2];
-    if (ffi_metadata(frame)) return NULL;
-    int threads = ffi_job(frame, 3, 2, &job, p);
-    job.log_out = 1;
     if (threads > 0 && job.rows > 0 && job.length > 0) run_parallel(&job, threads, 0);
     return NULL;
 }
@@ -1782,16 +1766,6 @@ static PyObject *xla_ffi_vjp_handler(PyObject *self, PyObject *noargs) {
     return PyCapsule_New((void *)xla_ffi_ev_softmax_vjp, NULL, NULL);
 }
 
-PyDoc_STRVAR(xla_ffi_log_vjp_handler_doc,
-"xla_ffi_log_vjp_handler()\n--\n\n"
-"A PyCapsule of the XLA FFI handler of the log form's VJP g - exp(lp) * sum(g).");
-
-static PyObject *xla_ffi_log_vjp_handler(PyObject *self, PyObject *noargs) {
-    (void)self;
-    (void)noargs;
-    return PyCapsule_New((void *)xla_ffi_log_ev_softmax_vjp, NULL, NULL);
-}
-
 PyDoc_STRVAR(xla_ffi_log_grad_handler_doc,
 "xla_ffi_log_grad_handler()\n--\n\n"
 "A PyCapsule of the XLA FFI handler of the log form's gradient from its input x and\n"
@@ -1810,8 +1784,6 @@ static PyMethodDef methods[] = {
     {"xla_ffi_vjp_handler", xla_ffi_vjp_handler, METH_NOARGS, xla_ffi_vjp_handler_doc},
     {"log_ev_softmax_vjp_strided", log_ev_softmax_vjp_strided, METH_VARARGS,
      log_ev_softmax_vjp_strided_doc},
-    {"xla_ffi_log_vjp_handler", xla_ffi_log_vjp_handler, METH_NOARGS,
-     xla_ffi_log_vjp_handler_doc},
     {"xla_ffi_log_grad_handler", xla_ffi_log_grad_handler, METH_NOARGS,
      xla_ffi_log_grad_handler_doc},
     {NULL, NULL, 0, NULL},

@@ -1,9 +1,9 @@
 """evsoftmax's compiled CPU kernel as XLA FFI custom calls, for the JAX adapter.
 
-:mod:`evsoftmax._ext` carries four typed XLA FFI handlers: ev-softmax (or its
-log), its closed-form VJP ``p * (g - <p, g>)``, that of its log,
-``g - p * sum(g)`` over the valid entries, and the latter computed from the
-input (the log's forward pass on the way, in cache). They are registered
+:mod:`evsoftmax._ext` carries three typed XLA FFI handlers: ev-softmax (or its
+log), its closed-form VJP ``p * (g - <p, g>)``, and the VJP of its log,
+``g - p * sum(g)`` over the valid entries, computed from the input (the log's
+forward pass on the way, in cache). They are registered
 for the CPU when this module is imported (one name per copy of the package, so
 a vendored copy registers its own), and called through ``jax.ffi.ffi_call``
 on the arrays as they are: float32, float64, float16 or bfloat16 (half
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from ... import _ext
 from ..._lib._typing import Array
 
-__all__ = ["available", "dtypes", "forward", "log_grad", "log_vjp", "serves", "takes", "vjp"]
+__all__ = ["available", "dtypes", "forward", "log_grad", "serves", "takes", "vjp"]
 
 _PREFIX = __name__.rpartition(".adapters.")[0]
 _THREADS = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
@@ -47,9 +47,6 @@ def _register() -> bool:
         )
         jax.ffi.register_ffi_target(
             f"{_PREFIX}.ev_softmax_vjp", kernels.xla_ffi_vjp_handler(), platform="cpu"
-        )
-        jax.ffi.register_ffi_target(
-            f"{_PREFIX}.log_ev_softmax_vjp", kernels.xla_ffi_log_vjp_handler(), platform="cpu"
         )
         jax.ffi.register_ffi_target(
             f"{_PREFIX}.log_ev_softmax_grad", kernels.xla_ffi_log_grad_handler(), platform="cpu"
@@ -143,24 +140,15 @@ def vjp(probs: Array, cotangent: Array, axis: int) -> Array:
     return _call("ev_softmax_vjp", axis, probs, cotangent, params=[])
 
 
-def log_vjp(log_probs: Array, cotangent: Array, x: Array, where: Array | None, axis: int) -> Array:
-    """``g - exp(lp) * sum(g)`` over the valid entries along ``axis`` (0 elsewhere), by the kernel.
-
-    ``log_probs``, ``cotangent`` and the input ``x`` share shape and one dtype of
-    :func:`dtypes`; ``where`` is as for :func:`forward`. The kernel reads ``x`` and
-    ``where`` only in rows whose ``log_probs`` hold ``-inf`` or NaN.
-    """
-    arrays = (log_probs, cotangent, x) if where is None else (log_probs, cotangent, x, where)
-    return _call("log_ev_softmax_vjp", axis, *arrays, params=[])
-
-
 def log_grad(x: Array, cotangent: Array, where: Array | None, axis: int, epsilon: float) -> Array:
-    """:func:`log_vjp` at ``lp = log ev-softmax(x)``, computed from ``x`` on the way.
+    """``g - exp(lp) * sum(g)`` on the valid entries along ``axis`` (0 elsewhere) by the kernel.
 
-    Each row's forward pass runs into the result's memory and the VJP follows
-    while the row is in cache: when the forward output itself is not needed
-    (reverse mode discards it), XLA drops the forward call and the whole
-    gradient is one read of ``x`` and ``cotangent`` and one write.
+    ``lp = log ev-softmax(x)`` is computed on the way: each few rows' forward
+    pass runs into the result's memory and the VJP follows while they are in
+    cache, so when the forward output itself is not needed (reverse mode
+    discards it) XLA drops the forward call and the whole gradient is one read
+    of ``x`` and ``cotangent`` and one write. ``x`` and ``cotangent`` share shape
+    and one dtype of :func:`dtypes`; ``where`` is as for :func:`forward`.
     """
     ratio, log_ratio = _ext.off_support_weight(epsilon)
     arrays = (x, cotangent) if where is None else (x, cotangent, where)
