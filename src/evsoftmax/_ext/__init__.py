@@ -46,6 +46,7 @@ __all__ = [
     "cpu_kernels",
     "ev_softmax_rows",
     "ev_softmax_strided",
+    "log_ev_softmax_vjp_strided",
     "off_support_weight",
     "strided_dtypes",
 ]
@@ -189,7 +190,8 @@ def ev_softmax_strided(
     log: bool,
     threads: int,
     parallel: int = 0,
-) -> None:
+    scan: bool = False,
+) -> bool:
     """ev-softmax (or its log) along ``axis`` of a strided array, read and written in place.
 
     ``x`` and ``out`` are addresses of arrays of ``shape`` and element type
@@ -198,8 +200,11 @@ def ev_softmax_strided(
     the address of a boolean array of the same shape (``mask_strides`` in bytes,
     0 along broadcast axes) whose false entries count as ``-inf``, or 0 for
     none: no full-size copy is made of anything. ``threads`` and ``parallel``
-    are as for :func:`ev_softmax_rows`. Raises RuntimeError when the kernels
-    are not available, ValueError for a dtype they cannot take.
+    are as for :func:`ev_softmax_rows`. Returns whether ``out`` holds a ``-inf``
+    when ``scan`` is true (each thread looks at the rows it wrote while they are
+    in cache, a small fraction of the kernel's time), else False. Raises
+    RuntimeError when the kernels are not available, ValueError for a dtype
+    they cannot take.
     """
     kernels = cpu_kernels()
     if kernels is None:
@@ -207,9 +212,50 @@ def ev_softmax_strided(
     if dtype not in DTYPE_CODES or (dtype == "float16" and not kernels.FLOAT16):
         raise ValueError(f"dtype {dtype!r} is not supported by the compiled kernels")
     ratio, log_ratio = off_support_weight(epsilon)
-    kernels.ev_softmax_strided(
+    found = kernels.ev_softmax_strided(
         x, mask, out, shape, strides, mask_strides, out_strides, axis, DTYPE_CODES[dtype],
-        ratio, log_ratio, log, threads, parallel,
+        ratio, log_ratio, log, threads, parallel, scan,
+    )  # fmt: skip
+    return bool(found)
+
+
+def log_ev_softmax_vjp_strided(
+    logp: int,
+    grad: int,
+    x: int,
+    mask: int,
+    out: int,
+    *,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    mask_strides: tuple[int, ...],
+    out_strides: tuple[int, ...],
+    axis: int,
+    dtype: str,
+    threads: int,
+    parallel: int = 0,
+) -> None:
+    r"""The VJP of log ev-softmax along ``axis``, read and written in place.
+
+    :math:`g - e^{\log p} \sum g` over the valid entries of each row and exactly 0
+    on the others, in one read of ``logp`` and ``grad`` (addresses of arrays of
+    ``shape`` and ``dtype`` with the same ``strides``, in elements) into ``out``
+    (``out_strides``). An entry is valid where ``mask`` (an address as for
+    :func:`ev_softmax_strided`, or 0) is true and the input ``x`` (laid out as
+    ``logp``, or 0) is not ``-inf``; with neither, where ``logp`` is not ``-inf``.
+    Only rows whose ``logp`` holds ``-inf`` or NaN read them: every invalid entry
+    has ``logp = -inf`` (NaN in a NaN row), so the other rows are all valid.
+    Raises RuntimeError when the kernels are not available, ValueError for a
+    dtype they cannot take.
+    """
+    kernels = cpu_kernels()
+    if kernels is None:
+        raise RuntimeError("evsoftmax's compiled CPU kernels are not available")
+    if dtype not in DTYPE_CODES or (dtype == "float16" and not kernels.FLOAT16):
+        raise ValueError(f"dtype {dtype!r} is not supported by the compiled kernels")
+    kernels.log_ev_softmax_vjp_strided(
+        logp, grad, x, mask, out, shape, strides, mask_strides, out_strides, axis,
+        DTYPE_CODES[dtype], threads, parallel,
     )  # fmt: skip
 
 

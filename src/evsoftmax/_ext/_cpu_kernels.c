@@ -481,7 +481,8 @@ typedef uint16_t evs_f16;
 
 /* One call's work, shared by its threads, which claim chunks of rows from `next`:
  * ev-softmax of x into y, or, when g is set, the VJP from output x and cotangent g
- * (contiguous rows). A row is a line along the normalized axis; the other axes
+ * (log_out: the log form's, from log-probabilities x, with the validity of v and the
+ * mask). A row is a line along the normalized axis; the other axes
  * (`outer` of them after merging, the last varying fastest) enumerate the rows. x,
  * y and the mask (bytes, 0: masked out; NULL: none) are addressed through strides,
  * in elements (bytes for the mask), so that any axis, layout and broadcast mask is
@@ -489,6 +490,7 @@ typedef uint16_t evs_f16;
 typedef struct {
     const char *x;
     const char *g;
+    const char *v; /* the log VJP's input x (validity), laid out as x; or NULL */
     char *y;
     const unsigned char *mask;
     Py_ssize_t rows, length, chunk;
@@ -498,6 +500,9 @@ typedef struct {
     Py_ssize_t axs, ams, ays; /* strides along the axis */
     Py_ssize_t next;          /* first unclaimed row (atomic) */
     int failed;               /* a thread could not allocate its scratch rows (atomic) */
+    int fused;                /* the log form's gradient from x and g (run_fused_rows) */
+    int scan;                 /* forward: look for -inf in the rows just written (scan_rows) */
+    int found;                /* a -inf was written (atomic) */
 } job_t;
 
 /* A job over `rows` contiguous rows of `length` entries. */
@@ -933,6 +938,133 @@ EVS_DEFINE_VJP(double, double, double, EVS_AS_DOUBLE, EVS_AS_DOUBLE)
 EVS_DEFINE_VJP(f16, float, evs_f16, f16_to_float, float_to_f16)
 EVS_DEFINE_VJP(bf16, float, uint16_t, bf16_to_float, float_to_bf16)
 
+/* ---- The VJP of the log form: g - p * sum(g) on valid entries, exactly 0 elsewhere ----
+ *
+ * From the log-probabilities lp (p = exp(lp)) and the cotangent g, one read of each
+ * per row (the second pass finds the row in cache). Which entries are valid is known
+ * without a mask wherever lp holds no -inf: every invalid entry (masked or -inf in x)
+ * has lp = -inf (or NaN, in a row that a valid NaN or +inf poisoned), so a row whose
+ * lp is all > -inf is all valid. Only rows holding -inf or NaN, noticed in the first
+ * pass at no cost, read the validity: the mask (bytes, 0: masked out; NULL: none) and,
+ * when given, the input x (v, laid out as lp: x = -inf is invalid); with neither,
+ * lp = -inf is taken as invalid. The mask and x cannot be left to lp: lp is -inf on
+ * valid entries too (off the support for epsilon = 0; where the shift of a row whose
+ * range exceeds the dtype's maximum overflows), whose gradient is g, not 0. */
+#define EVS_LOG_VALID(LOAD, LPV, K, MK)                                                     \
+    ((mask == NULL || mask[MK] != 0) &&                                                     \
+     (v != NULL ? LOAD(v[K]) != -INFINITY : (mask != NULL || (LPV) != -INFINITY)))
+
+/* The log VJP of N rows (N <= EVS_LANES) side by side: entry i of row t at
+ * lp[i * step + t * RS] (g and v likewise), its mask byte at mask[i * mstep + t * MRS],
+ * out at o[i * out_step + t * ORS]. */
+#define EVS_LOG_VJP_SIDE_BY_SIDE(T, LOAD, STORE, EXP, N, RS, MRS, ORS)                      \
+    do {                                                                                    \
+        double total[EVS_LANES] = {0};                                                      \
+        T s[EVS_LANES], bs[EVS_LANES], bad[EVS_LANES] = {0};                                \
+        for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                    \
+            Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;      \
+            for (Py_ssize_t t = 0; t < (N); t++) bs[t] = 0;                                 \
+            for (Py_ssize_t i = start; i < stop; i++)                                       \
+                for (Py_ssize_t t = 0; t < (N); t++) {                                      \
+                    Py_ssize_t k = i * step + t * (RS);                                     \
+                    bs[t] += LOAD(g[k]);                                                    \
+                    bad[t] += LOAD(lp[k]) > -INFINITY ? (T)0 : (T)1;                        \
+                }                                                                           \
+            for (Py_ssize_t t = 0; t < (N); t++) total[t] += bs[t];                         \
+        }                                                                                   \
+        for (Py_ssize_t t = 0; t < (N); t++) {                                              \
+            if (bad[t] != 0) {                                                              \
+                total[t] = 0.0;                                                             \
+                for (Py_ssize_t i = 0; i < length; i++) {                                   \
+                    Py_ssize_t k = i * step + t * (RS);                                     \
+                    if (EVS_LOG_VALID(LOAD, LOAD(lp[k]), k, i * mstep + t * (MRS)))         \
+                        total[t] += LOAD(g[k]);                                             \
+                }                                                                           \
+            }                                                                               \
+            s[t] = (T)total[t];                                                             \
+        }                                                                                   \
+        for (Py_ssize_t i = 0; i < length; i++)                                             \
+            for (Py_ssize_t t = 0; t < (N); t++) {                                          \
+                Py_ssize_t k = i * step + t * (RS);                                         \
+                T l = LOAD(lp[k]), d = LOAD(g[k]) - EXP(l) * s[t];                          \
+                int in = bad[t] == 0 || EVS_LOG_VALID(LOAD, l, k, i * mstep + t * (MRS));   \
+                o[i * out_step + t * (ORS)] = STORE(in ? d : (T)0);                         \
+            }                                                                               \
+    } while (0)
+
+/* Defines log_vjp_<NAME>(lp, g, v, mask, out, length, count, step, row_step, mstep,
+ * mrow_step, out_step, out_row_step): the log VJP on `count` rows of SRC entries (lp,
+ * g and v share their layout: entries `step` apart, row starts `row_step` apart; the
+ * mask's steps are in bytes; out has its own). Computed in T (float for half
+ * precision); sum(g) summed in blocks added in double. Contiguous rows one after
+ * another, other rows at most EVS_LANES at a time side by side, as vjp_<NAME>. */
+#define EVS_DEFINE_LOG_VJP(NAME, T, SRC, LOAD, STORE, EXP)                                  \
+    EVS_CLONES static void log_vjp_##NAME(                                                  \
+        const char *lpp, const char *gp, const char *vp, const unsigned char *mask,         \
+        char *op, Py_ssize_t length, Py_ssize_t count, Py_ssize_t step, Py_ssize_t row_step, \
+        Py_ssize_t mstep, Py_ssize_t mrow_step, Py_ssize_t out_step,                        \
+        Py_ssize_t out_row_step) {                                                          \
+        /* out may be lp itself (run_fused_rows): no restrict on them; each loop that  \
+         * writes out reads lp at the entry it writes only (EVS_SIMD vectorizes it). */   \
+        const SRC *lp = (const SRC *)lpp, *restrict g = (const SRC *)gp;                    \
+        const SRC *restrict v = (const SRC *)vp;                                            \
+        SRC *o = (SRC *)op;                                                                 \
+        if (step != 1 || out_step != 1) {                                                   \
+            /* Adjacent full tiles with a constant width: the loops over t vectorize. */   \
+            if (count == EVS_LANES && row_step == 1 && out_row_step == 1 && mask == NULL)   \
+                EVS_LOG_VJP_SIDE_BY_SIDE(T, LOAD, STORE, EXP, EVS_LANES, 1, 0, 1);          \
+            else                                                                            \
+                EVS_LOG_VJP_SIDE_BY_SIDE(T, LOAD, STORE, EXP, count, row_step, mrow_step,   \
+                                         out_row_step);                                     \
+            return;                                                                         \
+        }                                                                                   \
+        for (Py_ssize_t r = 0; r < count; r++) {                                            \
+            double total = 0.0;                                                             \
+            T bad = 0;                                                                      \
+            for (Py_ssize_t start = 0; start < length; start += EVS_BLOCK) {                \
+                Py_ssize_t stop = length - start < EVS_BLOCK ? length : start + EVS_BLOCK;  \
+                T block_sum = 0;                                                            \
+                EVS_SIMD_LOG_VJP                                                            \
+                for (Py_ssize_t i = start; i < stop; i++) {                                 \
+                    block_sum += LOAD(g[i]);                                                \
+                    bad += LOAD(lp[i]) > -INFINITY ? (T)0 : (T)1;                           \
+                }                                                                           \
+                total += block_sum;                                                         \
+            }                                                                               \
+            if (bad == 0) {                                                                 \
+                T s = (T)total;                                                             \
+                EVS_SIMD                                                                    \
+                for (Py_ssize_t i = 0; i < length; i++)                                     \
+                    o[i] = STORE(LOAD(g[i]) - EXP(LOAD(lp[i])) * s);                        \
+            } else {                                                                        \
+                total = 0.0;                                                                \
+                for (Py_ssize_t i = 0; i < length; i++)                                     \
+                    if (EVS_LOG_VALID(LOAD, LOAD(lp[i]), i, i * mstep)) total += LOAD(g[i]); \
+                T s = (T)total;                                                             \
+                for (Py_ssize_t i = 0; i < length; i++) {                                   \
+                    T l = LOAD(lp[i]), d = LOAD(g[i]) - EXP(l) * s;                         \
+                    o[i] = STORE(EVS_LOG_VALID(LOAD, l, i, i * mstep) ? d : (T)0);          \
+                }                                                                           \
+            }                                                                               \
+            lp += row_step;                                                                 \
+            g += row_step;                                                                  \
+            if (v != NULL) v += row_step;                                                   \
+            if (mask != NULL) mask += mrow_step;                                            \
+            o += out_row_step;                                                              \
+        }                                                                                   \
+    }
+
+#define EVS_SIMD_LOG_VJP _Pragma("omp simd reduction(+ : block_sum, bad)")
+
+/* exp(lp) for lp <= 0; lp = -inf gives 0, and NaN stays NaN. */
+static inline float exp_log_f32(float l) { return l != l ? l : exp_nonpositive_f32(l); }
+static inline double exp_log_f64(double l) { return l != l ? l : exp_nonpositive_f64(l); }
+
+EVS_DEFINE_LOG_VJP(float, float, float, EVS_AS_FLOAT, EVS_AS_FLOAT, exp_log_f32)
+EVS_DEFINE_LOG_VJP(double, double, double, EVS_AS_DOUBLE, EVS_AS_DOUBLE, exp_log_f64)
+EVS_DEFINE_LOG_VJP(f16, float, evs_f16, f16_to_float, float_to_f16, exp_log_f32)
+EVS_DEFINE_LOG_VJP(bf16, float, uint16_t, bf16_to_float, float_to_bf16, exp_log_f32)
+
 /* ---- Column tiles: rows whose starts are adjacent, up to EVS_COLS side by side -------
  *
  * Rows along a non-last axis of a contiguous array (axis 0 of a matrix, axis 1 of
@@ -1105,9 +1237,61 @@ static void col_tile(const job_t *job, const char *x, const unsigned char *mask,
                          y + t * (Py_ssize_t)size, 1, 0, 0, 0, buf_in, buf_out);
 }
 
+/* The log VJP job's rows first..last-1 (lp at x, g at g and the input at v, all
+ * through x's strides; the mask through its own; the result through y's), in tiles of
+ * up to EVS_LANES rows when rows are not contiguous. */
+static void run_log_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
+    int d, inner = job->outer - 1;
+    Py_ssize_t index[EVS_MAX_DIMS], rest = first;
+    for (d = inner; d >= 0; d--) {
+        index[d] = rest % job->extent[d];
+        rest /= job->extent[d];
+    }
+    Py_ssize_t size = job->dtype == EVS_F64 ? 8 : job->dtype == EVS_F32 ? 4 : 2;
+    int contiguous = job->axs == 1 && job->ays == 1;
+    Py_ssize_t xr = job->xs[inner], yr = job->ys[inner], mr = job->ms[inner], r = first;
+    while (r < last) {
+        Py_ssize_t ox = 0, om = 0, oy = 0;
+        for (d = 0; d <= inner; d++) {
+            ox += index[d] * job->xs[d];
+            om += index[d] * job->ms[d];
+            oy += index[d] * job->ys[d];
+        }
+        Py_ssize_t run = job->extent[inner] - index[inner];
+        if (run > last - r) run = last - r;
+        Py_ssize_t tile = contiguous ? run : EVS_LANES;
+        for (Py_ssize_t i = 0; i < run; i += tile) {
+            Py_ssize_t count = run - i < tile ? run - i : tile, at = (ox + i * xr) * size;
+            const char *lp = job->x + at, *g = job->g + at;
+            const char *v = job->v == NULL ? NULL : job->v + at;
+            const unsigned char *m = job->mask == NULL ? NULL : job->mask + om + i * mr;
+            char *o = job->y + (oy + i * yr) * size;
+            Py_ssize_t n = job->length, s = job->axs, ms = job->ams, os = job->ays;
+            if (job->dtype == EVS_F64)
+                log_vjp_double(lp, g, v, m, o, n, count, s, xr, ms, mr, os, yr);
+            else if (job->dtype == EVS_F32)
+                log_vjp_float(lp, g, v, m, o, n, count, s, xr, ms, mr, os, yr);
+            else if (job->dtype == EVS_F16)
+                log_vjp_f16(lp, g, v, m, o, n, count, s, xr, ms, mr, os, yr);
+            else
+                log_vjp_bf16(lp, g, v, m, o, n, count, s, xr, ms, mr, os, yr);
+        }
+        r += run;
+        index[inner] += run;
+        for (d = inner; d > 0 && index[d] == job->extent[d]; d--) {
+            index[d] = 0;
+            index[d - 1]++;
+        }
+    }
+}
+
 /* The VJP job's rows first..last-1 (p at x, g at g: both through x's strides; the
  * result through y's), in tiles of up to EVS_LANES rows when rows are not contiguous. */
 static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
+    if (job->log_out) { /* the log form's VJP */
+        run_log_vjp_rows(job, first, last);
+        return;
+    }
     int d, inner = job->outer - 1;
     Py_ssize_t index[EVS_MAX_DIMS], rest = first;
     for (d = inner; d >= 0; d--) {
@@ -1222,6 +1406,83 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
     }
 }
 
+#define EVS_FUSED_BYTES 32768
+/* The fused job's rows first..last-1: the log form's forward pass from x (and the
+ * mask) into y, then its VJP from those log-probabilities (in cache) and g, written
+ * over them; x, g and y share one layout. When only the gradient is wanted (JAX's
+ * reverse mode discards the forward output), this replaces a write and a read of a
+ * full-size array by cache traffic. */
+static void run_fused_rows(const job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in,
+                           void *buf_out) {
+    job_t forward = *job, backward = *job;
+    forward.g = NULL;
+    forward.fused = forward.scan = backward.fused = 0;
+    forward.log_out = backward.log_out = 1;
+    backward.x = job->y; /* the log-probabilities, */
+    backward.v = job->x; /* read with the input's validity */
+    /* A few rows at a time, so that the VJP finds them in the level-1 cache. */
+    Py_ssize_t size = job->dtype == EVS_F64 ? 8 : 4, bytes = job->length * size;
+    Py_ssize_t step = bytes > 0 && bytes < EVS_FUSED_BYTES ? EVS_FUSED_BYTES / bytes : 1;
+    for (Py_ssize_t r = first; r < last; r += step) {
+        Py_ssize_t stop = last - r < step ? last : r + step;
+        run_rows(&forward, r, stop, buf_in, buf_out);
+        run_log_vjp_rows(&backward, r, stop);
+    }
+}
+
+/* Whether y holds a -inf in the forward job's rows first..last-1, read right after they
+ * were written (in cache): the log form's backward needs the validity of its entries
+ * only when its output holds one. float16 and bfloat16 -inf compared as bits. */
+#define EVS_SIMD_HIT _Pragma("omp simd reduction(| : hit)")
+/* Sets hit when y (n entries s apart) holds `value`; contiguous rows vectorize. */
+#define EVS_SCAN(value)                                                                     \
+    do {                                                                                    \
+        if (s == 1) {                                                                       \
+            EVS_SIMD_HIT                                                                    \
+            for (Py_ssize_t i = 0; i < n; i++) hit |= y[i] == (value);                      \
+        } else {                                                                            \
+            for (Py_ssize_t i = 0; i < n; i++) hit |= y[i * s] == (value);                  \
+        }                                                                                   \
+    } while (0)
+EVS_CLONES static int scan_rows(const job_t *job, Py_ssize_t first, Py_ssize_t last) {
+    int d, inner = job->outer - 1;
+    Py_ssize_t index[EVS_MAX_DIMS], rest = first;
+    for (d = inner; d >= 0; d--) {
+        index[d] = rest % job->extent[d];
+        rest /= job->extent[d];
+    }
+    Py_ssize_t n = job->length, s = job->ays, yr = job->ys[inner];
+    for (Py_ssize_t r = first; r < last;) {
+        Py_ssize_t oy = 0;
+        for (d = 0; d <= inner; d++) oy += index[d] * job->ys[d];
+        Py_ssize_t run = job->extent[inner] - index[inner];
+        if (run > last - r) run = last - r;
+        for (Py_ssize_t t = 0; t < run; t++) {
+            Py_ssize_t at = oy + t * yr;
+            int hit = 0;
+            if (job->dtype == EVS_F32) {
+                const float *y = (const float *)job->y + at;
+                EVS_SCAN(-INFINITY);
+            } else if (job->dtype == EVS_F64) {
+                const double *y = (const double *)job->y + at;
+                EVS_SCAN(-INFINITY);
+            } else {
+                const uint16_t *y = (const uint16_t *)job->y + at;
+                uint16_t minus_inf = job->dtype == EVS_F16 ? 0xfc00u : 0xff80u;
+                EVS_SCAN(minus_inf);
+            }
+            if (hit) return 1;
+        }
+        r += run;
+        index[inner] += run;
+        for (d = inner; d > 0 && index[d] == job->extent[d]; d--) {
+            index[d] = 0;
+            index[d - 1]++;
+        }
+    }
+    return 0;
+}
+
 /* The body every thread runs: claim chunks of rows until none is left. */
 static void work(void *arg) {
     job_t *job = (job_t *)arg;
@@ -1238,7 +1499,13 @@ static void work(void *arg) {
             Py_ssize_t first = __atomic_fetch_add(&job->next, job->chunk, __ATOMIC_RELAXED);
             if (first >= job->rows) break;
             Py_ssize_t last = job->rows - first < job->chunk ? job->rows : first + job->chunk;
-            run_rows(job, first, last, buf_in, buf_out);
+            if (job->fused)
+                run_fused_rows(job, first, last, buf_in, buf_out);
+            else
+                run_rows(job, first, last, buf_in, buf_out);
+            if (job->scan && !__atomic_load_n(&job->found, __ATOMIC_RELAXED) &&
+                scan_rows(job, first, last))
+                __atomic_store_n(&job->found, 1, __ATOMIC_RELAXED);
         }
     }
     free(buf_in);
@@ -1396,14 +1663,15 @@ static int strided_job(job_t *job, int ndim, const Py_ssize_t *shape, const Py_s
 
 PyDoc_STRVAR(ev_softmax_strided_doc,
 "ev_softmax_strided(x, mask, y, shape, x_strides, mask_strides, y_strides, axis, dtype,\n"
-"                   ratio, log_ratio, log, threads, parallel)\n"
+"                   ratio, log_ratio, log, threads, parallel, scan=False)\n"
 "--\n\n"
 "ev-softmax (or its log) along `axis` of the array at address x into address y.\n\n"
 "x and y share `shape` and the element type `dtype` (0: float32, 1: float64,\n"
 "2: float16, 3: bfloat16; half precision is computed in float32); their strides are\n"
 "in elements, any sign. mask is the address of a boolean array of that shape\n"
 "(strides in bytes; 0 for a broadcast axis) whose false entries count as -inf, or 0\n"
-"for none. Other arguments as for ev_softmax_rows.");
+"for none. Other arguments as for ev_softmax_rows. With scan true, returns whether y\n"
+"holds a -inf (each thread looks at the rows it wrote while they are in cache).");
 
 static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
     (void)self;
@@ -1411,9 +1679,10 @@ static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
     PyObject *shape_arg, *xs_arg, *ms_arg, *ys_arg;
     int axis, dtype, log_out, threads;
     double ratio, log_ratio;
-    if (!PyArg_ParseTuple(args, "KKKOOOOiiddpiK", &x, &mask, &y, &shape_arg, &xs_arg, &ms_arg,
+    int scan = 0;
+    if (!PyArg_ParseTuple(args, "KKKOOOOiiddpiK|p", &x, &mask, &y, &shape_arg, &xs_arg, &ms_arg,
                           &ys_arg, &axis, &dtype, &ratio, &log_ratio, &log_out, &threads,
-                          &parallel))
+                          &parallel, &scan))
         return NULL;
     Py_ssize_t ndim = PyObject_Length(shape_arg);
     if (ndim < 0) return NULL;
@@ -1437,6 +1706,62 @@ static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
         .ratio = ratio,
         .log_ratio = log_ratio,
         .log_out = log_out,
+        .dtype = dtype,
+        .scan = scan,
+    };
+    if (strided_job(&job, (int)ndim, shape, xs, ms, ys, axis) < 0) {
+        PyErr_SetString(PyExc_ValueError, "shape must be >= 0");
+        return NULL;
+    }
+    PyObject *done = finish(&job, threads, parallel);
+    if (done == NULL || !scan) return done;
+    Py_DECREF(done);
+    return PyBool_FromLong(job.found);
+}
+
+PyDoc_STRVAR(log_ev_softmax_vjp_strided_doc,
+"log_ev_softmax_vjp_strided(lp, g, x, mask, y, shape, strides, mask_strides, y_strides,\n"
+"                           axis, dtype, threads, parallel)\n"
+"--\n\n"
+"The VJP of log ev-softmax along `axis`: g - exp(lp) * sum(g) over the valid entries of\n"
+"each row, exactly 0 on the others, into address y.\n\n"
+"lp (the log-probabilities), g (the cotangent) and x (the input, or 0 for none) are\n"
+"addresses of arrays of `shape`, element type `dtype` and the same `strides`; mask (or\n"
+"0) is as for ev_softmax_strided. An entry is valid where the mask is true and x is\n"
+"not -inf (without x: where the mask is true; with neither: where lp is not -inf); the\n"
+"validity is read only in rows where lp holds -inf or NaN (every other row is all\n"
+"valid). Other arguments as for ev_softmax_strided.");
+
+static PyObject *log_ev_softmax_vjp_strided(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long lp, g, x, mask, y, parallel;
+    PyObject *shape_arg, *xs_arg, *ms_arg, *ys_arg;
+    int axis, dtype, threads;
+    if (!PyArg_ParseTuple(args, "KKKKKOOOOiiiK", &lp, &g, &x, &mask, &y, &shape_arg, &xs_arg,
+                          &ms_arg, &ys_arg, &axis, &dtype, &threads, &parallel))
+        return NULL;
+    Py_ssize_t ndim = PyObject_Length(shape_arg);
+    if (ndim < 0) return NULL;
+    if (ndim < 1 || ndim > EVS_MAX_DIMS || axis < 0 || axis >= ndim) {
+        PyErr_Format(PyExc_ValueError, "need 1 to %d dimensions and 0 <= axis < ndim",
+                     EVS_MAX_DIMS);
+        return NULL;
+    }
+    if (dtype < EVS_F32 || dtype > EVS_BF16) {
+        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3");
+        return NULL;
+    }
+    Py_ssize_t shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
+    if (read_sizes(shape_arg, ndim, shape, "shape") || read_sizes(xs_arg, ndim, xs, "strides") ||
+        read_sizes(ms_arg, ndim, ms, "mask_strides") || read_sizes(ys_arg, ndim, ys, "y_strides"))
+        return NULL;
+    job_t job = {
+        .x = (const char *)(uintptr_t)lp,
+        .g = (const char *)(uintptr_t)g,
+        .v = (const char *)(uintptr_t)x,
+        .y = (char *)(uintptr_t)y,
+        .mask = (const unsigned char *)(uintptr_t)mask,
+        .log_out = 1,
         .dtype = dtype,
     };
     if (strided_job(&job, (int)ndim, shape, xs, ms, ys, axis) < 0) {
@@ -1474,7 +1799,7 @@ static void ffi_strides(const evs_ffi_buffer *b, Py_ssize_t *strides) {
 }
 
 /* Reads an execute call whose operands are `arrays` arrays of the result's dtype and
- * dims (x, then g for the VJP), optionally a PRED mask of the same rank whose dims
+ * dims (x, then g for the VJPs), optionally a PRED mask of the same rank whose dims
  * each match or are 1 (when there is one more operand), and last a vector of
  * `nparams` F32 or F64 parameters, of which the last is the normalized axis and the
  * one before it the thread count. Fills `job` (x, g, mask, y, dtype and the strided
@@ -1555,6 +1880,24 @@ static void *xla_ffi_ev_softmax_vjp(evs_ffi_call_frame *frame) {
     return NULL;
 }
 
+/* The gradient of the log form from its input: g - exp(lp) * sum(g) on valid entries
+ * and 0 on the others, with lp = log ev-softmax(x) computed on the way
+ * (run_fused_rows). Operands: x, the cotangent g (both of the result's dtype and
+ * dims), optionally a PRED mask (as for xla_ffi_ev_softmax) and four parameters:
+ * ratio, log_ratio, threads, axis. Result: the gradient. */
+static void *xla_ffi_log_ev_softmax_grad(evs_ffi_call_frame *frame) {
+    job_t job = {0};
+    double p[4];
+    if (ffi_metadata(frame)) return NULL;
+    int threads = ffi_job(frame, 2, 4, &job, p);
+    if (threads == 0) return NULL;
+    job.ratio = p[0];
+    job.log_ratio = p[1];
+    job.log_out = job.fused = 1;
+    if (job.rows > 0 && job.length > 0) run_parallel(&job, threads, 0);
+    return NULL;
+}
+
 PyDoc_STRVAR(xla_ffi_handler_doc,
 "xla_ffi_handler()\n--\n\n"
 "A PyCapsule of the XLA FFI handler of ev-softmax, for\n"
@@ -1576,11 +1919,26 @@ static PyObject *xla_ffi_vjp_handler(PyObject *self, PyObject *noargs) {
     return PyCapsule_New((void *)xla_ffi_ev_softmax_vjp, NULL, NULL);
 }
 
+PyDoc_STRVAR(xla_ffi_log_grad_handler_doc,
+"xla_ffi_log_grad_handler()\n--\n\n"
+"A PyCapsule of the XLA FFI handler of the log form's gradient from its input x and\n"
+"the cotangent g (the forward pass and the VJP in one pass over each row).");
+
+static PyObject *xla_ffi_log_grad_handler(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyCapsule_New((void *)xla_ffi_log_ev_softmax_grad, NULL, NULL);
+}
+
 static PyMethodDef methods[] = {
     {"ev_softmax_rows", ev_softmax_rows, METH_VARARGS, ev_softmax_rows_doc},
     {"ev_softmax_strided", ev_softmax_strided, METH_VARARGS, ev_softmax_strided_doc},
     {"xla_ffi_handler", xla_ffi_handler, METH_NOARGS, xla_ffi_handler_doc},
     {"xla_ffi_vjp_handler", xla_ffi_vjp_handler, METH_NOARGS, xla_ffi_vjp_handler_doc},
+    {"log_ev_softmax_vjp_strided", log_ev_softmax_vjp_strided, METH_VARARGS,
+     log_ev_softmax_vjp_strided_doc},
+    {"xla_ffi_log_grad_handler", xla_ffi_log_grad_handler, METH_NOARGS,
+     xla_ffi_log_grad_handler_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,6 +26,23 @@ def ev_softmax_strided(
     log: bool,
     threads: int,
     parallel: int,
+    scan: bool = ...,
+    /,
+) -> bool | None: ...
+def log_ev_softmax_vjp_strided(
+    lp: int,
+    g: int,
+    x: int,
+    mask: int,
+    y: int,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    mask_strides: tuple[int, ...],
+    y_strides: tuple[int, ...],
+    axis: int,
+    dtype: int,
+    threads: int,
+    parallel: int,
     /,
 ) -> None: ...
 
@@ -33,3 +50,4 @@ FLOAT16: int
 
 def xla_ffi_handler() -> object: ...
 def xla_ffi_vjp_handler() -> object: ...
+def xla_ffi_log_grad_handler() -> object: ...

@@ -57,7 +57,7 @@ from jax.interpreters import batching, mlir
 from ... import _ext
 from ..._lib._typing import Array, Namespace
 from . import kernels as _jax_kernels
-from .vjp import ev_softmax_vjp
+from .vjp import ev_softmax_vjp, log_ev_softmax_tangent
 
 __all__ = ["ev_softmax", "log_ev_softmax"]
 
@@ -272,12 +272,23 @@ def _log_ev_softmax_jvp(
     x_dot = tangents[0]
     log_probs = _log_ev_softmax(x, where, axis, epsilon)
     acc = _accumulation_dtype(x.dtype)
-    # p_eps = exp(log p_eps), differentiated through the log's own custom_jvp: every
-    # higher derivative stays closed-form, and no second kernel pass is made (the
-    # kernel's custom calls share nothing). A half-precision log loses too much for
-    # that (its rounding grows with |log p|): there p_eps is its own call.
-    half = acc != x.dtype
-    p = _ev_softmax(x, where, axis, epsilon).astype(acc) if half else jnp.exp(log_probs)
+    if acc == x.dtype:
+        # p_eps = exp(log p_eps) inside the tangent map's primitive, whose transpose
+        # lowers to the kernel's one-pass VJP on the CPU; its derivatives go through the
+        # log's own custom_jvp, so every higher derivative stays closed-form, and no
+        # second kernel pass is made. x and where (operands the computation holds
+        # anyway) tell the valid entries, read only in rows where log p_eps is -inf.
+        shape = log_probs.shape
+        mask = None if where is None else jnp.asarray(where, dtype=bool)
+        if mask is not None:
+            mask = mask.reshape((1,) * (len(shape) - mask.ndim) + mask.shape)
+        x_full = jnp.broadcast_to(x, shape)
+        t = jnp.broadcast_to(x_dot.astype(x.dtype), shape)
+        tangent = log_ev_softmax_tangent(log_probs, t, x_full, mask, axis, False, epsilon)
+        return log_probs, tangent
+    # A half-precision log loses too much for exp(log p_eps) (its rounding grows with
+    # |log p|): there p_eps is its own call.
+    p = _ev_softmax(x, where, axis, epsilon).astype(acc)
     valid = x != -jnp.inf
     if where is not None:
         valid = valid & where

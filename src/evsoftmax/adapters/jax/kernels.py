@@ -1,7 +1,9 @@
 """evsoftmax's compiled CPU kernel as XLA FFI custom calls, for the JAX adapter.
 
-:mod:`evsoftmax._ext` carries two typed XLA FFI handlers: ev-softmax (or its
-log), and its closed-form VJP ``p * (g - <p, g>)``. They are registered
+:mod:`evsoftmax._ext` carries three typed XLA FFI handlers: ev-softmax (or its
+log), its closed-form VJP ``p * (g - <p, g>)``, and the VJP of its log,
+``g - p * sum(g)`` over the valid entries, computed from the input (the log's
+forward pass on the way, in cache). They are registered
 for the CPU when this module is imported (one name per copy of the package, so
 a vendored copy registers its own), and called through ``jax.ffi.ffi_call``
 on the arrays as they are: float32, float64, float16 or bfloat16 (half
@@ -28,14 +30,14 @@ import jax.numpy as jnp
 from ... import _ext
 from ..._lib._typing import Array
 
-__all__ = ["available", "dtypes", "forward", "serves", "takes", "vjp"]
+__all__ = ["available", "dtypes", "forward", "log_grad", "serves", "takes", "vjp"]
 
 _PREFIX = __name__.rpartition(".adapters.")[0]
 _THREADS = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
 def _register() -> bool:
-    """Register both handlers with XLA for the CPU; whether that worked."""
+    """Register the handlers with XLA for the CPU; whether that worked."""
     kernels = _ext.cpu_kernels()
     if kernels is None:
         return False
@@ -45,6 +47,9 @@ def _register() -> bool:
         )
         jax.ffi.register_ffi_target(
             f"{_PREFIX}.ev_softmax_vjp", kernels.xla_ffi_vjp_handler(), platform="cpu"
+        )
+        jax.ffi.register_ffi_target(
+            f"{_PREFIX}.log_ev_softmax_grad", kernels.xla_ffi_log_grad_handler(), platform="cpu"
         )
     except Exception:  # an XLA that refuses the handlers: the XLA-only code paths remain
         return False
@@ -133,3 +138,18 @@ def forward(x: Array, where: Array | None, axis: int, epsilon: float, log: bool)
 def vjp(probs: Array, cotangent: Array, axis: int) -> Array:
     """``p * (g - <p, g>)`` along ``axis`` with the kernel (both of one dtype of :func:`dtypes`)."""
     return _call("ev_softmax_vjp", axis, probs, cotangent, params=[])
+
+
+def log_grad(x: Array, cotangent: Array, where: Array | None, axis: int, epsilon: float) -> Array:
+    """``g - exp(lp) * sum(g)`` on the valid entries along ``axis`` (0 elsewhere) by the kernel.
+
+    ``lp = log ev-softmax(x)`` is computed on the way: each few rows' forward
+    pass runs into the result's memory and the VJP follows while they are in
+    cache, so when the forward output itself is not needed (reverse mode
+    discards it) XLA drops the forward call and the whole gradient is one read
+    of ``x`` and ``cotangent`` and one write. ``x`` and ``cotangent`` share shape
+    and one dtype of :func:`dtypes`; ``where`` is as for :func:`forward`.
+    """
+    ratio, log_ratio = _ext.off_support_weight(epsilon)
+    arrays = (x, cotangent) if where is None else (x, cotangent, where)
+    return _call("log_ev_softmax_grad", axis, *arrays, params=[ratio, log_ratio])

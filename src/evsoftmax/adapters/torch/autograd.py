@@ -64,7 +64,14 @@ def forward(
 
 
 def _save(
-    ctx: Any, x: torch.Tensor, epsilon: float, where: Any, log: bool, out: Any, needed: bool = True
+    ctx: Any,
+    x: torch.Tensor,
+    epsilon: float,
+    where: Any,
+    log: bool,
+    out: Any,
+    needed: bool = True,
+    holds_minus_inf: bool | None = None,
 ) -> None:
     """Keep what the derivatives need: the output, and for the log form the mask.
 
@@ -73,7 +80,9 @@ def _save(
     epsilon = 0, and for every epsilon those whose shift underflows (a range
     beyond the dtype's maximum). The output alone cannot tell them apart, so the
     validity mask is kept when a derivative may be ``needed`` and the output may
-    hold -inf (for epsilon > 0 only such extreme rows or masked entries put it there).
+    hold -inf (for epsilon > 0 only such extreme rows or masked entries put it there):
+    ``holds_minus_inf`` when the forward pass found out (:func:`ops.kernel_log_forward`),
+    else a scan of the output tells.
     """
     ctx.mask_from_inputs = needed and log and torch.compiler.is_compiling()
     if ctx.mask_from_inputs:
@@ -83,7 +92,9 @@ def _save(
         ctx.save_for_backward(out, x, where)
         return
     valid = None
-    if needed and log and (epsilon == 0.0 or ops.may_hold_minus_inf(out)):
+    if holds_minus_inf is None and needed and log and epsilon != 0.0:
+        holds_minus_inf = ops.may_hold_minus_inf(out)
+    if needed and log and (epsilon == 0.0 or holds_minus_inf):
         valid = ops.valid_mask(x, where)
     ctx.save_for_backward(out, valid)
     ctx.save_for_forward(out, valid)
@@ -132,6 +143,12 @@ def _saved(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
 
 
 def _vjp(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    if ctx.log and getattr(ctx, "mask_from_inputs", False):
+        output, x, where = ctx.saved_tensors
+        if kernel_op.log_vjp_applies(output, grad, x) and (
+            where is None or where.device.type == "cpu"
+        ):
+            return kernel_op.log_vjp(output, grad, x, where, ctx.dim), None, None, None, None
     output, valid = _saved(ctx, grad)
     # The kernels are not differentiable: with create_graph=True (grad mode on during
     # backward) the differentiable torch ops are used instead.
@@ -227,10 +244,16 @@ class EvSoftmaxEagerFunction(torch.autograd.Function):
         where: torch.Tensor | None,
         log: bool,
     ) -> torch.Tensor:
-        out = forward(x, dim, epsilon, where, log)
-        ctx.dim, ctx.log = dim, log
         needed = ctx.needs_input_grad[0] or _forward_ad_active()
-        _save(ctx, x, epsilon, where, log, out, needed)
+        holds_minus_inf = None
+        if log and needed and epsilon != 0.0 and _kernel_log_forward_applies(x, where):
+            # The kernel tells whether its output holds -inf (the only case in which
+            # the backward needs the validity mask) at a fraction of a scan's cost.
+            out, holds_minus_inf = ops.kernel_log_forward(x, dim, epsilon, where)
+        else:
+            out = forward(x, dim, epsilon, where, log)
+        ctx.dim, ctx.log = dim, log
+        _save(ctx, x, epsilon, where, log, out, needed, holds_minus_inf)
         return out
 
     @staticmethod
@@ -240,6 +263,11 @@ class EvSoftmaxEagerFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
         return _jvp(ctx, tangent)
+
+
+def _kernel_log_forward_applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
+    """Whether the eager forward of :func:`forward` takes the compiled kernel for ``x``."""
+    return ops.fast_path_applies(x, where) and ops.kernel_applies(x)
 
 
 def _transforms_active() -> bool:

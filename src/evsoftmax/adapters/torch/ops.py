@@ -44,6 +44,8 @@ __all__ = [
     "fast_path_applies",
     "from_rows",
     "kernel_applies",
+    "kernel_log_forward",
+    "kernel_log_vjp",
     "jit_tracing",
     "log_ev_softmax_jvp",
     "log_ev_softmax_vjp",
@@ -359,14 +361,33 @@ def _kernel_forward(
     x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool
 ) -> torch.Tensor:
     """The compiled kernel on ``x`` and ``where`` through their strides (module docstring)."""
+    return _kernel_call(x, dim, epsilon, where, log, scan=False)[0]
+
+
+def kernel_log_forward(
+    x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None
+) -> tuple[torch.Tensor, bool]:
+    """log ev-softmax with the compiled kernel (:func:`kernel_applies`), and whether it holds -inf.
+
+    The kernel looks at each block of rows it wrote while the block is in cache,
+    so the answer costs a small fraction of the forward pass, where a scan of
+    the output afterwards (:func:`may_hold_minus_inf`) would cost about as much
+    as the forward pass itself.
+    """
+    return _kernel_call(x, dim, epsilon, where, True, scan=True)
+
+
+def _kernel_call(
+    x: torch.Tensor, dim: int, epsilon: float, where: torch.Tensor | None, log: bool, scan: bool
+) -> tuple[torch.Tensor, bool]:
     out = torch.empty_like(x)
     if out.numel() == 0:
-        return out
+        return out, False
     mask_ptr, mask_strides = 0, (0,) * x.ndim
     if where is not None:
         mask = where.expand(x.shape)  # a broadcast axis has stride 0: no copy
         mask_ptr, mask_strides = mask.data_ptr(), mask.stride()
-    _ext.ev_softmax_strided(
+    found = _ext.ev_softmax_strided(
         x.data_ptr(),
         mask_ptr,
         out.data_ptr(),
@@ -380,8 +401,9 @@ def _kernel_forward(
         log=log,
         threads=torch.get_num_threads(),
         parallel=_openmp_parallel(),
+        scan=scan,
     )
-    return out
+    return out, found
 
 
 @functools.cache
@@ -505,13 +527,88 @@ def log_ev_softmax_vjp(
 
     ``valid`` is the validity mask; None means the invalid entries are exactly
     those where ``logp`` is ``-inf`` (a valid entry whose probability underflows
-    is -inf too, so the autograd Functions keep the mask).
+    is -inf too, so the autograd Functions keep the mask). Eager CPU tensors of a
+    dtype the compiled kernel reads take :func:`kernel_log_vjp` (one pass);
+    the others, and a backward that is itself differentiated, torch ops.
     """
+    if _log_vjp_kernel_applies(logp, grad, valid):
+        return kernel_log_vjp(logp, grad, dim, None, valid)
     if valid is not None or may_hold_minus_inf(logp):
         grad = torch.where(_invalid(logp, valid), 0.0, grad)
     lp, g = _in_accumulation_dtype(logp, grad)
     out = torch._log_softmax_backward_data(g, lp, dim, lp.dtype)
     return out.to(grad.dtype)
+
+
+def _log_vjp_kernel_applies(
+    logp: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor | None
+) -> bool:
+    """Whether :func:`kernel_log_vjp` serves this backward (eager, not differentiated)."""
+    tensors = (logp, grad) if valid is None else (logp, grad, valid)
+    return (
+        not torch.is_grad_enabled()
+        and _eager_cpu(*tensors)
+        and not torch._C._are_functorch_transforms_active()
+        # (Batched tensors of the legacy vmap, as gradcheck uses, have no storage.)
+        and all(torch._C._has_storage(t) for t in tensors)
+        and grad.dtype == logp.dtype
+        and grad.shape == logp.shape
+        and kernel_applies(logp)
+    )
+
+
+def _laid_out_as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of ``like`` (itself when it has them, else a copy)."""
+    if t.stride() == like.stride():
+        return t
+    return torch.empty_like(like).copy_(t)
+
+
+def kernel_log_vjp(
+    logp: torch.Tensor,
+    grad: torch.Tensor,
+    dim: int,
+    x: torch.Tensor | None,
+    valid: torch.Tensor | None,
+) -> torch.Tensor:
+    r""":func:`log_ev_softmax_vjp` with the compiled kernel: :math:`g - e^{\log p}\sum g`.
+
+    One read of ``logp`` and ``grad`` per row (CPU tensors of one dtype the
+    kernel reads). The validity of a row's entries is read only in rows whose
+    ``logp`` holds ``-inf`` or NaN, the others being all valid: from ``valid``
+    (a boolean mask broadcastable to ``logp``) and the input ``x`` (entries
+    ``-inf`` are invalid), either may be None; with neither, the ``-inf``
+    entries of ``logp`` are the invalid ones. ``grad`` and ``x`` are read in
+    ``logp``'s layout (copied into it when theirs differs: an expanded
+    cotangent, say).
+    """
+    dim = dim % logp.ndim
+    out = torch.empty_like(logp)
+    if out.numel() == 0:
+        return out
+    grad = _laid_out_as(grad, logp)
+    x = None if x is None else _laid_out_as(x, logp)  # (kept referenced while the kernel runs)
+    x_ptr = 0 if x is None else x.data_ptr()
+    mask_ptr, mask_strides = 0, (0,) * logp.ndim
+    if valid is not None:
+        mask = valid.expand(logp.shape)  # a broadcast axis has stride 0: no copy
+        mask_ptr, mask_strides = mask.data_ptr(), mask.stride()
+    _ext.log_ev_softmax_vjp_strided(
+        logp.data_ptr(),
+        grad.data_ptr(),
+        x_ptr,
+        mask_ptr,
+        out.data_ptr(),
+        shape=tuple(logp.shape),
+        strides=logp.stride(),
+        mask_strides=mask_strides,
+        out_strides=out.stride(),
+        axis=dim,
+        dtype=_DTYPE_NAMES[logp.dtype],
+        threads=torch.get_num_threads(),
+        parallel=_openmp_parallel(),
+    )
+    return out
 
 
 def log_ev_softmax_jvp(
