@@ -165,27 +165,7 @@ def test_log_vjp_bad_arguments_raise():
 
 def scanned(x, axis, where, epsilon, threads=1):
     """``(output, whether the kernel says it holds -inf)`` of the log form."""
-    out = np.full_like(x, 12345.0)
-    mask_ptr, mask_strides = 0, (0,) * x.ndim
-    if where is not None:
-        mask = np.broadcast_to(where, x.shape)
-        mask_ptr, mask_strides = mask.ctypes.data, mask.strides
-    found = _ext.ev_softmax_strided(
-        x.ctypes.data,
-        mask_ptr,
-        out.ctypes.data,
-        shape=x.shape,
-        strides=tuple(s // x.itemsize for s in x.strides),
-        mask_strides=mask_strides,
-        out_strides=tuple(s // out.itemsize for s in out.strides),
-        axis=axis,
-        dtype=np.dtype(x.dtype).name,
-        epsilon=epsilon,
-        log=True,
-        threads=threads,
-        scan=True,
-    )
-    return out, found
+    return run(x, axis, where, epsilon, log=True, threads=threads, scan=True)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -34,14 +34,17 @@ def _kernels():
     require_cpu_kernels()
 
 
-def run(x, axis, where=None, epsilon=0.0, log=False, out=None, threads=1):
-    """The strided kernel on NumPy array ``x`` (any layout) into ``out`` (default: x's layout)."""
+def run(x, axis, where=None, epsilon=0.0, log=False, out=None, threads=1, scan=False):
+    """The strided kernel on NumPy array ``x`` (any layout) into ``out`` (default: x's layout).
+
+    With ``scan``, ``(out, whether the kernel says out holds -inf)``.
+    """
     out = np.full_like(x, 12345.0) if out is None else out
     mask_ptr, mask_strides = 0, (0,) * x.ndim
     if where is not None:
         mask = np.broadcast_to(where, x.shape)
         mask_ptr, mask_strides = mask.ctypes.data, mask.strides
-    _ext.ev_softmax_strided(
+    found = _ext.ev_softmax_strided(
         x.ctypes.data,
         mask_ptr,
         out.ctypes.data,
@@ -54,9 +57,10 @@ def run(x, axis, where=None, epsilon=0.0, log=False, out=None, threads=1):
         epsilon=epsilon,
         log=log,
         threads=threads,
+        scan=scan,
     )
     assert not (out == 12345.0).any()  # an entry the kernel missed keeps this
-    return out
+    return (out, found) if scan else out
 
 
 def expected(x, axis, where, epsilon, log):

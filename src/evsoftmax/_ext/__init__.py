@@ -175,6 +175,16 @@ def baseline_vjp_rows(
     _baselines().vjp_rows(probs, grad, out, *args)
 
 
+def _strided_kernels(dtype: str) -> ModuleType:
+    """The kernels module for a strided call on ``dtype``; raises as the entry points say."""
+    kernels = cpu_kernels()
+    if kernels is None:
+        raise RuntimeError("evsoftmax's compiled CPU kernels are not available")
+    if dtype not in DTYPE_CODES or (dtype == "float16" and not kernels.FLOAT16):
+        raise ValueError(f"dtype {dtype!r} is not supported by the compiled kernels")
+    return kernels
+
+
 def ev_softmax_strided(
     x: int,
     mask: int,
@@ -206,11 +216,7 @@ def ev_softmax_strided(
     RuntimeError when the kernels are not available, ValueError for a dtype
     they cannot take.
     """
-    kernels = cpu_kernels()
-    if kernels is None:
-        raise RuntimeError("evsoftmax's compiled CPU kernels are not available")
-    if dtype not in DTYPE_CODES or (dtype == "float16" and not kernels.FLOAT16):
-        raise ValueError(f"dtype {dtype!r} is not supported by the compiled kernels")
+    kernels = _strided_kernels(dtype)
     ratio, log_ratio = off_support_weight(epsilon)
     found = kernels.ev_softmax_strided(
         x, mask, out, shape, strides, mask_strides, out_strides, axis, DTYPE_CODES[dtype],
@@ -248,11 +254,7 @@ def log_ev_softmax_vjp_strided(
     Raises RuntimeError when the kernels are not available, ValueError for a
     dtype they cannot take.
     """
-    kernels = cpu_kernels()
-    if kernels is None:
-        raise RuntimeError("evsoftmax's compiled CPU kernels are not available")
-    if dtype not in DTYPE_CODES or (dtype == "float16" and not kernels.FLOAT16):
-        raise ValueError(f"dtype {dtype!r} is not supported by the compiled kernels")
+    kernels = _strided_kernels(dtype)
     kernels.log_ev_softmax_vjp_strided(
         logp, grad, x, mask, out, shape, strides, mask_strides, out_strides, axis,
         DTYPE_CODES[dtype], threads, parallel,

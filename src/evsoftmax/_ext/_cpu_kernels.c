@@ -1618,6 +1618,29 @@ static int read_sizes(PyObject *seq, Py_ssize_t ndim, Py_ssize_t *out, const cha
     return ok ? 0 : -1;
 }
 
+/* Reads a strided entry point's layout: the shape and the strides of x, mask and y
+ * (`x_name` names x's in errors), checking ndim, axis and dtype; -1 with an exception
+ * set on bad arguments. */
+static int read_layout(PyObject *shape_arg, PyObject *xs_arg, PyObject *ms_arg, PyObject *ys_arg,
+                       int axis, int dtype, const char *x_name, Py_ssize_t *ndim,
+                       Py_ssize_t *shape, Py_ssize_t *xs, Py_ssize_t *ms, Py_ssize_t *ys) {
+    *ndim = PyObject_Length(shape_arg);
+    if (*ndim < 0) return -1;
+    if (*ndim < 1 || *ndim > EVS_MAX_DIMS || axis < 0 || axis >= *ndim) {
+        PyErr_Format(PyExc_ValueError, "need 1 to %d dimensions and 0 <= axis < ndim",
+                     EVS_MAX_DIMS);
+        return -1;
+    }
+    if (dtype < EVS_F32 || dtype > EVS_BF16) {
+        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3");
+        return -1;
+    }
+    if (read_sizes(shape_arg, *ndim, shape, "shape") || read_sizes(xs_arg, *ndim, xs, x_name) ||
+        read_sizes(ms_arg, *ndim, ms, "mask_strides") || read_sizes(ys_arg, *ndim, ys, "y_strides"))
+        return -1;
+    return 0;
+}
+
 /* Fills the rows of `job` (whose x, y, mask and dtype are set) along `axis` of an
  * array of `shape`: x and y strides in elements, the mask's in bytes (read only when
  * job->mask is set). Returns -1 for a negative size. */
@@ -1684,20 +1707,9 @@ static PyObject *ev_softmax_strided(PyObject *self, PyObject *args) {
                           &ys_arg, &axis, &dtype, &ratio, &log_ratio, &log_out, &threads,
                           &parallel, &scan))
         return NULL;
-    Py_ssize_t ndim = PyObject_Length(shape_arg);
-    if (ndim < 0) return NULL;
-    if (ndim < 1 || ndim > EVS_MAX_DIMS || axis < 0 || axis >= ndim) {
-        PyErr_Format(PyExc_ValueError, "need 1 to %d dimensions and 0 <= axis < ndim",
-                     EVS_MAX_DIMS);
-        return NULL;
-    }
-    if (dtype < EVS_F32 || dtype > EVS_BF16) {
-        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3");
-        return NULL;
-    }
-    Py_ssize_t shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
-    if (read_sizes(shape_arg, ndim, shape, "shape") || read_sizes(xs_arg, ndim, xs, "x_strides") ||
-        read_sizes(ms_arg, ndim, ms, "mask_strides") || read_sizes(ys_arg, ndim, ys, "y_strides"))
+    Py_ssize_t ndim, shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
+    if (read_layout(shape_arg, xs_arg, ms_arg, ys_arg, axis, dtype, "x_strides", &ndim, shape, xs, ms,
+                    ys))
         return NULL;
     job_t job = {
         .x = (const char *)(uintptr_t)x,
@@ -1740,20 +1752,9 @@ static PyObject *log_ev_softmax_vjp_strided(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKKKKOOOOiiiK", &lp, &g, &x, &mask, &y, &shape_arg, &xs_arg,
                           &ms_arg, &ys_arg, &axis, &dtype, &threads, &parallel))
         return NULL;
-    Py_ssize_t ndim = PyObject_Length(shape_arg);
-    if (ndim < 0) return NULL;
-    if (ndim < 1 || ndim > EVS_MAX_DIMS || axis < 0 || axis >= ndim) {
-        PyErr_Format(PyExc_ValueError, "need 1 to %d dimensions and 0 <= axis < ndim",
-                     EVS_MAX_DIMS);
-        return NULL;
-    }
-    if (dtype < EVS_F32 || dtype > EVS_BF16) {
-        PyErr_SetString(PyExc_ValueError, "dtype must be 0 to 3");
-        return NULL;
-    }
-    Py_ssize_t shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
-    if (read_sizes(shape_arg, ndim, shape, "shape") || read_sizes(xs_arg, ndim, xs, "strides") ||
-        read_sizes(ms_arg, ndim, ms, "mask_strides") || read_sizes(ys_arg, ndim, ys, "y_strides"))
+    Py_ssize_t ndim, shape[EVS_MAX_DIMS], xs[EVS_MAX_DIMS], ms[EVS_MAX_DIMS], ys[EVS_MAX_DIMS];
+    if (read_layout(shape_arg, xs_arg, ms_arg, ys_arg, axis, dtype, "strides", &ndim, shape, xs, ms,
+                    ys))
         return NULL;
     job_t job = {
         .x = (const char *)(uintptr_t)lp,
