@@ -63,6 +63,15 @@ _HALF = (torch.float16, torch.bfloat16)
 _BLOCK_BYTES = 1 << 22
 
 
+def _kernel_mask(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """A boolean mask as the strided kernels read it: address and strides (bytes) at
+    ``like``'s shape, a broadcast axis at stride 0 (no copy); ``(0, zeros)`` for none."""
+    if mask is None:
+        return 0, (0,) * like.ndim
+    expanded = mask.expand(like.shape)
+    return expanded.data_ptr(), expanded.stride()
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half precision, else ``dtype`` itself."""
     return torch.float32 if dtype in _HALF else dtype
@@ -383,10 +392,7 @@ def _kernel_call(
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out, False
-    mask_ptr, mask_strides = 0, (0,) * x.ndim
-    if where is not None:
-        mask = where.expand(x.shape)  # a broadcast axis has stride 0: no copy
-        mask_ptr, mask_strides = mask.data_ptr(), mask.stride()
+    mask_ptr, mask_strides = _kernel_mask(where, x)
     found = _ext.ev_softmax_strided(
         x.data_ptr(),
         mask_ptr,
@@ -589,10 +595,7 @@ def kernel_log_vjp(
     grad = _laid_out_as(grad, logp)
     x = None if x is None else _laid_out_as(x, logp)  # (kept referenced while the kernel runs)
     x_ptr = 0 if x is None else x.data_ptr()
-    mask_ptr, mask_strides = 0, (0,) * logp.ndim
-    if valid is not None:
-        mask = valid.expand(logp.shape)  # a broadcast axis has stride 0: no copy
-        mask_ptr, mask_strides = mask.data_ptr(), mask.stride()
+    mask_ptr, mask_strides = _kernel_mask(valid, logp)
     _ext.log_ev_softmax_vjp_strided(
         logp.data_ptr(),
         grad.data_ptr(),
