@@ -184,13 +184,15 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
         return;                                                                             \
     }
 
-/* Defines long_row_<T>(x, y, length, ratio, log_ratio, log_out), inlined into rows_<T>:
- * row_<T> for rows of EVS_LONG entries or more, each pass one vectorized loop
- * (faster than chunks there). */
+/* Defines long_row_<T>(x, y, length, ratio, log_ratio, log_out, scale), inlined into
+ * rows_<T>: row_<T> for rows of EVS_LONG entries or more, each pass one vectorized loop
+ * (faster than chunks there). With scale set (and not log_out), pass 4 is left to the
+ * caller: y holds the weights and *scale = 1 / their sum (a row that takes the special
+ * rules is written whole and leaves *scale alone). */
 #define EVS_DEFINE_LONG_ROW(T, EXP)                                                           \
     static inline __attribute__((always_inline)) void long_row_##T(                            \
         const T *restrict x, T *restrict y, Py_ssize_t length, T ratio, T log_ratio,        \
-        int log_out) {                                                                      \
+        int log_out, T *restrict scale) {                                                   \
         T m = -INFINITY;                                                                    \
         EVS_SIMD_MAX_M                                                                      \
         for (Py_ssize_t i = 0; i < length; i++) m = x[i] > m ? x[i] : m;                    \
@@ -229,6 +231,8 @@ EVS_DEFINE_WIDE_ROW(double, exp_nonpositive_f64)
         }                                                                                   \
         if (log_out) {                                                                      \
             EVS_LOG_PASS(T);                                                                \
+        } else if (scale != NULL) {                                                         \
+            *scale = (T)1 / total;                                                          \
         } else {                                                                            \
             T inv = (T)1 / total;                                                           \
             EVS_SIMD                                                                        \
@@ -442,13 +446,18 @@ EVS_DEFINE_SHORT_ROW(double, exp_nonpositive_f64)
     for (Py_ssize_t r = 0; r < count; r++)                                                  \
         short_row_##T(x + r * x_step, y + r * y_step, length, WIDTH, ratio, log_ratio, log_out)
 
-/* Defines rows_<T>(x, y, count, x_step, y_step, length, ...): `count` rows whose starts
- * are x_step (y_step) entries apart, in one call, so that short rows cost no call and
- * no dispatch each (the row body is inlined into each target clone). */
+/* Defines rows_<T>(x, y, count, x_step, y_step, length, ..., scale): `count` rows whose
+ * starts are x_step (y_step) entries apart, in one call, so that short rows cost no call
+ * and no dispatch each (the row body is inlined into each target clone). With scale
+ * set, y's row r is to be multiplied by scale[r] (1 but for the long rows that leave
+ * their division to the caller, see long_row_<T>): a caller that converts the rows
+ * anyway divides on the way, one pass over them fewer. */
 #define EVS_DEFINE_ROWS(T)                                                                  \
     EVS_CLONES static void rows_##T(const T *x, T *y, Py_ssize_t count, Py_ssize_t x_step,  \
                                    Py_ssize_t y_step, Py_ssize_t length, T ratio,           \
-                                   T log_ratio, int log_out) {                              \
+                                   T log_ratio, int log_out, T *restrict scale) {           \
+        if (scale != NULL)                                                                  \
+            for (Py_ssize_t r = 0; r < count; r++) scale[r] = 1;                            \
         if (length >= EVS_CHUNK && length <= EVS_SHORT_MAX) {                               \
             switch ((length + EVS_CHUNK - 1) / EVS_CHUNK) {                                 \
                 case 1: EVS_SHORT_ROWS(T, EVS_CHUNK); return;                               \
@@ -459,7 +468,8 @@ EVS_DEFINE_SHORT_ROW(double, exp_nonpositive_f64)
         }                                                                                   \
         for (Py_ssize_t r = 0; r < count; r++)                                              \
             if (length >= EVS_LONG)                                                         \
-                long_row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out); \
+                long_row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out, \
+                             scale == NULL ? NULL : scale + r);                             \
             else                                                                            \
                 row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out); \
     }
@@ -526,7 +536,8 @@ static inline float bf16_to_float(uint16_t h) {
 }
 
 /* float16 bits to float: exponent and mantissa moved into place and rebiased by an
- * exact multiplication by 2^112 (subnormals included); infinities and NaN kept. */
+ * exact multiplication by 2^112 (subnormals included); infinities kept, NaN made
+ * quiet with its payload kept (bit for bit as F16C's vcvtph2ps, f16_to_float_n). */
 static inline float f16_to_float(uint16_t h) {
     uint32_t em = (uint32_t)(h & 0x7fffu) << 13, sign = (uint32_t)(h & 0x8000u) << 16;
     float f;
@@ -534,14 +545,16 @@ static inline float f16_to_float(uint16_t h) {
     f *= 0x1p112f;
     uint32_t bits;
     memcpy(&bits, &f, sizeof bits);
-    bits = em >= (0x7c00u << 13) ? em | 0x7f800000u : bits;
+    uint32_t quiet = em > (0x7c00u << 13) ? 0x00400000u : 0u;
+    bits = em >= (0x7c00u << 13) ? em | 0x7f800000u | quiet : bits;
     bits |= sign;
     memcpy(&f, &bits, sizeof f);
     return f;
 }
 
-/* float to float16 bits, rounded to nearest even (as the hardware converts): beyond
- * the largest half (to 65520) infinity; NaN a quiet NaN; below the smallest normal
+/* float to float16 bits, rounded to nearest even (bit for bit as F16C's vcvtps2ph,
+ * float_to_f16_n): beyond the largest half (to 65520) infinity; NaN a quiet NaN with
+ * the top of its payload; below the smallest normal
  * half the rounding of an addition that aligns the mantissa. Branch free, so that it
  * vectorizes. */
 static inline uint16_t float_to_f16(float f) {
@@ -558,7 +571,7 @@ static inline uint16_t float_to_f16(float f) {
     memcpy(&small_bits, &small, sizeof small_bits);
     uint32_t sub = small_bits - magic_bits;
     uint32_t normal = (u + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
-    uint32_t big = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    uint32_t big = u > 0x7f800000u ? 0x7e00u | ((u >> 13) & 0x3ffu) : 0x7c00u;
     uint32_t o = u >= (uint32_t)(127 + 16) << 23 ? big : u < (uint32_t)113 << 23 ? sub : normal;
     return (uint16_t)(o | sign);
 }
@@ -570,6 +583,87 @@ static inline uint16_t float_to_bf16(float f) {
     if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u);
     bits += 0x7fffu + ((bits >> 16) & 1u);
     return (uint16_t)(bits >> 16);
+}
+
+/* ---- Runs of float16 converted by the hardware where the CPU can ------------------
+ *
+ * f16_to_float_n and float_to_f16_n convert n contiguous entries: with F16C's
+ * vcvtph2ps and vcvtps2ph (8 entries an instruction, rounding to nearest even) when
+ * the CPU has it (evs_f16c, read when the module loads), else with f16_to_float and
+ * float_to_f16, which give the same bits for every input (NaN payloads included).
+ * x86-64-v3 and v4 include F16C, but GCC 12 does not vectorize conversions of
+ * _Float16 and the target clones cannot tell which of them runs, so the intrinsics
+ * live in functions compiled for F16C and chosen at run time; a run is long enough
+ * (a tile, a block of a row) that the choice costs nothing. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define EVS_F16C 1
+#else
+#define EVS_F16C 0
+#endif
+
+static int evs_f16c; /* the CPU has F16C (set in PyInit__cpu_kernels) */
+
+#if EVS_F16C
+__attribute__((target("avx,f16c"))) static void f16_to_float_f16c(const evs_f16 *restrict h,
+                                                                   float *restrict f,
+                                                                   Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) f[i] = _cvtsh_ss(h[i]);
+}
+
+__attribute__((target("avx,f16c"))) static void float_to_f16_f16c(const float *restrict f,
+                                                                   evs_f16 *restrict h,
+                                                                   Py_ssize_t n, float scale) {
+    Py_ssize_t i = 0;
+    __m256 s = _mm256_set1_ps(scale);
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i),
+                         _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(f + i), s),
+                                         _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) h[i] = _cvtss_sh(f[i] * scale, _MM_FROUND_TO_NEAREST_INT);
+}
+#endif
+
+EVS_CLONES static void f16_to_float_soft(const evs_f16 *restrict h, float *restrict f,
+                                         Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) f[i] = f16_to_float(h[i]);
+}
+
+EVS_CLONES static void float_to_f16_soft(const float *restrict f, evs_f16 *restrict h,
+                                         Py_ssize_t n, float scale) {
+    for (Py_ssize_t i = 0; i < n; i++) h[i] = float_to_f16(f[i] * scale);
+}
+
+static void f16_to_float_n(const evs_f16 *restrict h, float *restrict f, Py_ssize_t n) {
+#if EVS_F16C
+    if (evs_f16c) {
+        f16_to_float_f16c(h, f, n);
+        return;
+    }
+#endif
+    f16_to_float_soft(h, f, n);
+}
+
+/* f * scale rounded once (the product in float, as if stored first). */
+static void float_to_f16_n(const float *restrict f, evs_f16 *restrict h, Py_ssize_t n,
+                           float scale) {
+#if EVS_F16C
+    if (evs_f16c) {
+        float_to_f16_f16c(f, h, n, scale);
+        return;
+    }
+#endif
+    float_to_f16_soft(f, h, n, scale);
+}
+
+/* bfloat16's: f * scale rounded once (no hardware path: AVX512-BF16's vcvtneps2bf16
+ * flushes subnormals to zero). */
+EVS_CLONES static void float_to_bf16_n(const float *restrict f, uint16_t *restrict h,
+                                       Py_ssize_t n, float scale) {
+    for (Py_ssize_t i = 0; i < n; i++) h[i] = float_to_bf16(f[i] * scale);
 }
 
 /* A tile: `count` rows (starts `row_step` entries apart, entries `step` apart) gathered
@@ -608,16 +702,27 @@ EVS_CLONES static void gather_float(const char *x, int dtype, Py_ssize_t step,
                                     Py_ssize_t length) {
     if (dtype == EVS_F32)
         EVS_GATHER(float, float, EVS_AS_FLOAT);
+    else if (dtype == EVS_F16 && step == 1 && (count == 1 || row_step == length))
+        f16_to_float_n((const evs_f16 *)x, buf, count * length);
     else if (dtype == EVS_F16)
         EVS_GATHER(float, evs_f16, f16_to_float);
     else
         EVS_GATHER(float, uint16_t, bf16_to_float);
 }
 
+/* Writes the tile; with scale set (half precision into contiguous rows only, see
+ * strided_tile), row t multiplied by scale[t] on the way. */
 EVS_CLONES static void scatter_float(const float *restrict buf, char *y, int dtype,
                                      Py_ssize_t step, Py_ssize_t row_step, Py_ssize_t count,
-                                     Py_ssize_t length) {
-    if (dtype == EVS_F32)
+                                     Py_ssize_t length, const float *restrict scale) {
+    if (dtype != EVS_F32 && step == 1 && (count == 1 || row_step == length)) {
+        for (Py_ssize_t t = 0; t < count; t++) {
+            float s = scale == NULL ? 1.0f : scale[t];
+            uint16_t *row = (uint16_t *)y + t * length;
+            if (dtype == EVS_F16) float_to_f16_n(buf + t * length, row, length, s);
+            else float_to_bf16_n(buf + t * length, row, length, s);
+        }
+    } else if (dtype == EVS_F32)
         EVS_SCATTER(float, EVS_AS_FLOAT);
     else if (dtype == EVS_F16)
         EVS_SCATTER(evs_f16, float_to_f16);
@@ -818,7 +923,7 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
         if (mask != NULL) apply_mask_double(mask, job->ams, m_row, count, in, n);
         double *out = direct ? (double *)y : (double *)buf_out;
         rows_double(in, out, count, n, direct ? y_row : n, n, job->ratio, job->log_ratio,
-                    log_out);
+                    log_out, NULL);
         if (!direct) scatter_double(out, y, job->ays, y_row, count, n);
     } else {
         float *in = (float *)buf_in;
@@ -826,9 +931,15 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
         gather_float(x, job->dtype, job->axs, x_row, count, in, n);
         if (mask != NULL) apply_mask_float(mask, job->ams, m_row, count, in, n);
         float *out = direct ? (float *)y : (float *)buf_out;
+        /* Half precision into contiguous rows: the division of long rows done as they
+         * are converted (scatter_float). */
+        float scale[EVS_TILE_ROWS];
+        int scaled = job->dtype != EVS_F32 && job->ays == 1 && (count == 1 || y_row == n) &&
+                     !log_out && n >= EVS_LONG && count <= EVS_TILE_ROWS;
         rows_float(in, out, count, n, direct ? y_row : n, n, (float)job->ratio,
-                   (float)job->log_ratio, log_out);
-        if (!direct) scatter_float(out, y, job->dtype, job->ays, y_row, count, n);
+                   (float)job->log_ratio, log_out, scaled ? scale : NULL);
+        if (!direct)
+            scatter_float(out, y, job->dtype, job->ays, y_row, count, n, scaled ? scale : NULL);
     }
 }
 
@@ -1371,10 +1482,10 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
         if (done == run) {
         } else if (direct && job->dtype == EVS_F64) {
             rows_double((const double *)x, (double *)y, run - done, job->xs[inner], job->ys[inner],
-                        job->length, job->ratio, job->log_ratio, job->log_out);
+                        job->length, job->ratio, job->log_ratio, job->log_out, NULL);
         } else if (direct) {
             rows_float((const float *)x, (float *)y, run - done, job->xs[inner], job->ys[inner],
-                       job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
+                       job->length, (float)job->ratio, (float)job->log_ratio, job->log_out, NULL);
         } else {
             const unsigned char *m = job->mask == NULL ? NULL : job->mask + om;
             Py_ssize_t cols = tile_cols(job);
@@ -1931,6 +2042,43 @@ static PyObject *xla_ffi_log_grad_handler(PyObject *self, PyObject *noargs) {
     return PyCapsule_New((void *)xla_ffi_log_ev_softmax_grad, NULL, NULL);
 }
 
+PyDoc_STRVAR(convert_half_doc,
+"convert_half(src, dst, n, dtype, widen, hardware)\n--\n\n"
+"For tests: the kernels' conversion of n contiguous entries at address src into\n"
+"address dst: half precision (dtype 2: float16 bits, 3: bfloat16 bits) to float32\n"
+"when widen is true, else float32 to half precision. hardware false takes the\n"
+"portable float16 conversion even where the CPU has F16C. Returns whether F16C\n"
+"converted.");
+
+static PyObject *convert_half(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long src, dst;
+    Py_ssize_t n;
+    int dtype, widen, hardware;
+    if (!PyArg_ParseTuple(args, "KKnipp", &src, &dst, &n, &dtype, &widen, &hardware))
+        return NULL;
+    if ((dtype != EVS_F16 && dtype != EVS_BF16) || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "dtype must be 2 or 3, and n >= 0");
+        return NULL;
+    }
+    const uint16_t *h = (const uint16_t *)(uintptr_t)src;
+    const float *f = (const float *)(uintptr_t)src;
+    int used = dtype == EVS_F16 && hardware && evs_f16c;
+    if (dtype == EVS_BF16 && widen)
+        for (Py_ssize_t i = 0; i < n; i++) ((float *)(uintptr_t)dst)[i] = bf16_to_float(h[i]);
+    else if (dtype == EVS_BF16)
+        float_to_bf16_n(f, (uint16_t *)(uintptr_t)dst, n, 1.0f);
+    else if (widen && used)
+        f16_to_float_n(h, (float *)(uintptr_t)dst, n);
+    else if (widen)
+        f16_to_float_soft(h, (float *)(uintptr_t)dst, n);
+    else if (used)
+        float_to_f16_n(f, (evs_f16 *)(uintptr_t)dst, n, 1.0f);
+    else
+        float_to_f16_soft(f, (evs_f16 *)(uintptr_t)dst, n, 1.0f);
+    return PyBool_FromLong(used);
+}
+
 static PyMethodDef methods[] = {
     {"ev_softmax_rows", ev_softmax_rows, METH_VARARGS, ev_softmax_rows_doc},
     {"ev_softmax_strided", ev_softmax_strided, METH_VARARGS, ev_softmax_strided_doc},
@@ -1940,6 +2088,7 @@ static PyMethodDef methods[] = {
      log_ev_softmax_vjp_strided_doc},
     {"xla_ffi_log_grad_handler", xla_ffi_log_grad_handler, METH_NOARGS,
      xla_ffi_log_grad_handler_doc},
+    {"convert_half", convert_half, METH_VARARGS, convert_half_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1949,6 +2098,10 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void) {
+#if EVS_F16C
+    __builtin_cpu_init();
+    evs_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+#endif
     PyObject *m = PyModule_Create(&module);
     /* Whether ev_softmax_strided takes float16 (always, now that it converts bits). */
     if (m != NULL && PyModule_AddIntConstant(m, "FLOAT16", EVS_HAVE_F16) < 0) {

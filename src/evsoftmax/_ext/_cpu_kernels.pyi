@@ -45,6 +45,9 @@ def log_ev_softmax_vjp_strided(
     parallel: int,
     /,
 ) -> None: ...
+def convert_half(
+    src: int, dst: int, n: int, dtype: int, widen: bool, hardware: bool, /
+) -> bool: ...
 
 FLOAT16: int
 
