@@ -446,18 +446,13 @@ EVS_DEFINE_SHORT_ROW(double, exp_nonpositive_f64)
     for (Py_ssize_t r = 0; r < count; r++)                                                  \
         short_row_##T(x + r * x_step, y + r * y_step, length, WIDTH, ratio, log_ratio, log_out)
 
-/* Defines rows_<T>(x, y, count, x_step, y_step, length, ..., scale): `count` rows whose
- * starts are x_step (y_step) entries apart, in one call, so that short rows cost no call
- * and no dispatch each (the row body is inlined into each target clone). With scale
- * set, y's row r is to be multiplied by scale[r] (1 but for the long rows that leave
- * their division to the caller, see long_row_<T>): a caller that converts the rows
- * anyway divides on the way, one pass over them fewer. */
+/* Defines rows_<T>(x, y, count, x_step, y_step, length, ...): `count` rows whose starts
+ * are x_step (y_step) entries apart, in one call, so that short rows cost no call and
+ * no dispatch each (the row body is inlined into each target clone). */
 #define EVS_DEFINE_ROWS(T)                                                                  \
     EVS_CLONES static void rows_##T(const T *x, T *y, Py_ssize_t count, Py_ssize_t x_step,  \
                                    Py_ssize_t y_step, Py_ssize_t length, T ratio,           \
-                                   T log_ratio, int log_out, T *restrict scale) {           \
-        if (scale != NULL)                                                                  \
-            for (Py_ssize_t r = 0; r < count; r++) scale[r] = 1;                            \
+                                   T log_ratio, int log_out) {                              \
         if (length >= EVS_CHUNK && length <= EVS_SHORT_MAX) {                               \
             switch ((length + EVS_CHUNK - 1) / EVS_CHUNK) {                                 \
                 case 1: EVS_SHORT_ROWS(T, EVS_CHUNK); return;                               \
@@ -469,13 +464,28 @@ EVS_DEFINE_SHORT_ROW(double, exp_nonpositive_f64)
         for (Py_ssize_t r = 0; r < count; r++)                                              \
             if (length >= EVS_LONG)                                                         \
                 long_row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out, \
-                             scale == NULL ? NULL : scale + r);                             \
+                             NULL);                                                         \
             else                                                                            \
                 row_##T(x + r * x_step, y + r * y_step, length, ratio, log_ratio, log_out); \
     }
 
 EVS_DEFINE_ROWS(float)
 EVS_DEFINE_ROWS(double)
+
+/* ev-softmax (not its log) of `count` contiguous rows of length >= EVS_LONG into y,
+ * each row's division left to the caller: y's row r holds its weights and is to be
+ * multiplied by scale[r] (1 for a row that took the special rules and is written
+ * whole). A caller that converts the rows anyway (half precision, scatter_float)
+ * divides on the way: one pass over them fewer. Apart from rows_float, whose code
+ * the other rows keep. */
+EVS_CLONES static void long_rows_scaled(const float *x, float *y, Py_ssize_t count,
+                                        Py_ssize_t length, float ratio,
+                                        float *restrict scale) {
+    for (Py_ssize_t r = 0; r < count; r++) {
+        scale[r] = 1.0f;
+        long_row_float(x + r * length, y + r * length, length, ratio, 0.0f, 0, scale + r);
+    }
+}
 
 /* Element types of the strided entry point (half precision is computed in float). */
 #define EVS_F32 0
@@ -923,7 +933,7 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
         if (mask != NULL) apply_mask_double(mask, job->ams, m_row, count, in, n);
         double *out = direct ? (double *)y : (double *)buf_out;
         rows_double(in, out, count, n, direct ? y_row : n, n, job->ratio, job->log_ratio,
-                    log_out, NULL);
+                    log_out);
         if (!direct) scatter_double(out, y, job->ays, y_row, count, n);
     } else {
         float *in = (float *)buf_in;
@@ -936,8 +946,11 @@ static void strided_tile(const job_t *job, const char *x, const unsigned char *m
         float scale[EVS_TILE_ROWS];
         int scaled = job->dtype != EVS_F32 && job->ays == 1 && (count == 1 || y_row == n) &&
                      !log_out && n >= EVS_LONG && count <= EVS_TILE_ROWS;
-        rows_float(in, out, count, n, direct ? y_row : n, n, (float)job->ratio,
-                   (float)job->log_ratio, log_out, scaled ? scale : NULL);
+        if (scaled)
+            long_rows_scaled(in, out, count, n, (float)job->ratio, scale);
+        else
+            rows_float(in, out, count, n, direct ? y_row : n, n, (float)job->ratio,
+                       (float)job->log_ratio, log_out);
         if (!direct)
             scatter_float(out, y, job->dtype, job->ays, y_row, count, n, scaled ? scale : NULL);
     }
@@ -1482,10 +1495,10 @@ static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in
         if (done == run) {
         } else if (direct && job->dtype == EVS_F64) {
             rows_double((const double *)x, (double *)y, run - done, job->xs[inner], job->ys[inner],
-                        job->length, job->ratio, job->log_ratio, job->log_out, NULL);
+                        job->length, job->ratio, job->log_ratio, job->log_out);
         } else if (direct) {
             rows_float((const float *)x, (float *)y, run - done, job->xs[inner], job->ys[inner],
-                       job->length, (float)job->ratio, (float)job->log_ratio, job->log_out, NULL);
+                       job->length, (float)job->ratio, (float)job->log_ratio, job->log_out);
         } else {
             const unsigned char *m = job->mask == NULL ? NULL : job->mask + om;
             Py_ssize_t cols = tile_cols(job);
