@@ -66,8 +66,10 @@ def assert_same_or_both_nan(got, want):
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(got), nan)
     assert np.array_equal(np.signbit(got[nan]), np.signbit(want[nan]))
-    assert np.array_equal(got[~nan].view(np.uint32 if got.itemsize == 4 else np.uint16),
-                          want[~nan].view(np.uint32 if want.itemsize == 4 else np.uint16))
+    assert np.array_equal(
+        got[~nan].view(np.uint32 if got.itemsize == 4 else np.uint16),
+        want[~nan].view(np.uint32 if want.itemsize == 4 else np.uint16),
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
