@@ -1361,10 +1361,28 @@ static void col_tile(const job_t *job, const char *x, const unsigned char *mask,
                          y + t * (Py_ssize_t)size, 1, 0, 0, 0, buf_in, buf_out);
 }
 
+/* The log VJP of one contiguous float16 row through F16C: lp, g and v widened into
+ * scratch (buf_in and buf_out, two rows of floats each), log_vjp_float's arithmetic
+ * (the same as log_vjp_f16's, entry for entry), the result narrowed into o: the
+ * portable conversions in log_vjp_f16's loops cost more than its arithmetic. */
+static void log_vjp_f16_rows(const char *lp, const char *g, const char *v,
+                             const unsigned char *mask, char *o, Py_ssize_t n, Py_ssize_t ms,
+                             float *buf_in, float *buf_out) {
+    float *flp = buf_in, *fg = buf_in + n, *fo = buf_out, *fv = buf_out + n;
+    f16_to_float_n((const evs_f16 *)lp, flp, n);
+    f16_to_float_n((const evs_f16 *)g, fg, n);
+    if (v != NULL) f16_to_float_n((const evs_f16 *)v, fv, n);
+    log_vjp_float((const char *)flp, (const char *)fg, v == NULL ? NULL : (const char *)fv,
+                  mask, (char *)fo, n, 1, 1, n, ms, 0, 1, n);
+    float_to_f16_n(fo, (evs_f16 *)o, n, 1.0f);
+}
+
 /* The log VJP job's rows first..last-1 (lp at x, g at g and the input at v, all
  * through x's strides; the mask through its own; the result through y's), in tiles of
- * up to EVS_LANES rows when rows are not contiguous. */
-static void run_log_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
+ * up to EVS_LANES rows when rows are not contiguous; buf_in and buf_out are work()'s
+ * scratch (contiguous float16 rows, log_vjp_f16_rows). */
+static void run_log_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in,
+                             void *buf_out) {
     int d, inner = job->outer - 1;
     Py_ssize_t index[EVS_MAX_DIMS], rest = first;
     for (d = inner; d >= 0; d--) {
@@ -1391,7 +1409,13 @@ static void run_log_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
             const unsigned char *m = job->mask == NULL ? NULL : job->mask + om + i * mr;
             char *o = job->y + (oy + i * yr) * size;
             Py_ssize_t n = job->length, s = job->axs, ms = job->ams, os = job->ays;
-            if (job->dtype == EVS_F64)
+            if (job->dtype == EVS_F16 && evs_f16c && contiguous)
+                for (Py_ssize_t t = 0; t < count; t++)
+                    log_vjp_f16_rows(lp + t * xr * size, g + t * xr * size,
+                                     v == NULL ? NULL : v + t * xr * size,
+                                     m == NULL ? NULL : m + t * mr, o + t * yr * size, n, ms,
+                                     (float *)buf_in, (float *)buf_out);
+            else if (job->dtype == EVS_F64)
                 log_vjp_double(lp, g, v, m, o, n, count, s, xr, ms, mr, os, yr);
             else if (job->dtype == EVS_F32)
                 log_vjp_float(lp, g, v, m, o, n, count, s, xr, ms, mr, os, yr);
@@ -1411,9 +1435,10 @@ static void run_log_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
 
 /* The VJP job's rows first..last-1 (p at x, g at g: both through x's strides; the
  * result through y's), in tiles of up to EVS_LANES rows when rows are not contiguous. */
-static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
+static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in,
+                         void *buf_out) {
     if (job->log_out) { /* the log form's VJP */
-        run_log_vjp_rows(job, first, last);
+        run_log_vjp_rows(job, first, last, buf_in, buf_out);
         return;
     }
     int d, inner = job->outer - 1;
@@ -1457,7 +1482,7 @@ static void run_vjp_rows(job_t *job, Py_ssize_t first, Py_ssize_t last) {
 static void run_rows(job_t *job, Py_ssize_t first, Py_ssize_t last, void *buf_in,
                      void *buf_out) {
     if (job->g != NULL) {
-        run_vjp_rows(job, first, last);
+        run_vjp_rows(job, first, last, buf_in, buf_out);
         return;
     }
     int d, inner = job->outer - 1;
@@ -1550,7 +1575,7 @@ static void run_fused_rows(const job_t *job, Py_ssize_t first, Py_ssize_t last, 
     for (Py_ssize_t r = first; r < last; r += step) {
         Py_ssize_t stop = last - r < step ? last : r + step;
         run_rows(&forward, r, stop, buf_in, buf_out);
-        run_log_vjp_rows(&backward, r, stop);
+        run_log_vjp_rows(&backward, r, stop, buf_in, buf_out);
     }
 }
 
@@ -1611,7 +1636,7 @@ EVS_CLONES static int scan_rows(const job_t *job, Py_ssize_t first, Py_ssize_t l
 static void work(void *arg) {
     job_t *job = (job_t *)arg;
     /* Two tiles of scratch in the accumulation type, for the rows that are gathered
-     * (a column tile uses the first). */
+     * (a column tile uses the first; the float16 log VJP two rows of floats in each). */
     Py_ssize_t tile = tile_rows(job), cols = tile_cols(job);
     size_t bytes = (size_t)(job->length > 0 ? job->length : 1) *
                    (size_t)(cols > tile ? cols : tile) * sizeof(double);
