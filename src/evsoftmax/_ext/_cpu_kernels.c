@@ -39,7 +39,9 @@
  * weight is 0.
  *
  * On x86-64 Linux with GCC, each kernel is compiled for AVX-512, AVX2 and
- * baseline x86-64 and the loader picks the best one for the CPU (target_clones).
+ * baseline x86-64 and the loader picks the best one for the CPU (target_clones);
+ * contiguous float16 runs are converted by F16C where the CPU has it, chosen when
+ * the module loads (f16_to_float_n).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -495,7 +497,8 @@ EVS_CLONES static void long_rows_scaled(const float *x, float *y, Py_ssize_t cou
 #define EVS_MAX_DIMS 32
 
 /* float16 is read and written as its bits (f16_to_float, float_to_f16), which every
- * compiler vectorizes (GCC 12 converts _Float16 one entry at a time). */
+ * compiler vectorizes (GCC 12 converts _Float16 one entry at a time); contiguous runs
+ * go through F16C where the CPU has it (f16_to_float_n, float_to_f16_n). */
 #define EVS_HAVE_F16 1
 typedef uint16_t evs_f16;
 
