@@ -123,6 +123,15 @@ def _tests(session: nox.Session) -> None:
     # either way). A subprocess that sets its own XLA_FLAGS (shard_map tests)
     # replaces this; set XLA_FLAGS yourself to test the default optimization level.
     env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    # Many JAX tests compile the same small programs (the same function, shapes and
+    # flags from another test or on the other worker): the session's processes share
+    # one compilation cache, emptied at the start, so each is compiled once per run.
+    # Entries are keyed by the program, compile options, XLA flags and jaxlib version.
+    cache = Path(session.create_tmp()).resolve() / "jax-compilation-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
     # loadgroup: tests that share a costly setup (a subprocess battery, a docs page's
     # namespace) carry an xdist_group mark and run on one worker; the others balance.
     session.run(

@@ -2,7 +2,10 @@
 
 Tests that take the ``xp`` fixture run once per selected backend (see
 ``tests/backends.py``). Markers ``skip_xp_backend(name, reason=...)`` and
-``xfail_xp_backend(name, reason=...)`` adjust single backends.
+``xfail_xp_backend(name, reason=...)`` adjust single backends;
+``only_xp_backend(name, ...)`` keeps a test that takes no ``xp`` (the NumPy-and-C
+kernel tests) to the runs that select one of the named backends, so that the
+matrix runs it once instead of once per session.
 """
 
 from __future__ import annotations
@@ -36,17 +39,37 @@ _UNGROUPED = (
 )
 
 
+def _deselect_other_backends_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests marked ``only_xp_backend`` for backends this run does not select.
+
+    Such a test checks code no other backend changes (the C kernels called with
+    NumPy arrays, the CuPy kernels replayed in NumPy): every nox session would run
+    it alike, so only the session of its backend does. Deselected, not skipped:
+    pytest reports them as such.
+    """
+    chosen = set(selected())
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("only_xp_backend")
+        (kept if marker is None or chosen & set(marker.args) else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Fail the grouped tests of a ``--dist loadgroup`` run that does not group.
+    """Deselect other backends' tests; fail grouped tests of a loadgroup run that does not group.
 
-    Tests that share a costly setup (a path's subprocess battery, a docs page's
-    namespace) carry ``xdist_group``; a worker suffixes their node ids with
-    ``@group`` and the scheduler keeps each group on one worker. Where the suffix
+    Deselection: :func:`_deselect_other_backends_tests`. Tests that share a costly
+    setup (a path's subprocess battery, a docs page's namespace) carry
+    ``xdist_group``; a worker suffixes their node ids with ``@group`` and the
+    scheduler keeps each group on one worker. Where the suffix
     is missing (pytest 9.2 with pytest-xdist 3.8) the cells are spread over the
     workers and each waits for the setup: results stay right, but the session
     takes minutes longer, so the grouped tests fail, naming the remedy.
     """
+    _deselect_other_backends_tests(config, items)
     if not getattr(config.option, "loadgroup", False):
         return
     for item in items:

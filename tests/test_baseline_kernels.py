@@ -57,6 +57,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> _Spy:
     return _Spy(monkeypatch)
 
 
+@pytest.mark.only_xp_backend("numpy")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", MAPS)
@@ -69,6 +70,7 @@ def test_numpy_kernel_matches_reference(name, case, dtype, spy):
     assert_matches(out, expected_of(case, name, dtype), dtype)
 
 
+@pytest.mark.only_xp_backend("numpy")
 @pytest.mark.parametrize("name", MAPS)
 def test_numpy_kernel_other_axis_and_mask(name, spy):
     fn = MAPS[name][0]
@@ -87,6 +89,7 @@ def _torch():
     return pytest.importorskip("torch")
 
 
+@pytest.mark.only_xp_backend("torch")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", MAPS)
@@ -106,6 +109,7 @@ def test_torch_kernel_forward_and_backward(name, case, dtype, spy):
     np.testing.assert_allclose(grad, expected_grad, atol=20 * TOLERANCE[dtype], rtol=0)
 
 
+@pytest.mark.only_xp_backend("torch")
 @pytest.mark.parametrize("name", MAPS)
 def test_torch_kernel_gradcheck(name, spy):
     torch = _torch()
@@ -121,6 +125,7 @@ def test_torch_kernel_gradcheck(name, spy):
     assert spy.forward > 0 and spy.vjp > 0
 
 
+@pytest.mark.only_xp_backend("torch")
 @pytest.mark.parametrize("name", MAPS)
 def test_torch_kernel_matches_entmax_package(name, spy):
     torch = _torch()
@@ -140,6 +145,7 @@ def test_torch_kernel_matches_entmax_package(name, spy):
     assert (spy.forward, spy.vjp) == (1, 1)
 
 
+@pytest.mark.only_xp_backend("torch")
 @pytest.mark.parametrize("name", MAPS)
 def test_torch_kernel_layouts_and_half(name, spy):
     """Axis 0 of a non-contiguous tensor, and float16 (computed in float32)."""
@@ -156,6 +162,7 @@ def test_torch_kernel_layouts_and_half(name, spy):
     assert spy.forward == 2
 
 
+@pytest.mark.only_xp_backend("torch")
 def test_torch_double_backward_uses_the_formula(spy):
     """create_graph needs a differentiable backward: the kernel VJP is not used there."""
     torch = _torch()
@@ -166,6 +173,7 @@ def test_torch_double_backward_uses_the_formula(spy):
     assert torch.autograd.gradgradcheck(evs.entmax15, (x,))
 
 
+@pytest.mark.only_xp_backend("numpy")
 def test_kernel_rejects_bad_arguments():
     require_baseline_kernels()
     x = np.zeros((2, 3))
@@ -187,6 +195,7 @@ def test_kernel_rejects_bad_arguments():
 
 
 # The threading is the same for every map: one of each kernel (bisection with a general power).
+@pytest.mark.only_xp_backend("torch")
 @pytest.mark.parametrize("name", ["sparsemax", "entmax15", "bisect_1.25"])
 def test_torch_kernel_on_threads_matches_sort_based_ops(name, spy, monkeypatch):
     """A shape the kernels split over PyTorch's threads, against the sort-based torch ops.
@@ -209,6 +218,7 @@ def test_torch_kernel_on_threads_matches_sort_based_ops(name, spy, monkeypatch):
     torch.testing.assert_close(grad, grad_ops, atol=1e-9, rtol=0)
 
 
+@pytest.mark.only_xp_backend("torch")
 def test_torch_jit_trace_records_the_ops_not_the_kernel(spy):
     """A trace cannot see the kernel's writes: it records the torch ops, valid for new inputs."""
     torch = _torch()

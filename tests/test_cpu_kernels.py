@@ -16,6 +16,9 @@ from evsoftmax._lib._compat import array_namespace
 from . import reference as ref
 from .cpu_kernels import require_cpu_kernels
 
+# NumPy and the C kernels only, the same in every session: run in the numpy one.
+pytestmark = pytest.mark.only_xp_backend("numpy")
+
 # Lengths around the vector widths (8 and 16 lanes) and the 1024-entry summation blocks.
 LENGTHS = [1, 2, 3, 15, 16, 17, 31, 1023, 1024, 1025, 3001]
 TOL = {np.float32: 2e-6, np.float64: 1e-13}

@@ -16,6 +16,9 @@ from evsoftmax import _ext
 
 from .cpu_kernels import require_cpu_kernels
 
+# NumPy and the C kernels only, the same in every session: run in the numpy one.
+pytestmark = pytest.mark.only_xp_backend("numpy")
+
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays need ml_dtypes")
 
 CODES = {"float16": 2, "bfloat16": 3}

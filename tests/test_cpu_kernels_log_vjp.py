@@ -19,6 +19,9 @@ from .cpu_kernels import require_cpu_kernels
 from .reference import _valid
 from .test_cpu_kernels_strided import MASKS, NUMPY_DTYPES, SHAPE, draw, layout, run
 
+# NumPy and the C kernels only, the same in every session: run in the numpy one.
+pytestmark = pytest.mark.only_xp_backend("numpy")
+
 # float32 math, then the output dtype's rounding, relative to the row's sum(|g|).
 TOL = {"float32": 1e-5, "float64": 1e-12, "float16": 2e-3, "bfloat16": 1e-2}
 

@@ -16,6 +16,9 @@ from . import reference as ref
 from .cpu_kernels import require_cpu_kernels
 from .test_cpu_kernels import gap_to_mean
 
+# NumPy and the C kernels only, the same in every session: run in the numpy one.
+pytestmark = pytest.mark.only_xp_backend("numpy")
+
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays need ml_dtypes")
 
 SHAPE = (4, 33, 5)

@@ -34,6 +34,9 @@ from .cupy_emulation import (
 from .kernel_cases import CASES, TOLERANCES, Case, expected_output, stored
 from .nvrtc import compile_cuda, find_nvrtc
 
+# The CuPy kernels' source and algorithm, replayed in NumPy: the numpy (or cupy) session.
+pytestmark = pytest.mark.only_xp_backend("numpy", "cupy")
+
 _F32_MAX = float(np.finfo(np.float32).max)
 VARIANTS = [(d, m, w) for d in kernels.DTYPES for m in kernels.MODES for w in (False, True)]
 

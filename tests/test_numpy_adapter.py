@@ -12,6 +12,9 @@ from evsoftmax.adapters import numpy as _numpy
 from . import reference as ref
 from .cpu_kernels import PATHS, use_path
 
+# NumPy and the C kernels only, the same in every session: run in the numpy one.
+pytestmark = pytest.mark.only_xp_backend("numpy")
+
 XP = array_namespace(np.ones(1))
 
 
