@@ -93,10 +93,15 @@ def _wheel(session: nox.Session) -> Path:
         out = Path(session.create_tmp()).resolve() / "wheel"
         shutil.rmtree(out, ignore_errors=True)
         if session.venv_backend == "uv":
-            session.run("uv", "build", "--wheel", "--out-dir", str(out), str(ROOT), silent=True)
+            # run_install: the wheel is part of installing (``nox --install-only`` builds it too).
+            session.run_install(
+                "uv", "build", "--wheel", "--out-dir", str(out), str(ROOT), silent=True
+            )
         else:
             session.install("pip")
-            session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(ROOT))
+            session.run_install(
+                "python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(ROOT)
+            )
         _WHEELS["evsoftmax"] = next(out.glob("evsoftmax-*.whl"))
     return _WHEELS["evsoftmax"]
 

@@ -82,6 +82,7 @@ def _dense(q, k, v, mask, is_causal, scale, eps):
 
 if not INTERPRETED:
 
+    @pytest.mark.slow
     def test_cuda_path_in_the_interpreter():
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]

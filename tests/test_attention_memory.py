@@ -95,6 +95,7 @@ def _tie_free_rows(count=4, gap=1e-4):
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux only)")
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_long_sequence_stays_within_a_gibibyte(backend):

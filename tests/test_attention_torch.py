@@ -236,6 +236,7 @@ def test_multihead_attention_matches_nn_with_reference_softmax(case, training, m
     assert ours(query, key, value, need_weights=False, **kwargs)[1] is None
 
 
+@pytest.mark.slow
 @COMPILE_WARNINGS
 def test_multihead_attention_trains_and_compiles():
     torch.manual_seed(0)

@@ -145,6 +145,7 @@ def test_adapters_trace_without_graph_breaks(name):
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
 @compile_warnings[0]
 @compile_warnings[1]
 def test_torch_compile_forward_and_backward():

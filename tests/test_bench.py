@@ -419,6 +419,7 @@ def _bench_backends() -> list[Any]:
     return names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _bench_backends())
 def test_bench_runs_end_to_end(name, tmp_path, capsys):
     _needs_extras()

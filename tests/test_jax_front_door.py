@@ -59,6 +59,7 @@ def test_adapter_uses_public_jax_only_and_no_package_literal():
     assert "'evsoftmax" not in code
 
 
+@pytest.mark.slow
 def test_vendored_copy_works_beside_the_installed_package(tmp_path):
     vendor = tmp_path / "hostlib" / "_vendor"
     vendor.mkdir(parents=True)

@@ -30,6 +30,8 @@ def _cell(path, group: str, dtype: str):
     # A path that runs its battery in a subprocess runs it once per process: keep
     # its cells on one xdist worker (``--dist loadgroup``, as the nox sessions run).
     marks = [] if path.subprocess_env is None else [pytest.mark.xdist_group(path.name)]
+    if path.bundled:  # a trace, compile or export per input: seconds a cell
+        marks.append(pytest.mark.slow)
     return pytest.param(path, group, dtype, id=f"{path.name}-{group}-{dtype}", marks=marks)
 
 

@@ -279,6 +279,7 @@ def test_command_line_exact_variant(tmp_path):
     assert summary["normalizers"]["softmax"]["decoder_calls_per_example"]["mean"] == 10.0
 
 
+@pytest.mark.slow
 def test_command_line_all_writes_one_document(tmp_path, capsys):
     json_path, plots = tmp_path / "all.json", tmp_path / "plots"
     argv = ["reproduce", "all", "--quick", "--steps", "12", "--seeds", "1", "--no-progress"]

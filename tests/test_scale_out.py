@@ -76,6 +76,7 @@ _SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_jax_sharded_across_four_host_devices():
     pytest.importorskip("jax")
     env = {**os.environ, "XLA_FLAGS": host_devices_xla_flags(4)}

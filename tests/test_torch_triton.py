@@ -28,6 +28,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 if not INTERPRETED:
 
+    @pytest.mark.slow
     def test_triton_kernels_in_the_interpreter():
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]

@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 SRC = Path(__file__).resolve().parents[1] / "src" / "evsoftmax"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_vendored_copy_and_installed_package_side_by_side(tmp_path):
     vendor = tmp_path / "hostlib" / "_vendor"
