@@ -8,6 +8,8 @@ ev-softmax of ``x`` (the kernel recomputes it from ``x``).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,26 @@ def test_reverse_mode_of_the_public_function(shape, axis, dtype):
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
     assert (np.asarray(got)[~where] == 0.0).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compiled_gradient_is_the_one_fused_kernel_call(each_path, dtype):
+    """jit(vjp) of log_ev_softmax with epsilon: one call of the fused kernel and no other op.
+
+    The forward pass the gradient needs runs inside that call (XLA drops the
+    forward call, whose output reverse mode discards): no transpose, copy or
+    fusion of XLA streams the arrays through memory beside it.
+    """
+    if each_path != "kernel":
+        pytest.skip("the XLA form is a fusion of XLA ops")
+    x = jnp.zeros((16, 24), dtype=dtype)
+
+    def grad(v, g):
+        return jax.vjp(lambda u: log_ev_softmax(u, epsilon=1e-6), v)[1](g)[0]
+
+    hlo = jax.jit(grad).lower(x, x).compile().as_text()
+    entry = hlo[hlo.index("ENTRY") :]
+    # The instructions' opcodes ("%name = type opcode(operands), ..."), metadata left out.
+    ops = re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([\w-]+)\(", entry, flags=re.MULTILINE)
+    assert sorted(ops) == ["constant", "custom-call", "parameter", "parameter"], ops
+    assert 'custom_call_target="evsoftmax.log_ev_softmax_grad"' in entry

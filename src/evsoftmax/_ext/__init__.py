@@ -261,9 +261,14 @@ def log_ev_softmax_vjp_strided(
     )  # fmt: skip
 
 
+# What the built kernels take, found once: strided_dtypes() is asked on every call.
+_STRIDED_DTYPES = (
+    frozenset()
+    if _KERNELS is None
+    else frozenset(name for name in DTYPE_CODES if name != "float16" or _KERNELS.FLOAT16)
+)
+
+
 def strided_dtypes() -> frozenset[str]:
     """The dtype names :func:`ev_softmax_strided` takes (empty when the kernels are missing)."""
-    kernels = cpu_kernels()
-    if kernels is None:
-        return frozenset()
-    return frozenset(name for name in DTYPE_CODES if name != "float16" or kernels.FLOAT16)
+    return frozenset() if cpu_kernels() is None else _STRIDED_DTYPES

@@ -73,6 +73,23 @@ def cpu_rows_forward(
     return _cpu_rows_op(x, dim, eps, log, where)  # type: ignore[no-any-return]
 
 
+def _kernel_reads(dtype: torch.dtype, ndim: int) -> bool:
+    """:func:`ops.kernel_applies` for a tensor of ``dtype`` and ``ndim`` dimensions.
+
+    Dynamo calls it once while tracing and keeps the answer: traced, its reads of the
+    environment and of :mod:`evsoftmax._ext` (whether the kernels are built and turned
+    on) became some 15 guards that every call of the compiled graph evaluated. The op's
+    kernel checks again when it runs (:func:`ops.cpu_rows_forward` falls back to torch
+    ops when the kernels were turned off after compiling), as before.
+    """
+    return ops.kernel_dtype_applies(dtype, ndim)
+
+
+# What torch.compiler.assume_constant_result does, set directly: the decorator imports
+# torch._dynamo, which eager use of the package must not load (a test checks both).
+_kernel_reads._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
     """Whether a compiled graph should call the kernel op for ``x`` (and its mask).
 
@@ -80,7 +97,7 @@ def applies(x: torch.Tensor, where: torch.Tensor | None) -> bool:
     the call (the op has no autograd or vmap rule of its own; the composed form
     composes with them).
     """
-    if x.device.type != "cpu" or not ops.kernel_applies(x):
+    if x.device.type != "cpu" or not _kernel_reads(x.dtype, x.ndim):
         return False
     if where is not None and where.device.type != "cpu":
         return False

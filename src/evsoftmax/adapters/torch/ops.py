@@ -44,6 +44,7 @@ __all__ = [
     "fast_path_applies",
     "from_rows",
     "kernel_applies",
+    "kernel_dtype_applies",
     "kernel_log_forward",
     "kernel_log_vjp",
     "jit_tracing",
@@ -362,8 +363,13 @@ _DTYPE_NAMES = {
 
 def kernel_applies(x: torch.Tensor) -> bool:
     """Whether the compiled kernel takes ``x`` (built, a dtype it reads, 1 to 32 dims)."""
-    name = _DTYPE_NAMES.get(x.dtype)
-    return name is not None and 1 <= x.ndim <= 32 and name in _ext.strided_dtypes()
+    return kernel_dtype_applies(x.dtype, x.ndim)
+
+
+def kernel_dtype_applies(dtype: torch.dtype, ndim: int) -> bool:
+    """:func:`kernel_applies` for a tensor of ``dtype`` with ``ndim`` dimensions."""
+    name = _DTYPE_NAMES.get(dtype)
+    return name is not None and 1 <= ndim <= 32 and name in _ext.strided_dtypes()
 
 
 def _kernel_forward(
