@@ -313,8 +313,9 @@ def test_compiled_call_guards_neither_the_environment_nor_the_kernel_module():
     # Whether the kernel applies is asked once while tracing (assume_constant_result):
     # traced, its reads of os.environ and of evsoftmax._ext became guards that every
     # call of the graph evaluated (86 guards in all with torch 2.13, 71 without them).
-    import evsoftmax as evs
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    import evsoftmax as evs
 
     def f(v):
         return evs.ev_softmax(v)
