@@ -99,27 +99,26 @@ def test_narrowing_rounds_to_nearest_even_as_numpy(dtype):
     assert np.array_equal(hw, soft)  # NaN payloads too
 
 
+def _forward_rows(x: np.ndarray) -> np.ndarray:
+    """The kernel's ev-softmax of the contiguous rows of ``x`` (its own dtype), one thread."""
+    y = np.empty_like(x)
+    length = x.shape[1]
+    _ext.ev_softmax_strided(
+        x.ctypes.data, 0, y.ctypes.data, shape=x.shape, strides=(length, 1),
+        mask_strides=(0, 0), out_strides=(length, 1), axis=1, dtype=str(x.dtype),
+        epsilon=0.0, log=False, threads=1,
+    )  # fmt: skip
+    return y
+
+
 def test_the_kernel_output_is_the_same_with_either_conversion():
     # Rows of every length up to a few tiles (the F16C loop's tail included), through
     # the contiguous path: the float32 result rounded once, as float_to_f16 rounds it.
     rng = np.random.default_rng(3)
     for length in (1, 7, 8, 9, 33, 1030):
         x = (rng.standard_normal((5, length)) * 4).astype(np.float16)
-        y = np.empty_like(x)
-        _ext.ev_softmax_strided(
-            x.ctypes.data, 0, y.ctypes.data, shape=x.shape, strides=(length, 1),
-            mask_strides=(0, 0), out_strides=(length, 1), axis=1, dtype="float16",
-            epsilon=0.0, log=False, threads=1,
-        )  # fmt: skip
-        x32 = x.astype(np.float32)
-        y32 = np.empty_like(x32)
-        _ext.ev_softmax_strided(
-            x32.ctypes.data, 0, y32.ctypes.data, shape=x.shape, strides=(length, 1),
-            mask_strides=(0, 0), out_strides=(length, 1), axis=1, dtype="float32",
-            epsilon=0.0, log=False, threads=1,
-        )  # fmt: skip
-        soft, _ = convert(y32, "float16", False, False)
-        assert np.array_equal(y.view(np.uint16), soft)
+        soft, _ = convert(_forward_rows(x.astype(np.float32)), "float16", False, False)
+        assert np.array_equal(_forward_rows(x).view(np.uint16), soft)
 
 
 def log_vjp(lp, g, x, where):
