@@ -57,22 +57,11 @@ def _deselect_other_backends_tests(config: pytest.Config, items: list[pytest.Ite
         items[:] = kept
 
 
-def _slow_tests_first(items: list[pytest.Item]) -> None:
-    """Move the tests marked ``slow`` to the front, otherwise keeping pytest's order.
-
-    xdist hands tests to whichever worker runs out first, in this order (after the
-    ``xdist_group`` batteries, which it sorts first itself): starting the long ones
-    first leaves the short ones to fill in at the end, instead of one worker
-    finishing a long test while the other waits.
-    """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect other backends' tests, put slow ones first, fail grouped tests left ungrouped.
+    """Deselect other backends' tests; fail the grouped tests of a run that does not group them.
 
-    See :func:`_deselect_other_backends_tests` and :func:`_slow_tests_first`.
+    Deselection: :func:`_deselect_other_backends_tests`.
     Tests that share a costly setup (a path's subprocess battery, a docs page's
     namespace) carry ``xdist_group``; a worker suffixes their node ids with
     ``@group`` and the scheduler keeps each group on one worker. Where the suffix
@@ -81,7 +70,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     takes minutes longer, so the grouped tests fail, naming the remedy.
     """
     _deselect_other_backends_tests(config, items)
-    _slow_tests_first(items)
     if not getattr(config.option, "loadgroup", False):
         return
     for item in items:
