@@ -2109,20 +2109,16 @@ static PyObject *convert_half(PyObject *self, PyObject *args) {
     }
     const uint16_t *h = (const uint16_t *)(uintptr_t)src;
     const float *f = (const float *)(uintptr_t)src;
-    int used = dtype == EVS_F16 && hardware && evs_f16c;
+    /* The _n conversions take F16C where the CPU has it, else the portable ones. */
     if (dtype == EVS_BF16 && widen)
         for (Py_ssize_t i = 0; i < n; i++) ((float *)(uintptr_t)dst)[i] = bf16_to_float(h[i]);
     else if (dtype == EVS_BF16)
         float_to_bf16_n(f, (uint16_t *)(uintptr_t)dst, n, 1.0f);
-    else if (widen && used)
-        f16_to_float_n(h, (float *)(uintptr_t)dst, n);
     else if (widen)
-        f16_to_float_soft(h, (float *)(uintptr_t)dst, n);
-    else if (used)
-        float_to_f16_n(f, (evs_f16 *)(uintptr_t)dst, n, 1.0f);
+        (hardware ? f16_to_float_n : f16_to_float_soft)(h, (float *)(uintptr_t)dst, n);
     else
-        float_to_f16_soft(f, (evs_f16 *)(uintptr_t)dst, n, 1.0f);
-    return PyBool_FromLong(used);
+        (hardware ? float_to_f16_n : float_to_f16_soft)(f, (evs_f16 *)(uintptr_t)dst, n, 1.0f);
+    return PyBool_FromLong(dtype == EVS_F16 && hardware && evs_f16c);
 }
 
 static PyMethodDef methods[] = {
