@@ -137,6 +137,17 @@ def _tests(session: nox.Session) -> None:
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    # Inductor (torch.compile's default backend) compiles C++ kernels with g++ and
+    # caches them: in a run-local cache, emptied at the start, each run pays what a
+    # fresh machine pays (the default /tmp/torchinductor_<user> outlives the run and
+    # made local runs look faster than CI). Its compile pool is off: pytest-xdist
+    # already keeps every core busy, and the pool's processes (each importing torch)
+    # only made the workers wait (tests/test_torch_recipe.py, cold cache, 2 workers:
+    # 106 s with the pool, 76 s without).
+    inductor_cache = Path(session.create_tmp()).resolve() / "torchinductor-cache"
+    shutil.rmtree(inductor_cache, ignore_errors=True)
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache)
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     # loadgroup: tests that share a costly setup (a subprocess battery, a docs page's
     # namespace) carry an xdist_group mark and run on one worker; the others balance.
     session.run(

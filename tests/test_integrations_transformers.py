@@ -24,15 +24,24 @@ if "torch" not in selected():
 # The models are built from configs: nothing to fetch, and nothing may be.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers", minversion="5")
-
-from transformers import AttentionInterface, AttentionMaskInterface  # noqa: E402
-from transformers.masking_utils import eager_mask, sdpa_mask  # noqa: E402
-
-import evsoftmax.torch as evt  # noqa: E402
-from evsoftmax.integrations import transformers as evs_hf  # noqa: E402
+# One worker runs this module, and imports transformers (~6 s) when its tests
+# start, not while pytest collects.
+pytestmark = pytest.mark.xdist_group("test_integrations_transformers")
 
 from . import attention_reference  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _transformers_modules() -> None:
+    global transformers, AttentionInterface, AttentionMaskInterface, eager_mask, sdpa_mask
+    global evt, evs_hf
+    transformers = pytest.importorskip("transformers", minversion="5")
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask, sdpa_mask
+
+    import evsoftmax.torch as evt
+    from evsoftmax.integrations import transformers as evs_hf
+
 
 REFERENCE = "ev_reference"  # the test's dense float64 attention
 EAGER_FILL = "ev_softmax_eager_fill"  # ev-attention fed the eager finfo.min mask as is

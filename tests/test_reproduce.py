@@ -13,25 +13,33 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("sklearn")
-pytest.importorskip("matplotlib")
-pytest.importorskip("rich")
+# One worker runs this module, and imports the experiments' stack (scikit-learn,
+# matplotlib, rich; ~3 s) when its tests start, not while pytest collects.
+pytestmark = pytest.mark.xdist_group("test_reproduce")
 
-from evsoftmax import cli  # noqa: E402
-from evsoftmax._reproduce import (  # noqa: E402
-    losses,
-    metric,
-    normalizers,
-    seq2seq,
-    ssvae,
-    tasks,
-    training,
-    transformer,
-    vqvae,
-)
-from evsoftmax._reproduce.data import load  # noqa: E402
-from evsoftmax._reproduce.experiment import run_cvae  # noqa: E402
-from evsoftmax._reproduce.options import EXACT, QUICK, CVAEOptions, quick  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def _reproduce_modules() -> None:
+    global cli, losses, metric, normalizers, seq2seq, ssvae, tasks, training, transformer
+    global vqvae, load, run_cvae, EXACT, QUICK, CVAEOptions, quick
+    for name in ("sklearn", "matplotlib", "rich"):
+        pytest.importorskip(name)
+    from evsoftmax import cli
+    from evsoftmax._reproduce import (
+        losses,
+        metric,
+        normalizers,
+        seq2seq,
+        ssvae,
+        tasks,
+        training,
+        transformer,
+        vqvae,
+    )
+    from evsoftmax._reproduce.data import load
+    from evsoftmax._reproduce.experiment import run_cvae
+    from evsoftmax._reproduce.options import EXACT, QUICK, CVAEOptions, quick
+
 
 NAMES = ("softmax", "sparsemax", "entmax15", "ev_softmax")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

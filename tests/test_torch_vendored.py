@@ -38,7 +38,13 @@ def test_vendored_copy_and_installed_package_side_by_side(tmp_path):
             y = module.ev_softmax(x, epsilon=0.1)
             (g,) = torch.autograd.grad(y[:, 0].sum(), x)
             v = torch.func.vmap(lambda r: module.log_ev_softmax(r, epsilon=0.1))(x.detach())
-            c = torch.compile(lambda r: module.ev_softmax(r, epsilon=0.1), fullgraph=True)(x)
+            # aot_eager: Dynamo's capture and AOTAutograd, where a second copy's ops and
+            # guards could collide; Inductor's code generation is the same for both copies
+            # (and costs a g++ compile per copy).
+            compiled = torch.compile(
+                lambda r: module.ev_softmax(r, epsilon=0.1), fullgraph=True, backend="aot_eager"
+            )
+            c = compiled(x)
             outs.append((y, g, v, c))
         outs.append((theirs_top.ev_softmax(x, epsilon=0.1),) + outs[1][1:])
         for a, b in zip(outs[0], outs[1]):

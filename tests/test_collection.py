@@ -1,4 +1,4 @@
-"""``only_xp_backend``: a test is deselected where none of its backends is selected (conftest)."""
+"""How tests/conftest.py shapes a collection: ``only_xp_backend`` deselection, slow tests first."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from . import conftest
 
 
 class _Item:
-    def __init__(self, name: str, *backends: str) -> None:
+    def __init__(self, name: str, *backends: str, slow: bool = False) -> None:
         self.nodeid = f"t.py::{name}"
         self.marks = [pytest.mark.only_xp_backend(*backends).mark] if backends else []
+        self.marks += [pytest.mark.slow.mark] if slow else []
         self.stash = pytest.Stash()
 
     def get_closest_marker(self, name: str):
@@ -44,3 +45,10 @@ def test_marked_tests_run_only_where_one_of_their_backends_is_selected(monkeypat
     assert got == [f"t.py::{name}" for name in kept]
     # Reported to pytest as deselected (not skipped, not silently dropped).
     assert sorted(got + deselected) == sorted(f"t.py::{n}" for n in ("plain", "kernel", "replay"))
+
+
+def test_slow_tests_start_first_and_the_rest_keep_their_order():
+    names = ["a", "b", "c", "d", "e"]
+    items = [_Item(n, slow=n in ("b", "e")) for n in names]
+    conftest._slow_tests_first(items)  # type: ignore[arg-type]
+    assert [i.nodeid.removeprefix("t.py::") for i in items] == ["b", "e", "a", "c", "d"]
