@@ -269,6 +269,18 @@ def test_derivatives_go_through_the_custom_jvp(name):
     assert "custom_jvp_call" in jaxpr
 
 
+def test_support_runs_as_one_jitted_program():
+    # Eagerly, each of the core's array operations used to be dispatched (and
+    # compiled for each new shape) on its own.
+    x, where = masked_example()
+    closed = jax.make_jaxpr(lambda v: evs.ev_softmax_support(v, where=jnp.asarray(where)))(
+        jnp.asarray(x)
+    )
+    assert [e.params.get("name") for e in closed.jaxpr.eqns] == ["_ev_softmax_support_jit"]
+    got = evs.ev_softmax_support(jnp.asarray(x), where=jnp.asarray(where))
+    np.testing.assert_array_equal(got, ref.ev_softmax(x, where=where) > 0)
+
+
 def test_vmap_of_a_mask_over_a_shared_input_and_nested_vmap():
     x, where = masked_example()
     row = x[2]

@@ -1,7 +1,7 @@
 r"""JAX adapter: ev-softmax with a closed-form ``jax.custom_jvp``, one XLA form and the kernel.
 
-Both public functions are jitted (``axis`` and ``epsilon`` static) and carry a
-``jax.custom_jvp`` whose rule is the closed form of DESIGN §2,
+The three public functions are jitted (``axis`` and ``epsilon`` static); the
+two normalizers carry a ``jax.custom_jvp`` whose rule is the closed form of DESIGN §2,
 
 .. math::
 
@@ -54,12 +54,12 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 
-from ... import _ext
+from ... import _core, _ext
 from ..._lib._typing import Array, Namespace
 from . import kernels as _jax_kernels
 from .vjp import ev_softmax_vjp, log_ev_softmax_tangent
 
-__all__ = ["ev_softmax", "log_ev_softmax"]
+__all__ = ["ev_softmax", "ev_softmax_support", "log_ev_softmax"]
 
 _SCOPE = __name__.split(".")[0]
 
@@ -322,3 +322,19 @@ def log_ev_softmax(
 ) -> Array:
     """log ev-softmax of a JAX array: jitted, with the closed-form ``custom_jvp``."""
     return _log_ev_softmax_jit(x, where, axis, epsilon)
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "xp"))
+def _ev_softmax_support_jit(x: Array, where: Array | None, *, axis: int, xp: Namespace) -> Array:
+    with jax.named_scope(f"{_SCOPE}.ev_softmax_support"):
+        return _core.ev_softmax_support(x, axis=axis, where=where, xp=xp)
+
+
+def ev_softmax_support(x: Array, *, axis: int, where: Array | None, xp: Namespace) -> Array:
+    """The support mask of a JAX array: the core's, jitted.
+
+    Run eagerly, the core's two dozen array operations were each dispatched
+    (and, for every new shape, compiled) on their own; jitted they are one
+    program per shape and dtype.
+    """
+    return _ev_softmax_support_jit(x, where, axis=axis, xp=xp)  # type: ignore[no-any-return]
