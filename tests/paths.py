@@ -7,7 +7,8 @@ gradients and JVPs): NumPy with and without the compiled kernel, torch eager,
 eagerly, ``torch.export``, both ONNX exporters through onnxruntime,
 ``torch.jit.trace``, Triton in its interpreter, the CuPy kernels replayed in
 NumPy, JAX ``jit`` with the FFI kernel and with the XLA form, ``jax.export``,
-``shard_map`` on two host devices, Dask and array-api-strict.
+``shard_map`` on two host devices, Dask (rows split across chunks, and whole rows
+in one chunk) and array-api-strict.
 
 A path takes :class:`tests.path_cases.Request` objects (NumPy in) and returns
 NumPy arrays plus the dtype name of the framework's result; it converts in and
@@ -630,6 +631,13 @@ def _as_dask(a: np.ndarray) -> Any:
     return da.from_array(np.array(a), chunks=tuple(chunks))
 
 
+def _as_dask_rows(a: np.ndarray) -> Any:
+    import dask.array as da
+
+    # One chunk: every row whole, as Dask makes a small array (the blocks' own function runs).
+    return da.from_array(np.array(a), chunks=-1)
+
+
 def _as_strict(a: np.ndarray) -> Any:
     import array_api_strict
 
@@ -910,6 +918,7 @@ PATHS: tuple[Path, ...] = (
         skip=_half_skip(("float16", "bfloat16"), "array-api-strict has no half-precision dtypes"),
     ),
     Path("dask", "dask", _numpy_like(_as_dask), skip=_numpy_skip),
+    Path("dask-rows", "dask", _numpy_like(_as_dask_rows), skip=_numpy_skip),
     # torch session
     Path("torch-kernel", "torch", _torch_eager, pc.FORWARD + pc.GRADS, kernel=True),
     Path("torch-no-kernel", "torch", _torch_eager, pc.FORWARD + pc.GRADS, kernel=False),

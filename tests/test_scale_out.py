@@ -1,4 +1,4 @@
-"""Scale-out: Dask chunked along the normalized axis, and JAX sharded across devices."""
+"""Scale-out: Dask chunked along the normalized axis or by whole rows; JAX on several devices."""
 
 from __future__ import annotations
 
@@ -37,6 +37,39 @@ def test_dask_chunked_along_normalized_axis(epsilon):
     np.testing.assert_allclose(out.compute(), ref.ev_softmax(x, eps=epsilon, where=where))
     log = evs.log_ev_softmax(dx, where=dw, epsilon=epsilon).compute()
     np.testing.assert_allclose(log, evs.log_ev_softmax(x, where=where, epsilon=epsilon))
+
+
+@pytest.mark.parametrize(
+    "name", ["ev_softmax", "log_ev_softmax", "ev_softmax_support", "softmax", "sparsemax"]
+)
+def test_dask_chunks_of_whole_rows_run_block_by_block(name):
+    da = pytest.importorskip("dask.array")
+    x, where = _data()
+    dx = da.from_array(x, chunks=(4, 50))  # two blocks of whole rows
+    dw = da.from_array(where[0], chunks=10)  # one row of the mask, chunked its own way
+    out = getattr(evs, name)(dx, where=dw)
+    assert isinstance(out, da.Array)
+    assert out.chunks == dx.chunks
+    # One task a block: the blocks' own (NumPy) function, not the core's ~50 layers of
+    # operations; the other layers are the inputs and the mask cut as the scores are.
+    kinds = {name.rsplit("-", 1)[0] for name in out.__dask_graph__().layers}
+    assert kinds == {"rows", "array", "broadcast_to", "rechunk-merge"}, kinds
+    expected = getattr(evs, name)(x, where=np.broadcast_to(where[0], x.shape))
+    assert out.dtype == expected.dtype
+    np.testing.assert_array_equal(out.compute(), expected)
+    if name == "ev_softmax":
+        np.testing.assert_allclose(out.compute(), ref.ev_softmax(x, where=where[0]), rtol=1e-12)
+
+
+def test_dask_whole_rows_of_unknown_size_and_a_mask_take_the_core():
+    da = pytest.importorskip("dask.array")
+    x, where = _data()
+    dx = da.from_array(x, chunks=(3, 50))
+    unknown = dx[dx[:, 0] > -10]  # boolean indexing: the row count is unknown (NaN)
+    assert np.isnan(unknown.shape[0])
+    got = evs.ev_softmax(unknown, where=where[0]).compute()
+    np.testing.assert_allclose(got, ref.ev_softmax(x, where=where[0]), rtol=1e-12)
+    np.testing.assert_allclose(evs.ev_softmax(unknown).compute(), ref.ev_softmax(x), rtol=1e-12)
 
 
 def test_dask_on_distributed_local_cluster():

@@ -90,10 +90,22 @@ def call(
     """Run ``name`` on validated ``x``: an empty array short-circuits, else dispatch.
 
     The common tail of every public row-wise function, after ``prepare``:
-    empty input gives a new empty array (of ``empty_dtype``, default ``x``'s),
+    empty input gives a new empty array (of ``empty_dtype``, default ``x``'s,
+    which is also the result's), a Dask array whose chunks hold whole rows runs
+    the function of its blocks' library block by block (:mod:`.adapters.dask`),
     anything else goes to the adapter's ``name`` or ``fallback`` with ``kwargs``.
     """
     if is_empty(x):
         # An adapter's own empty_like may keep the result in the input's autograd graph.
         return implementation("empty_like", xp, empty_like)(x, xp, dtype=empty_dtype)
+    if backend_name(xp) == "dask":
+        from .adapters import dask as dask_rows
+
+        if dask_rows.holds_whole_rows(x, kwargs["axis"], kwargs.get("where")):
+            return dask_rows.map_rows(
+                lambda block_xp: implementation(name, block_xp, fallback),
+                x,
+                dtype=x.dtype if empty_dtype is None else empty_dtype,
+                **kwargs,
+            )
     return implementation(name, xp, fallback)(x, xp=xp, **kwargs)
