@@ -52,7 +52,7 @@ def test_dask_chunks_of_whole_rows_run_block_by_block(name):
     assert out.chunks == dx.chunks
     # One task a block: the blocks' own (NumPy) function, not the core's ~50 layers of
     # operations; the other layers are the inputs and the mask cut as the scores are.
-    kinds = {name.rsplit("-", 1)[0] for name in out.__dask_graph__().layers}
+    kinds = {layer.rsplit("-", 1)[0] for layer in out.__dask_graph__().layers}
     assert kinds == {"rows", "array", "broadcast_to", "rechunk-merge"}, kinds
     expected = getattr(evs, name)(x, where=np.broadcast_to(where[0], x.shape))
     assert out.dtype == expected.dtype

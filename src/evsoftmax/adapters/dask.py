@@ -6,9 +6,9 @@ that fit one chunk) each block is a stack of whole rows: ``map_blocks`` runs
 the implementation of the blocks' library (NumPy's, with the compiled kernel,
 or CuPy's) on it. The graph then has one task a block, where the array-API core,
 written for any namespace, builds a graph of about fifty element-wise and
-reduction layers (0.2 s to build and compute on a 4 x 12 array; the blocks'
-own code takes milliseconds). Rows split across chunks still take the core,
-which reduces across the chunks.
+reduction layers, whose building alone took far longer than the blocks' own
+code on small arrays. Rows split across chunks still take the core, which
+reduces across the chunks.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def map_rows(
     def rows(block: Any, mask: Any = None) -> Any:
         return run(block, xp=block_xp, where=mask, **kwargs)
 
-    meta = x._meta.astype(dtype)
+    meta = x._meta.astype(dtype)  # the result's array type and dtype
     if where is None:
-        return da.map_blocks(rows, x, dtype=dtype, meta=meta)
+        return da.map_blocks(rows, x, meta=meta)
     # Broadcast in the mask's own chunks, then cut as x is (a mask may be chunked otherwise).
     mask = da.broadcast_to(da.asarray(where), x.shape).rechunk(x.chunks)
-    return da.map_blocks(rows, x, mask, dtype=dtype, meta=meta)
+    return da.map_blocks(rows, x, mask, meta=meta)
