@@ -4,7 +4,8 @@ Each case targets a defect of issue 12 on the torch compositions: an entry equal
 to an exactly representable mean (D1), huge finite epsilon (D2), large offsets
 with epsilon > 0 (D4), ranges whose shift overflows (D16). Paths: eager with the
 kernel and without it (blocked rows), eager masked (the composition), and
-``torch.compile`` masked, unmasked and under ``torch.func.grad``.
+``torch.compile`` masked, unmasked and under ``torch.func.grad``. The compiled
+runners compile all cases of one (path, runner, log) as one program.
 """
 
 from __future__ import annotations
@@ -53,21 +54,43 @@ def _eager_masked(f, x, epsilon):
     return f(x, epsilon=epsilon, where=torch.ones(x.shape[-1], dtype=torch.bool))
 
 
-def _compiled(f, x, epsilon):
-    return torch.compile(lambda v: f(v, epsilon=epsilon), fullgraph=True)(x)
+RUNNERS = ["eager", "eager-masked", "compiled", "compiled-masked"]
+EAGER = {"eager": _eager, "eager-masked": _eager_masked}
 
 
-def _compiled_masked(f, x, epsilon):
-    compiled = torch.compile(lambda v, w: f(v, epsilon=epsilon, where=w), fullgraph=True)
-    return compiled(x, torch.ones(x.shape[-1], dtype=torch.bool))
+def _compiled_cases(log: bool) -> list[int]:
+    """Indices of the cases the compiled runners take (huge epsilon: the forward form only)."""
+    return [i for i, case in enumerate(CASES) if not (log and case[0].startswith("huge-eps"))]
 
 
-RUNNERS = {
-    "eager": _eager,
-    "eager-masked": _eager_masked,
-    "compiled": _compiled,
-    "compiled-masked": _compiled_masked,
-}
+# (path, runner, log) -> the compiled program's output for each of its cases.
+_COMPILED: dict[tuple[str, str, bool], dict[int, torch.Tensor]] = {}
+
+
+def _compiled(path: str, runner: str, log: bool, index: int) -> torch.Tensor:
+    """Case ``index`` through ``torch.compile`` (Inductor), masked for ``compiled-masked``.
+
+    Every case of one (path, runner, log) is a separate input and output of ONE
+    compiled program (one Inductor compile and C++ build instead of one per case:
+    the cases share no data, so each keeps its own kernels); the tests of a group
+    run on one xdist worker (``xdist_group``) and read their case's output.
+    """
+    key = (path, runner, log)
+    if key not in _COMPILED:
+        f = evt.log_ev_softmax if log else evt.ev_softmax
+        chosen = _compiled_cases(log)
+        xs = [torch.tensor(CASES[i][1], dtype=CASES[i][2]) for i in chosen]
+        masked = runner == "compiled-masked"
+        ws = [torch.ones(x.shape[-1], dtype=torch.bool) if masked else None for x in xs]
+
+        def program(xs: list[torch.Tensor], ws: list[torch.Tensor | None]) -> list[torch.Tensor]:
+            return [
+                f(x, epsilon=CASES[i][3], where=w) for i, x, w in zip(chosen, xs, ws, strict=True)
+            ]
+
+        outs = torch.compile(program, fullgraph=True)(xs, ws)
+        _COMPILED[key] = dict(zip(chosen, outs, strict=True))
+    return _COMPILED[key][index]
 
 
 @pytest.fixture(autouse=True)
@@ -94,16 +117,34 @@ def _check(got: torch.Tensor, rows, dtype, epsilon: float, log: bool) -> None:
     np.testing.assert_allclose(got64[finite], expected[finite], rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("log", [False, True])
-@pytest.mark.parametrize("runner", list(RUNNERS))
-@pytest.mark.parametrize(("name", "rows", "dtype", "epsilon"), CASES, ids=IDS)
-@pytest.mark.parametrize("path", PATHS)
-def test_recipe_cases_on_every_path(path, name, rows, dtype, epsilon, runner, log, monkeypatch):
-    if runner.startswith("compiled") and log and name.startswith("huge-eps"):
+def _recipe_case(path: str, index: int, runner: str, log: bool):
+    marks = []
+    if runner.startswith("compiled"):  # one compiled program per (path, runner, log)
+        marks.append(pytest.mark.xdist_group(f"test_torch_recipe-{path}-{runner}-{log}"))
+    name = CASES[index][0]
+    return pytest.param(path, index, runner, log, id=f"{path}-{name}-{runner}-{log}", marks=marks)
+
+
+@pytest.mark.parametrize(
+    ("path", "index", "runner", "log"),
+    [
+        _recipe_case(path, index, runner, log)
+        for path in PATHS
+        for index in range(len(CASES))
+        for runner in RUNNERS
+        for log in (False, True)
+    ],
+)
+def test_recipe_cases_on_every_path(path, index, runner, log, monkeypatch):
+    _name, rows, dtype, epsilon = CASES[index]
+    if runner.startswith("compiled") and index not in _compiled_cases(log):
         pytest.skip("covered by the forward form; saves compile time")
     use_path(path, monkeypatch)
-    f = evt.log_ev_softmax if log else evt.ev_softmax
-    got = RUNNERS[runner](f, torch.tensor(rows, dtype=dtype), epsilon)
+    if runner in EAGER:
+        f = evt.log_ev_softmax if log else evt.ev_softmax
+        got = EAGER[runner](f, torch.tensor(rows, dtype=dtype), epsilon)
+    else:
+        got = _compiled(path, runner, log, index)
     assert got.dtype == dtype
     _check(got, rows, dtype, epsilon, log)
 

@@ -194,7 +194,7 @@ def _row_statistics(
     # Overflowing rows are rare: on the CPU a check skips their pass. Elsewhere the
     # check would wait for the device (or there are no values: meta tensors).
     if static_graph() or x.device.type != "cpu" or not bool(torch.isfinite(threshold).all()):
-        finite = torch.isfinite(threshold)
+        finite = _finite(threshold)
         # Logical ops rather than a boolean where, which onnxruntime does not implement.
         keep = (keep & finite) | (_at_or_above_scaled_mean(x, top, valid, count, dim) & ~finite)
     return valid, has_valid, shifted, keep
@@ -248,6 +248,16 @@ def composed_forward(
     return out.to(out_dtype)
 
 
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(t)`` as two ops: traced graphs record isfinite as four.
+
+    (``x == x`` and ``|x| != inf``, then their conjunction; ``|x| < inf`` is false
+    for NaN too.) Every traced or compiled call records this recipe, so its node
+    count is what ``torch.compile`` and the exporters spend their time on.
+    """
+    return t.abs() < math.inf
+
+
 def _at_or_above_scaled_mean(
     x: torch.Tensor, top: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, dim: int
 ) -> torch.Tensor:
@@ -260,9 +270,9 @@ def _at_or_above_scaled_mean(
     float64 scores scaled by :data:`_OVERFLOW_SCALE` first. The maximum is
     always in.
     """
-    scale = _OVERFLOW_SCALE if x.dtype == torch.float64 else 1.0
-    scaled = torch.where(valid, x.double() * scale, 0.0)
-    top_in = (x == top) & torch.isfinite(top)
+    scaled = x.double() * _OVERFLOW_SCALE if x.dtype == torch.float64 else x.double()
+    scaled = torch.where(valid, scaled, 0.0)
+    top_in = (x == top) & _finite(top)
     return (scaled >= scaled.sum(dim, keepdim=True) / count.double()) | top_in
 
 
