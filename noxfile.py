@@ -148,14 +148,6 @@ def _tests(session: nox.Session) -> None:
     shutil.rmtree(inductor_cache, ignore_errors=True)
     env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache)
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
-    # Every pytest worker and every subprocess a test starts imports torch, jax and
-    # the test modules afresh. Without bytecode caches (PYTHONDONTWRITEBYTECODE=1,
-    # as on our 2-core machine; uv installs no .pyc either) each of them compiles those
-    # sources again: 5 s of a torch import and half of a 12 s collection, about a
-    # sixth of the torch session's CPU time. So the sessions' processes write and
-    # share caches, under the session's own directory (not beside the sources).
-    env["PYTHONDONTWRITEBYTECODE"] = ""
-    env["PYTHONPYCACHEPREFIX"] = str(Path(session.create_tmp()).resolve() / "pycache")
     # loadgroup: tests that share a costly setup (a subprocess battery, a docs page's
     # namespace) carry an xdist_group mark and run on one worker; the others balance.
     session.run(
