@@ -22,7 +22,7 @@ def _extensions() -> list[Extension]:
     # -fopenmp-simd honours `omp simd` pragmas without linking an OpenMP runtime.
     # -g0 overrides the -g of Python's own CFLAGS: debug information for three
     # target clones of every kernel is a third of the kernels' build time (about
-    # 45 s to 31 s of CPU on the 2-core CI machine) and changes no instruction.
+    # 44 s to 31 s of CPU on our 2-core machine) and changes no instruction.
     args = ["-O3", "-fopenmp-simd", "-g0"]
     if sys.platform.startswith("linux"):
         args.append("-pthread")
