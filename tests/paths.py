@@ -411,11 +411,12 @@ def _torch_func() -> Runner:
     return run
 
 
-# torch.compile backend for the matrix (see tests/test_paths.py for the choice).
-COMPILE_BACKEND = os.environ.get("EVSOFTMAX_MATRIX_COMPILE_BACKEND", "aot_eager")
+# torch.compile backends of the matrix (see tests/test_paths.py for the choice);
+# EVSOFTMAX_MATRIX_COMPILE_BACKEND, when set, is used by every compiled path.
+COMPILE_BACKEND = os.environ.get("EVSOFTMAX_MATRIX_COMPILE_BACKEND")
 
 
-def _compile(f: Callable[..., Any]) -> Callable[..., Any]:
+def _compile(f: Callable[..., Any], backend: str) -> Callable[..., Any]:
     """``torch.compile(f, fullgraph=True)`` from a clean Dynamo state (no silent eager fallback)."""
     import torch
     import torch._dynamo
@@ -423,16 +424,29 @@ def _compile(f: Callable[..., Any]) -> Callable[..., Any]:
     # Each cell compiles a new closure of the same code: reset so that no
     # recompile limit is reached (Dynamo would then run the code eagerly).
     torch._dynamo.reset()
-    return torch.compile(f, fullgraph=True, backend=COMPILE_BACKEND)
+    return torch.compile(f, fullgraph=True, backend=COMPILE_BACKEND or backend)
 
 
 def _torch_compile(with_where: bool, vmapped: bool = False) -> Callable[[], Runner]:
-    """torch.compile of the public calls (of their vmap and grad with ``vmapped``)."""
+    """torch.compile of the public calls (of their vmap and grad with ``vmapped``).
+
+    The public calls compile with ``aot_eager``: Dynamo's capture, then
+    AOTAutograd's trace, where the kernel op's traced form lives. Under
+    ``torch.func`` transforms the kernel op is never used (it has no vmap or
+    autograd rule, so the composed form runs): what those cells add is Dynamo
+    capturing the transforms of the public functions without a graph break, so
+    they compile with the ``eager`` backend, which runs Dynamo's graph as
+    captured. AOTAutograd's trace of the transforms doubled their cost and
+    changes no numerics (``aot_eager`` passes no decomposition table: the ops run
+    as eager autograd runs them); ``tests/test_torch_compile.py`` traces ``grad``
+    and ``vmap`` of both torch paths through AOTAutograd and Inductor.
+    """
+    backend = "eager" if vmapped else "aot_eager"
 
     def make() -> Runner:
         def run(bundle: list[pc.Request]) -> list[Result]:
             f, args = _torch_cell(bundle, vmapped=vmapped, with_where=with_where)
-            return [_numpy_result(o) for o in _compile(f)(*args)]
+            return [_numpy_result(o) for o in _compile(f, backend)(*args)]
 
         return run
 

@@ -13,8 +13,11 @@ Cost: the traced, compiled and exported paths run each cell as one program
 (one trace/compile/export per cell) over ε in {0, 3, 1e300} (derivatives {0, 3});
 the eager paths sweep all of ``path_cases.EPSILONS``. ``torch.compile`` uses
 the ``aot_eager`` backend here (Dynamo's capture and AOTAutograd, where the
-traced form lives); set ``EVSOFTMAX_MATRIX_COMPILE_BACKEND=inductor`` to run the
-matrix through Inductor's code generation as well (slower: ~1.5 s a cell).
+traced form lives), and the ``eager`` backend under ``torch.func`` transforms
+(Dynamo's capture, where those cells differ from ``torch-func``; see
+``paths._torch_compile``); set ``EVSOFTMAX_MATRIX_COMPILE_BACKEND=inductor`` to
+run every compiled path through Inductor's code generation as well (slower:
+~1.5 s a cell).
 """
 
 from __future__ import annotations
