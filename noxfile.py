@@ -1,6 +1,6 @@
 """The test matrix: one session per backend in ``backends/``, plus lint and docs.
 
-``nox`` with no arguments runs every CPU backend, lint and docs (what CI runs).
+``nox`` with no arguments runs lint, every CPU backend and docs (what CI runs).
 ``nox -s tests-torch`` runs one backend; ``nox -l`` lists the sessions;
 arguments after ``--`` go to pytest (``nox -s tests-numpy -- -k info``).
 The test sessions install the package from source and require its compiled CPU
@@ -12,8 +12,7 @@ sessions share one download/unpack cache instead of each installing torch and
 JAX afresh; the package is built into a wheel once per run, in the background
 while lint (single-threaded mypy) runs first, and that wheel is installed in
 every test session; pytest runs on every core (pytest-xdist, ``--dist
-loadgroup``: tests that share a costly setup stay on one worker), and the
-processes of a session write the bytecode they compile for the ones after them.
+loadgroup``: tests that share a costly setup stay on one worker).
 """
 
 from __future__ import annotations
@@ -157,12 +156,6 @@ def _tests(session: nox.Session) -> None:
     session.install("-r", f"backends/{backend}.txt")
     _install_package(session, "[test]")
     env = {"EVSOFTMAX_TEST_BACKENDS": backend, "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1"}
-    # uv installs no bytecode, and where PYTHONDONTWRITEBYTECODE is set (this
-    # machine, CI) every process of the session (the two workers, ~20 subprocesses)
-    # compiled every module it imported anew: torch and its compiler stack cost
-    # 13 s a process that way. The session's processes write what they compile
-    # (torch session CPU: 980 -> 908 s on 2 cores).
-    env["PYTHONDONTWRITEBYTECODE"] = ""
     # Most of the JAX session's time is XLA compiling small programs; LLVM's
     # optimization passes are most of that, and the tests' programs are tiny, so
     # they run unoptimized (IEEE semantics are the same: XLA's fast math is off
@@ -208,6 +201,10 @@ def lint(session: nox.Session) -> None:
     # mypy checks the adapters against the real torch and jax types, not Any.
     session.install("-r", "backends/torch.txt", "-r", "backends/jax.txt")
     session.install("ruff>=0.6", "mypy>=1.11")
+    if session.venv_backend == "uv":  # the package's own dependencies, without building it
+        session.install("-r", "pyproject.toml")
+    else:
+        _install_package(session)
     session.run("ruff", "check", "src", "tests", "noxfile.py", "setup.py")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "setup.py")
     session.run("mypy")
