@@ -18,8 +18,10 @@ loadgroup``: tests that share a costly setup stay on one worker).
 from __future__ import annotations
 
 import ast
+import atexit
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -111,8 +113,20 @@ def _start_wheel(session: nox.Session) -> None:
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: see _stop_unused_build
         )
     _BUILD.update(process=process, out=out, log=log)
+    atexit.register(_stop_unused_build, process)
+
+
+def _stop_unused_build(process: subprocess.Popen[bytes]) -> None:
+    """A run that ends before the build (``nox -s lint``, Ctrl-C) leaves no compiler behind it."""
+    if process.poll() is None:
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)  # uv and the compilers it started
+        else:  # pragma: no cover - Windows
+            process.kill()
+        process.wait()
 
 
 def _uv() -> str:
