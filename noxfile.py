@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import nox
 import nox.virtualenv
@@ -91,8 +91,29 @@ def _uv_reads_pip_config() -> None:
 
 _uv_reads_pip_config()
 _WHEELS: dict[str, Path] = {}
-# The background build of the wheel (uv): its process, output folder and log.
-_BUILD: dict[str, Any] = {}
+
+
+class _Build(NamedTuple):
+    """The background build of the wheel (uv)."""
+
+    process: subprocess.Popen[bytes]
+    out: Path  # the wheel's folder
+
+
+def _build_log(out: Path) -> Path:
+    """Where the background build of the wheel in ``out`` writes its output."""
+    return out.parent / "wheel-build.log"
+
+
+_BUILD: list[_Build] = []
+
+
+def _wheel_dir(session: nox.Session) -> Path:
+    """An empty folder for this run's wheel."""
+    out = Path(session.create_tmp()).resolve() / "wheel"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return out
 
 
 def _start_wheel(session: nox.Session) -> None:
@@ -103,11 +124,8 @@ def _start_wheel(session: nox.Session) -> None:
     """
     if "evsoftmax" in _WHEELS or _BUILD or session.venv_backend != "uv":
         return
-    out = Path(session.create_tmp()).resolve() / "wheel"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    log = out.parent / "wheel-build.log"
-    with log.open("w") as sink:
+    out = _wheel_dir(session)
+    with _build_log(out).open("w") as sink:
         process = subprocess.Popen(
             [_uv(), "build", "--wheel", "--out-dir", str(out), str(ROOT)],
             stdout=sink,
@@ -115,7 +133,7 @@ def _start_wheel(session: nox.Session) -> None:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: see _stop_unused_build
         )
-    _BUILD.update(process=process, out=out, log=log)
+    _BUILD.append(_Build(process, out))
     atexit.register(_stop_unused_build, process)
 
 
@@ -140,12 +158,12 @@ def _wheel(session: nox.Session) -> Path:
     if "evsoftmax" not in _WHEELS:
         _start_wheel(session)
         if _BUILD:
-            if _BUILD["process"].wait() != 0:
-                session.error(f"building the wheel failed:\n{_BUILD['log'].read_text()}")
-            out = _BUILD["out"]
+            build = _BUILD[0]
+            if build.process.wait() != 0:
+                session.error(f"building the wheel failed:\n{_build_log(build.out).read_text()}")
+            out = build.out
         else:
-            out = Path(session.create_tmp()).resolve() / "wheel"
-            shutil.rmtree(out, ignore_errors=True)
+            out = _wheel_dir(session)
             session.install("pip")
             session.run_install(
                 "python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(ROOT)
