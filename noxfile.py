@@ -187,7 +187,18 @@ def _tests(session: nox.Session) -> None:
     backend = session.name.removeprefix("tests-")
     session.install("-r", f"backends/{backend}.txt")
     _install_package(session, "[test]")
-    env = {"EVSOFTMAX_TEST_BACKENDS": backend, "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1"}
+    env: dict[str, str | None] = {
+        "EVSOFTMAX_TEST_BACKENDS": backend,
+        "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1",
+    }
+    # uv installs no bytecode, and where PYTHONDONTWRITEBYTECODE is set (as on CI's
+    # machine) each of a session's ~25 processes (the xdist workers and the
+    # subprocesses the tests start) compiled every module it imported from source:
+    # torch's stack, ~10 s a process. The session's processes write what they
+    # compile, so a module is compiled once per run (torch session, two pairs of
+    # runs: 755/747 -> 725/712 CPU-s); the tests' own bytecode, assertions
+    # rewritten, is shared by the sessions.
+    env["PYTHONDONTWRITEBYTECODE"] = None
     # Most of the JAX session's time is XLA compiling small programs; LLVM's
     # optimization passes are most of that, and the tests' programs are tiny, so
     # they run unoptimized (IEEE semantics are the same: XLA's fast math is off
