@@ -192,12 +192,12 @@ def _tests(session: nox.Session) -> None:
         "EVSOFTMAX_REQUIRE_CPU_KERNELS": "1",
     }
     # uv installs no bytecode, and where PYTHONDONTWRITEBYTECODE is set (as on CI's
-    # machine) each of a session's ~25 processes (the xdist workers and the
+    # machine) each of a session's processes (the xdist workers and the
     # subprocesses the tests start) compiled every module it imported from source:
-    # torch's stack, ~10 s a process. The session's processes write what they
-    # compile, so a module is compiled once per run (torch session, two pairs of
-    # runs: 755/747 -> 725/712 CPU-s); the tests' own bytecode, assertions
-    # rewritten, is shared by the sessions.
+    # importing torch._dynamo, the torch adapter, NumPy and pytest took 8 CPU-s
+    # instead of 2.7. The session's processes write what they compile, so a module
+    # is compiled once per run (torch session, two pairs of runs: 755/747 -> 725/712
+    # CPU-s); the tests' own bytecode, assertions rewritten, is shared by the sessions.
     env["PYTHONDONTWRITEBYTECODE"] = None
     # Most of the JAX session's time is XLA compiling small programs; LLVM's
     # optimization passes are most of that, and the tests' programs are tiny, so
